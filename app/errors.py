@@ -1,0 +1,66 @@
+"""The one mapping from core exceptions to HTTP statuses, and the handlers that apply it."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from exemplar.errors import CapacityError, ExemplarError, IndexIncompatibleError, InvalidInputError, NotFoundError
+
+log = logging.getLogger("exemplar.api")
+
+STATUS: dict[type[ExemplarError], tuple[int, str]] = {
+    InvalidInputError: (422, "invalid_input"),
+    NotFoundError: (404, "not_found"),
+    CapacityError: (413, "capacity"),
+    IndexIncompatibleError: (409, "index_incompatible"),
+}
+
+
+def request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "-"))
+
+
+def error_response(request: Request, status: int, error_type: str, message: str) -> JSONResponse:
+    rid = request_id(request)
+    return JSONResponse(
+        {"error": message, "error_type": error_type, "request_id": rid},
+        status_code=status,
+        headers={"X-Request-ID": rid},
+    )
+
+
+def _field(loc: tuple[object, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ExemplarError)
+    async def exemplar_error(request: Request, exc: ExemplarError) -> JSONResponse:
+        status, error_type = next((v for cls, v in STATUS.items() if isinstance(exc, cls)), (500, "internal"))
+        return error_response(request, status, error_type, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        messages = []
+        for err in exc.errors():
+            msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            messages.append(f"{_field(tuple(err.get('loc', ())))}: {msg}")
+        return error_response(request, 422, "invalid_input", "; ".join(messages) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return error_response(request, exc.status_code, error_type, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error (request_id=%s)", request_id(request))
+        return error_response(request, 500, "internal", "internal error; quote the request_id when reporting it")

@@ -1,0 +1,249 @@
+"""The FastAPI service: one served index, explanations over HTTP.
+
+Model work runs on one dedicated executor thread (PyTorch autograd on a shared model is
+not safe under concurrent requests); FAISS, selection and scoring run there too, so a
+request's whole computation happens in one place and the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import error_response, install_error_handlers
+from app.schemas import ErrorBody, ExampleOut, ExplainRequest, ExplainResponse, Health
+from app.settings import ApiSettings
+from exemplar.errors import ExemplarError, InvalidInputError
+from exemplar.explain import ExplainConfig, Explainer, Explanation
+from exemplar.store import StoredExample
+from exemplar.tasks import Example
+
+log = logging.getLogger("exemplar.api")
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 409, 413, 422, 500, 503)}
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: refuse request bodies over `max_bytes` with 413, streamed or not."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        # Read the whole body first (bounded by max_bytes), then replay it to the app.
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        request.state.request_id = scope.get("state", {}).get("request_id", uuid.uuid4().hex)
+        response = error_response(
+            request,
+            413,
+            "payload_too_large",
+            f"request body is larger than {self.max_bytes} bytes; send a shorter query",
+        )
+        await response(scope, receive, send)
+
+
+def to_example_out(ex: StoredExample, weight: float | None = None, influence: float | None = None) -> ExampleOut:
+    return ExampleOut(
+        id=ex.id,
+        text=ex.text,
+        label=ex.label,
+        prompt=ex.prompt,
+        response=ex.response,
+        source=ex.source,
+        meta=ex.meta,
+        weight=weight,
+        influence=influence,
+    )
+
+
+def to_response(result: Explanation, k: int, index: dict[str, Any]) -> ExplainResponse:
+    return ExplainResponse(
+        prediction=result.prediction,
+        examples=[to_example_out(s.example, s.weight, s.influence) for s in result.examples],
+        score_db=result.score_db if math.isfinite(result.score_db) else None,
+        score_ratio=result.score_ratio,
+        strategy=result.strategy,
+        k=k,
+        index=index,
+        timings_ms={name: round(ms, 3) for name, ms in result.timings_ms.items()},
+    )
+
+
+def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> FastAPI:
+    """The app for one index; pass `explainer` to serve an already-open one (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exemplar-model")
+        app.state.executor = executor
+        if settings.torch_threads:
+            import torch
+
+            await asyncio.get_running_loop().run_in_executor(executor, torch.set_num_threads, settings.torch_threads)
+        app.state.explainer = explainer
+        if app.state.explainer is None:
+            config = ExplainConfig(pool_size=settings.pool_size, max_k=settings.max_k)
+            app.state.explainer = await asyncio.get_running_loop().run_in_executor(
+                executor, lambda: Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size)
+            )
+        log.info("serving index %s (%d examples)", settings.index_dir, app.state.explainer.store.n)
+        yield
+        executor.shutdown(wait=True)
+
+    app = FastAPI(
+        title="Exemplar",
+        version="0.1.0",
+        description="Which training examples explain this output? k examples with simplex weights and the "
+        "Selection Relevance Score in dB (Schoenegger & Roth, ACL 2026 Findings).",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def add_request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        given = request.headers.get("x-request-id", "")
+        request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request.state.request_id
+        return response
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    def get_explainer(request: Request) -> Explainer:
+        explainer: Explainer = request.app.state.explainer
+        return explainer
+
+    async def in_executor(request: Request, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(request.app.state.executor, fn)
+
+    @app.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS, tags=["explain"])
+    async def explain(body: ExplainRequest, request: Request) -> ExplainResponse:
+        """Explain one output with k training examples, their simplex weights and the score in dB."""
+        explainer = get_explainer(request)
+        manifest = explainer.store.manifest
+        if body.k > settings.max_k:
+            raise InvalidInputError(f"k: must be at most {settings.max_k}")
+        for name in ("text", "prompt", "response"):
+            value = getattr(body, name)
+            if value is not None and len(value) > settings.max_text_chars:
+                raise InvalidInputError(f"{name}: longer than {settings.max_text_chars} characters; shorten it")
+        if manifest.task == "classification":
+            if body.text is None:
+                raise InvalidInputError(
+                    "this index serves a classifier: send 'text' (and optionally 'label'), not prompt/response"
+                )
+            query = Example(text=body.text, label=body.label)
+        else:
+            if body.prompt is None:
+                raise InvalidInputError("this index serves a causal LM: send 'prompt' and 'response', not text/label")
+            query = Example(prompt=body.prompt, response=body.response)
+        result = await in_executor(
+            request, lambda: explainer.explain(query, k=body.k, strategy=body.strategy, lam=body.lam, seed=body.seed)
+        )
+        return to_response(result, body.k, manifest.summary())
+
+    @app.get("/v1/examples/{example_id}", response_model=ExampleOut, responses=ERRORS, tags=["examples"])
+    async def get_example(example_id: str, request: Request) -> ExampleOut:
+        """One training example of the served index, by id."""
+        explainer = get_explainer(request)
+        return to_example_out(await in_executor(request, lambda: explainer.store.example_by_id(example_id)))
+
+    @app.get("/v1/index", tags=["index"])
+    async def describe_index(request: Request) -> dict[str, Any]:
+        """The served index's manifest summary."""
+        return get_explainer(request).store.manifest.summary()
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        """Liveness: the process answers."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
+    async def readyz(request: Request) -> Health:
+        """Readiness: the index and model are loaded."""
+        explainer = getattr(request.app.state, "explainer", None)
+        if explainer is None:
+            return Health(status="loading")
+        return Health(status="ready", details={"index": str(explainer.store.path), "n_examples": explainer.store.n})
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`exemplar-api --index DIR [--host H] [--port P]`."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="exemplar-api", description="Serve one Exemplar index over HTTP.")
+    parser.add_argument("--index", type=Path, help="index directory (default: $EXEMPLAR_INDEX_DIR or the tweets demo)")
+    parser.add_argument("--host", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    overrides = {
+        k: v
+        for k, v in {
+            "index_dir": args.index,
+            "host": args.host,
+            "port": args.port,
+            "torch_threads": args.threads,
+        }.items()
+        if v is not None
+    }
+    settings = ApiSettings(**overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    try:
+        config = ExplainConfig(pool_size=settings.pool_size, max_k=settings.max_k)
+        explainer = Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size)
+    except ExemplarError as exc:
+        parser.exit(2, f"exemplar-api: error: {exc}\n")
+    uvicorn.run(create_app(settings, explainer), host=settings.host, port=settings.port, log_level="info")

@@ -1,0 +1,90 @@
+"""Request and response models of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Strategy = Literal["balanced", "topk", "random"]
+
+
+class ExplainRequest(BaseModel):
+    """A query: `text` (+ optional `label`) for a classifier index, `prompt` + `response` for a causal LM."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, min_length=1, description="classification: the input text")
+    label: str | None = Field(
+        None, min_length=1, description="classification: label to explain (default: the model's prediction)"
+    )
+    prompt: str | None = Field(None, min_length=1, description="causal LM: the prompt")
+    response: str | None = Field(None, min_length=1, description="causal LM: the response to explain (teacher-forced)")
+    k: int = Field(5, ge=1, le=50, description="number of training examples to return")
+    strategy: Strategy = Field(
+        "balanced",
+        description="balanced: the paper's weighted facility location (influence + representativeness); "
+        "topk: the k most influential (largest |influence|); random: k uniformly random training examples",
+    )
+    lam: float = Field(1.0, ge=0.0, le=1.0, description="balanced only: 1 = pure coverage of the pool, 0 = top-k")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="random only: the seed")
+
+    @model_validator(mode="after")
+    def one_query_form(self) -> ExplainRequest:
+        has_text = self.text is not None
+        has_pair = self.prompt is not None or self.response is not None
+        if has_text == has_pair:
+            raise ValueError("send either 'text' (and optionally 'label') or both 'prompt' and 'response'")
+        if has_pair and (self.prompt is None or self.response is None):
+            raise ValueError("'prompt' and 'response' must both be given")
+        if self.label is not None and not has_text:
+            raise ValueError("'label' goes with 'text' (classification); causal-LM queries use 'prompt' and 'response'")
+        return self
+
+
+class ExampleOut(BaseModel):
+    """A selected (or looked-up) training example."""
+
+    id: str
+    text: str | None = None
+    label: str | None = None
+    prompt: str | None = None
+    response: str | None = None
+    source: str
+    meta: dict[str, Any] = Field(default_factory=dict)
+    weight: float | None = Field(
+        None, description="simplex weight in the reconstruction (>= 0, sums to 1 over the selection)"
+    )
+    influence: float | None = Field(
+        None,
+        description="Grad-Dot influence I = -<g_train, g_query>; negative = helpful (lowers the query loss), positive = harmful",
+    )
+
+
+class ExplainResponse(BaseModel):
+    """k training examples, their simplex weights and the Selection Relevance Score."""
+
+    prediction: dict[str, Any]
+    examples: list[ExampleOut]
+    score_db: float | None = Field(
+        description="Selection Relevance Score in dB: > 0 the weighted examples reconstruct the query gradient better than "
+        "nothing, < 0 worse; null when the query gradient is zero (nothing to explain)"
+    )
+    score_ratio: float = Field(description="the score as a linear ratio Var(g) / (Var(residual) + 1e-8)")
+    strategy: Strategy
+    k: int
+    index: dict[str, Any]
+    timings_ms: dict[str, float]
+
+
+class ErrorBody(BaseModel):
+    """Every error response has this shape."""
+
+    error: str
+    error_type: str
+    request_id: str
+
+
+class Health(BaseModel):
+    status: str
+    details: dict[str, Any] = Field(default_factory=dict)

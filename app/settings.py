@@ -1,0 +1,28 @@
+"""Settings of the API process (environment variables prefixed EXEMPLAR_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    """Where the index is and the limits the service enforces."""
+
+    model_config = SettingsConfigDict(env_prefix="EXEMPLAR_", frozen=True)
+
+    index_dir: Path = Field(Path(".cache/demos/tweets/index"), description="index directory to serve")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
+    max_text_chars: int = Field(20_000, ge=1, description="longest text/prompt/response accepted")
+    max_k: int = Field(50, ge=1)
+    pool_size: int = Field(100, ge=1, description="candidate pool m of the selection strategies")
+    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    batch_size: int = Field(16, ge=1, description="examples per forward/backward")
+
+
+def get_settings() -> ApiSettings:
+    return ApiSettings()

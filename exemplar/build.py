@@ -1,0 +1,137 @@
+"""Building an index: read and validate a JSONL training set, featurise it, write the store."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exemplar.errors import InvalidInputError
+from exemplar.explain import build_featurizer
+from exemplar.gradients import ProjectionConfig
+from exemplar.models import LoadedModel
+from exemplar.progress import Progress, SilentProgress
+from exemplar.store import Manifest, dataset_checksum, write_index
+from exemplar.tasks import Example
+
+REQUIRED = {"classification": ("text", "label"), "causal-lm": ("prompt", "response")}
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A rejected input row, reported with its 1-based line number."""
+
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+def read_examples_jsonl(
+    path: str | Path, task: str, labels: list[str] | None = None
+) -> tuple[list[Example], list[RowError]]:
+    """Parse a JSONL training set; every bad row is returned as an error, none is dropped silently.
+
+    Rows: classification `{"id"?, "text", "label"}`, causal-lm `{"id"?, "prompt", "response"}`;
+    optional `"source"` (str) and `"meta"` (object). Missing ids become `line-<n>`.
+    """
+    if task not in REQUIRED:
+        raise InvalidInputError(f"unknown task {task!r}; choose one of: {', '.join(REQUIRED)}")
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"data file {str(p)!r} does not exist")
+    examples: list[Example] = []
+    errors: list[RowError] = []
+    seen: dict[str, int] = {}
+    with p.open(encoding="utf-8", errors="strict") as f:
+        try:
+            lines = list(f)
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"{str(p)!r} is not valid UTF-8: {exc}") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row: Any = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append(RowError(number, f"not valid JSON ({exc.msg})"))
+            continue
+        if not isinstance(row, dict):
+            errors.append(RowError(number, "each line must be a JSON object"))
+            continue
+        problem = _row_problem(row, task, labels)
+        if problem:
+            errors.append(RowError(number, problem))
+            continue
+        example_id = str(row.get("id", f"line-{number}"))
+        if example_id in seen:
+            errors.append(RowError(number, f"duplicate id {example_id!r} (first on line {seen[example_id]})"))
+            continue
+        seen[example_id] = number
+        meta = row.get("meta", {})
+        fields = {f: row[f] for f in REQUIRED[task]}
+        examples.append(
+            Example(id=example_id, source=str(row.get("source", f"{p.name}:{number}")), meta=meta, **fields)
+        )
+    return examples, errors
+
+
+def _row_problem(row: dict[str, Any], task: str, labels: list[str] | None) -> str | None:
+    for name in REQUIRED[task]:
+        value = row.get(name)
+        if not isinstance(value, str) or not value.strip():
+            return f"field {name!r} must be a non-empty string"
+    if "id" in row and not isinstance(row["id"], str | int):
+        return "field 'id' must be a string"
+    if "meta" in row and not isinstance(row["meta"], dict):
+        return "field 'meta' must be an object"
+    if labels is not None and task == "classification" and row["label"] not in labels:
+        return f"unknown label {row['label']!r}; the model's labels are: {', '.join(labels)}"
+    return None
+
+
+def build_index(
+    loaded: LoadedModel,
+    examples: list[Example],
+    out_dir: str | Path,
+    config: ProjectionConfig,
+    *,
+    max_length: int,
+    batch_size: int = 16,
+    chunk_size: int = 256,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Featurise `examples` with the query-time featuriser and publish the index at `out_dir`."""
+    if not examples:
+        raise InvalidInputError("the training set is empty: nothing to index")
+    progress = progress or SilentProgress()
+    featurizer = build_featurizer(loaded, config, max_length, batch_size=batch_size)
+    progress.start("gradients", len(examples))
+    vectors = np.zeros((len(examples), featurizer.dims), dtype=np.float32)
+    for start in range(0, len(examples), chunk_size):
+        chunk = examples[start : start + chunk_size]
+        vectors[start : start + len(chunk)] = featurizer.featurize(chunk, progress.advance).vectors
+    progress.finish()
+    label2id = loaded.label2id
+    manifest = Manifest(
+        task=loaded.task,
+        model_dir=str(loaded.model_dir),
+        adapter_dir=str(loaded.adapter_dir) if loaded.adapter_dir else None,
+        model_checksum=loaded.checksum,
+        params=config.params,
+        layer_names=featurizer.layer_names,
+        proj_dim=config.proj_dim,
+        seed=config.seed,
+        dims=featurizer.dims,
+        n_examples=len(examples),
+        dataset_checksum=dataset_checksum(examples),
+        max_length=max_length,
+        labels=sorted(label2id, key=label2id.__getitem__) if label2id else None,
+    )
+    write_index(out_dir, manifest, vectors, examples, overwrite=overwrite)
+    return manifest

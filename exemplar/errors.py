@@ -1,0 +1,21 @@
+"""The one exception hierarchy of Exemplar; app/ maps each class to an HTTP status once."""
+
+
+class ExemplarError(Exception):
+    """Base class of every error the core raises on purpose."""
+
+
+class InvalidInputError(ExemplarError):
+    """The caller sent something unusable; the message says what to fix."""
+
+
+class NotFoundError(ExemplarError):
+    """A requested object (example, index, job) does not exist."""
+
+
+class IndexIncompatibleError(ExemplarError):
+    """An index does not match the model, projection or data it is used with."""
+
+
+class CapacityError(ExemplarError):
+    """A request exceeds a configured limit."""

@@ -1,0 +1,125 @@
+"""Loading local Hugging Face models (optionally with a PEFT LoRA adapter) and their checksums.
+
+Only local directories are read (no hub access); weights load from safetensors only.
+A GGUF checkpoint can be converted once to a float32 safetensors directory with
+`convert_gguf`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exemplar.errors import InvalidInputError
+
+WEIGHT_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".jinja")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for featurisation, its tokenizer and where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    task: str
+    model_dir: Path
+    adapter_dir: Path | None
+    checksum: str
+
+    @property
+    def label2id(self) -> dict[str, int] | None:
+        if self.task != "classification":
+            return None
+        config: Any = self.model.config
+        return {str(k): int(v) for k, v in config.label2id.items()}
+
+
+def directory_checksum(*dirs: Path | None) -> str:
+    """sha256 over the names and bytes of the weight, config and tokenizer files."""
+    h = hashlib.sha256()
+    for d in dirs:
+        if d is None:
+            continue
+        for path in sorted(p for p in d.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
+            h.update(path.name.encode())
+            with path.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise InvalidInputError(f"{what} {str(path)!r} is not a directory; pass a local Hugging Face model directory")
+    return path.resolve()
+
+
+def load_model(model_dir: str | Path, task: str, adapter_dir: str | Path | None = None) -> LoadedModel:
+    """Load `model_dir` for `task` ("classification" | "causal-lm").
+
+    A LoRA adapter is taken from `adapter_dir`, or from `model_dir` itself when it holds an
+    `adapter_config.json` (its base model path must then be a local directory).
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    base = _require_dir(Path(model_dir), "model")
+    adapter = _require_dir(Path(adapter_dir), "adapter") if adapter_dir is not None else None
+    if adapter is None and (base / "adapter_config.json").exists():
+        adapter = base
+        base_name = json.loads((base / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base_name:
+            raise InvalidInputError(
+                f"adapter {str(base)!r} does not name its base model; pass --model BASE_DIR --lora {base}"
+            )
+        base = _require_dir(Path(base_name), "adapter base model")
+    if not (base / "config.json").exists():
+        raise InvalidInputError(f"{str(base)!r} has no config.json: not a Hugging Face model directory")
+    if task == "classification":
+        auto: Any = AutoModelForSequenceClassification
+    elif task == "causal-lm":
+        auto = AutoModelForCausalLM
+    else:
+        raise InvalidInputError(f"unknown task {task!r}; choose classification or causal-lm")
+    try:
+        model = auto.from_pretrained(base, use_safetensors=True, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot load a {task} model from {str(base)!r}: {exc}") from exc
+    tokenizer = AutoTokenizer.from_pretrained(adapter or base, local_files_only=True)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+    model.eval()
+    return LoadedModel(model, tokenizer, task, base, adapter, directory_checksum(base, adapter))
+
+
+def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF causal LM to a float32 safetensors directory (once; 10-15 s).
+
+    `save_pretrained` refuses GGUF-loaded models, so the state dict is written directly.
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (out_dir / "config.json").exists():
+        return out_dir
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, out_dir)
+    return out_dir

@@ -1,0 +1,268 @@
+"""The gradient store: one directory per index version.
+
+Layout (the manifest is written last, so a directory without it is not an index):
+- `vectors.npy`: row-aligned float32 projected gradients `(n, d)`, memory-mapped on open
+- `index.faiss`: FAISS inner-product index over the same rows (exact `IndexFlatIP`)
+- `examples.sqlite`: the examples (id, text/label or prompt/response, source, metadata)
+- `manifest.json`: model checksum, parameter selection, projection seed and dims,
+  dataset checksum, code version; checked whenever the index is opened or used.
+
+Implementations of `GradientStore`: `FaissGradientStore`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import faiss
+import numpy as np
+
+from exemplar import __version__
+from exemplar.errors import IndexIncompatibleError, InvalidInputError, NotFoundError
+from exemplar.tasks import Example
+
+FORMAT_VERSION = 1
+MANIFEST, VECTORS, FAISS_INDEX, EXAMPLES_DB = "manifest.json", "vectors.npy", "index.faiss", "examples.sqlite"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Provenance of an index; two indexes are comparable only if these agree."""
+
+    task: str
+    model_dir: str
+    adapter_dir: str | None
+    model_checksum: str
+    params: str
+    layer_names: list[str]
+    proj_dim: int
+    seed: int
+    dims: int
+    n_examples: int
+    dataset_checksum: str
+    max_length: int
+    labels: list[str] | None = None
+    index_type: str = "Flat"
+    format_version: int = FORMAT_VERSION
+    code_version: str = __version__
+    created_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        if data.get("format_version") != FORMAT_VERSION:
+            raise IndexIncompatibleError(
+                f"index format {data.get('format_version')} is not supported by this version "
+                f"(expects {FORMAT_VERSION}); rebuild the index with index-builder"
+            )
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def summary(self) -> dict[str, Any]:
+        """What a client needs to know about the served index."""
+        return {
+            "task": self.task,
+            "n_examples": self.n_examples,
+            "dims": self.dims,
+            "params": self.params,
+            "proj_dim": self.proj_dim,
+            "seed": self.seed,
+            "model_checksum": self.model_checksum[:16],
+            "dataset_checksum": self.dataset_checksum[:16],
+            "labels": self.labels,
+            "index_type": self.index_type,
+            "code_version": self.code_version,
+        }
+
+    def check_model(
+        self, *, task: str, model_checksum: str, params: str, layer_names: list[str], proj_dim: int, seed: int
+    ) -> None:
+        """Refuse a model or projection that differs from the one the index was built with."""
+        problems = []
+        if task != self.task:
+            problems.append(f"task {task!r} != index task {self.task!r}")
+        if model_checksum != self.model_checksum:
+            problems.append("model weights differ from the ones the index was built from (checksum mismatch)")
+        if params != self.params or layer_names != self.layer_names:
+            problems.append(f"parameter selection {params!r} differs from the index's {self.params!r}")
+        if (proj_dim, seed) != (self.proj_dim, self.seed):
+            problems.append(
+                f"projection (dim {proj_dim}, seed {seed}) != index (dim {self.proj_dim}, seed {self.seed})"
+            )
+        if problems:
+            raise IndexIncompatibleError(
+                "index is incompatible with this model: "
+                + "; ".join(problems)
+                + ". Rebuild the index with index-builder."
+            )
+
+
+def dataset_checksum(examples: Sequence[Example]) -> str:
+    """sha256 over the canonical JSON of the examples, in order."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.id, e.text, e.label, e.prompt, e.response], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredExample:
+    """One indexed training example as served to clients."""
+
+    row: int
+    id: str
+    text: str | None
+    label: str | None
+    prompt: str | None
+    response: str | None
+    source: str
+    meta: dict[str, Any]
+
+
+class GradientStore(Protocol):
+    """Row-aligned gradient vectors, a search index over them and the examples."""
+
+    manifest: Manifest
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray: ...
+
+    def examples_at(self, rows: Sequence[int]) -> list[StoredExample]: ...
+
+    def example_by_id(self, example_id: str) -> StoredExample: ...
+
+
+def write_index(
+    out_dir: str | Path,
+    manifest: Manifest,
+    vectors: np.ndarray,
+    examples: Sequence[Example],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a complete index to a temporary sibling directory, then rename it into place."""
+    out = Path(out_dir)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.shape != (len(examples), manifest.dims) or manifest.n_examples != len(examples):
+        raise InvalidInputError(
+            f"vectors {vectors.shape} do not match {len(examples)} examples of {manifest.dims} dims"
+        )
+    if not np.isfinite(vectors).all():
+        raise InvalidInputError("some gradients are not finite (NaN/inf); check the model and the data")
+    if out.exists() and not overwrite:
+        raise InvalidInputError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        np.save(tmp / VECTORS, vectors)
+        index = faiss.IndexFlatIP(manifest.dims)
+        index.add(vectors)
+        faiss.write_index(index, str(tmp / FAISS_INDEX))
+        _write_examples(tmp / EXAMPLES_DB, examples)
+        (tmp / MANIFEST).write_text(manifest.to_json())
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_examples(path: Path, examples: Sequence[Example]) -> None:
+    con = sqlite3.connect(path)
+    try:
+        con.execute(
+            "CREATE TABLE examples (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, label TEXT,"
+            " prompt TEXT, response TEXT, source TEXT NOT NULL, meta TEXT NOT NULL)"
+        )
+        con.executemany(
+            "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (i, e.id, e.text, e.label, e.prompt, e.response, e.source, json.dumps(e.meta, ensure_ascii=False))
+                for i, e in enumerate(examples)
+            ],
+        )
+        con.commit()
+    except sqlite3.IntegrityError as exc:
+        raise InvalidInputError(f"example ids must be unique: {exc}") from exc
+    finally:
+        con.close()
+
+
+def read_manifest(index_dir: str | Path) -> Manifest:
+    path = Path(index_dir) / MANIFEST
+    if not path.exists():
+        raise NotFoundError(f"{str(index_dir)!r} is not an index (no {MANIFEST}); build one with index-builder build")
+    return Manifest.from_json(path.read_text())
+
+
+class FaissGradientStore:
+    """An opened index directory: exact FAISS search, memory-mapped vectors, SQLite examples."""
+
+    def __init__(self, index_dir: str | Path) -> None:
+        self.path = Path(index_dir)
+        self.manifest = read_manifest(self.path)
+        self.vectors = np.load(self.path / VECTORS, mmap_mode="r")
+        self.index = faiss.read_index(str(self.path / FAISS_INDEX))
+        n, d = self.vectors.shape
+        if (n, d) != (self.manifest.n_examples, self.manifest.dims) or self.index.ntotal != n or self.index.d != d:
+            raise IndexIncompatibleError(f"index files in {str(self.path)!r} disagree with its manifest; rebuild it")
+        self._db = sqlite3.connect(f"file:{self.path / EXAMPLES_DB}?mode=ro", uri=True, check_same_thread=False)
+        self._lock = threading.Lock()
+
+    @property
+    def n(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` rows by inner product with `query: (d,)`: `(scores (k,), rows (k,))`."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        scores, rows = self.index.search(q, min(k, self.n))
+        keep = rows[0] >= 0
+        return scores[0][keep], rows[0][keep].astype(np.int64)
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+
+    def _rows(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    @staticmethod
+    def _example(r: tuple[Any, ...]) -> StoredExample:
+        return StoredExample(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]))
+
+    def examples_at(self, rows: Sequence[int]) -> list[StoredExample]:
+        wanted = [int(r) for r in rows]
+        found = {
+            r[0]: self._example(r)
+            for r in self._rows(f"SELECT * FROM examples WHERE row IN ({','.join('?' * len(wanted))})", wanted)
+        }
+        return [found[r] for r in wanted]
+
+    def example_by_id(self, example_id: str) -> StoredExample:
+        rows = self._rows("SELECT * FROM examples WHERE id = ?", [example_id])
+        if not rows:
+            raise NotFoundError(f"no training example with id {example_id!r} in this index")
+        return self._example(rows[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

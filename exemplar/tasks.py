@@ -1,0 +1,217 @@
+"""Tasks: how a model's loss on one example is defined.
+
+Implementations:
+- `ClassificationTask`: sequence classification, cross-entropy on the label. A query
+  without a label is explained for the model's own prediction.
+- `CausalLMTask`: causal LM, mean token cross-entropy over the response tokens only (the
+  prompt is context), with the tokenizer's chat template when it has one.
+
+Every task returns one loss per example (`per_example_loss`), so that summing them and
+differentiating once yields each example's own gradient at every layer output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from exemplar.errors import InvalidInputError
+
+TaskName = Literal["classification", "causal-lm"]
+TASK_NAMES: tuple[str, ...] = ("classification", "causal-lm")
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training or query example; which fields are used depends on the task."""
+
+    id: str | None = None
+    text: str | None = None
+    label: str | None = None
+    prompt: str | None = None
+    response: str | None = None
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one example and its loss targets.
+
+    `target` is the class id for classification (-1: use the model's prediction) and the
+    per-token labels for causal LM (IGNORE_INDEX outside the response).
+    """
+
+    input_ids: list[int]
+    target: int | list[int]
+    truncated: bool = False
+
+
+@dataclass
+class LossOutput:
+    """Per-example losses `(B,)` and what the model predicted for each example."""
+
+    losses: torch.Tensor
+    predictions: list[dict[str, Any]]
+
+
+class Task(Protocol):
+    """What a loss is for a model family; shared by index build and query time."""
+
+    name: str
+    max_length: int
+
+    def encode(self, example: Example) -> Encoded: ...
+
+    def collate(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]: ...
+
+    def per_example_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput: ...
+
+
+def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+    return out
+
+
+def _require_text(value: str | None, name: str) -> str:
+    if value is None or not value.strip():
+        raise InvalidInputError(f"'{name}' must be a non-empty string")
+    return value
+
+
+class ClassificationTask:
+    """Cross-entropy of a sequence classifier on the label (or its own prediction)."""
+
+    name = "classification"
+
+    def __init__(self, tokenizer: Any, label2id: dict[str, int], max_length: int = 128) -> None:
+        self.tokenizer = tokenizer
+        self.label2id = dict(label2id)
+        self.id2label = {v: k for k, v in self.label2id.items()}
+        self.max_length = max_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def encode(self, example: Example) -> Encoded:
+        text = _require_text(example.text, "text")
+        if example.label is None:
+            target = -1
+        elif example.label in self.label2id:
+            target = self.label2id[example.label]
+        else:
+            known = ", ".join(sorted(self.label2id))
+            raise InvalidInputError(f"unknown label {example.label!r}; this model's labels are: {known}")
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        truncated = len(ids) > self.max_length
+        if truncated:  # keep the closing special token (e.g. [SEP])
+            ids = ids[: self.max_length - 1] + ids[-1:]
+        return Encoded(input_ids=list(ids), target=target, truncated=truncated)
+
+    def collate(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        input_ids = _pad([e.input_ids for e in batch], self.pad_id)
+        mask = _pad([[1] * len(e.input_ids) for e in batch], 0)
+        targets = torch.tensor([int(e.target) for e in batch], dtype=torch.long)  # type: ignore[arg-type]
+        return {"input_ids": input_ids, "attention_mask": mask, "targets": targets}
+
+    def per_example_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        probs = torch.softmax(logits.detach().float(), dim=-1)
+        predicted = probs.argmax(dim=-1)
+        targets = torch.where(batch["targets"] < 0, predicted, batch["targets"])
+        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        predictions = [
+            {
+                "label": self.id2label[int(predicted[i])],
+                "probabilities": {self.id2label[j]: float(p) for j, p in enumerate(probs[i].tolist())},
+                "explained_label": self.id2label[int(targets[i])],
+            }
+            for i in range(len(targets))
+        ]
+        return LossOutput(losses=losses, predictions=predictions)
+
+
+class CausalLMTask:
+    """Mean token cross-entropy of a causal LM over the response tokens (teacher forcing)."""
+
+    name = "causal-lm"
+
+    def __init__(self, tokenizer: Any, max_length: int = 256) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad) if pad is not None else 0
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def split_ids(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt (with chat scaffolding) and of the response."""
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            user = [{"role": "user", "content": prompt}]
+            prompt_text = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+            full_text = tok.apply_chat_template([*user, {"role": "assistant", "content": response}], tokenize=False)
+            prompt_ids, full_ids = self._ids(prompt_text), self._ids(full_text)
+            if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
+                return prompt_ids, full_ids[len(prompt_ids) :]
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        return bos + self._ids(prompt), self._ids(" " + response) + eos
+
+    def encode(self, example: Example) -> Encoded:
+        prompt = _require_text(example.prompt, "prompt")
+        response = _require_text(example.response, "response")
+        prompt_ids, response_ids = self.split_ids(prompt, response)
+        truncated = len(prompt_ids) + len(response_ids) > self.max_length
+        if truncated:  # keep the response, drop the start of the prompt
+            response_ids = response_ids[: self.max_length - 1]
+            keep = self.max_length - len(response_ids)
+            prompt_ids = prompt_ids[len(prompt_ids) - keep :]
+        labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
+        return Encoded(input_ids=prompt_ids + response_ids, target=labels, truncated=truncated)
+
+    def collate(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        input_ids = _pad([e.input_ids for e in batch], self.pad_id)
+        mask = _pad([[1] * len(e.input_ids) for e in batch], 0)
+        labels = _pad([e.target for e in batch], IGNORE_INDEX)  # type: ignore[misc]
+        return {"input_ids": input_ids, "attention_mask": mask, "targets": labels}
+
+    def per_example_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        shift_logits = logits[:, :-1, :].float()
+        shift_labels = batch["targets"][:, 1:]
+        token_losses = F.cross_entropy(
+            shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )  # (B, T-1)
+        counts = (shift_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+        losses = token_losses.sum(dim=1) / counts
+        detached, mean_losses = token_losses.detach(), losses.detach()
+        predictions = [
+            {
+                "response_logprob": -float(detached[i].sum()),
+                "mean_token_loss": float(mean_losses[i]),
+                "response_tokens": int(counts[i]),
+            }
+            for i in range(len(losses))
+        ]
+        return LossOutput(losses=losses, predictions=predictions)
+
+
+def make_task(
+    name: str, tokenizer: Any, *, label2id: dict[str, int] | None = None, max_length: int | None = None
+) -> Task:
+    """Build a task by registry name."""
+    if name == "classification":
+        if not label2id:
+            raise InvalidInputError("a classification task needs the model's label names (config.label2id)")
+        return ClassificationTask(tokenizer, label2id, max_length or 128)
+    if name == "causal-lm":
+        return CausalLMTask(tokenizer, max_length or 256)
+    raise InvalidInputError(f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}")

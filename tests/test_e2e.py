@@ -1,0 +1,151 @@
+"""Builder CLI -> index -> `exemplar-api` process, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import write_jsonl
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+pytestmark = pytest.mark.slow
+
+
+def run_builder(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BIN / "index-builder", "build", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=240
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, causal_adapter_dir: Path, causal_data: Path) -> Iterator[str]:
+    out = tmp_path_factory.mktemp("e2e") / "index"
+    built = run_builder(
+        "--model", causal_adapter_dir, "--task", "causal-lm", "--data", causal_data, "--out", out, "--proj-dim", "16"
+    )
+    assert built.returncode == 0, built.stderr
+    assert "24 examples" in built.stdout
+    port = free_port()
+    log = out.parent / "server.log"
+    log_file = log.open("w")
+    proc = subprocess.Popen(
+        [BIN / "exemplar-api", "--index", str(out), "--port", str(port)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {log.read_text()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("server not ready within 120 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log_file.close()
+        assert "Traceback" not in log.read_text()
+
+
+def test_explain_over_http(server: str) -> None:
+    r = httpx.post(
+        f"{server}/v1/explain", json={"prompt": "is this message spam or ham", "response": "spam", "k": 4}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids = [e["id"] for e in body["examples"]]
+    assert len(ids) == 4 == len(set(ids))
+    assert sum(e["weight"] for e in body["examples"]) == pytest.approx(1.0, abs=1e-5)
+    assert all("prompt" in e and "response" in e for e in body["examples"])
+    assert body["index"]["task"] == "causal-lm"
+    looked_up = httpx.get(f"{server}/v1/examples/{ids[0]}", timeout=10).json()
+    assert looked_up["prompt"] == body["examples"][0]["prompt"]
+
+
+def test_bad_input_over_http_then_still_serving(server: str) -> None:
+    r = httpx.post(f"{server}/v1/explain", json={"text": "classifier style"}, timeout=30)
+    assert r.status_code == 422
+    assert "causal LM" in r.json()["error"]
+    r = httpx.post(
+        f"{server}/v1/explain", content=b"x" * 200_000, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert r.status_code == 413
+    ok = httpx.post(f"{server}/v1/explain", json={"prompt": "the team", "response": "won", "k": 2}, timeout=60)
+    assert ok.status_code == 200
+
+
+def test_concurrent_requests_are_safe(server: str) -> None:
+    import concurrent.futures
+
+    def one(i: int) -> int:
+        body = {"prompt": f"request {i} the cat", "response": "sat on the mat", "k": 3}
+        return httpx.post(f"{server}/v1/explain", json=body, timeout=120).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, range(16))) == [200] * 16
+
+
+def test_builder_reports_bad_rows(tmp_path: Path, classifier_dir: Path) -> None:
+    data = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [{"text": "fine", "label": "neutral"}, {"text": "", "label": "neutral"}, {"text": "x", "label": "??"}],
+    )
+    failed = run_builder("--model", classifier_dir, "--task", "classification", "--data", data, "--out", tmp_path / "i")
+    assert failed.returncode == 2
+    assert "line 2" in failed.stderr
+    assert "line 3" in failed.stderr
+    assert not (tmp_path / "i").exists()
+    skipped = run_builder(
+        "--model",
+        classifier_dir,
+        "--task",
+        "classification",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "i",
+        "--skip-bad-rows",
+    )
+    assert skipped.returncode == 0, skipped.stderr
+    assert "1 examples (2 skipped)" in skipped.stdout
+    again = run_builder("--model", classifier_dir, "--task", "classification", "--data", data, "--out", tmp_path / "i")
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
+    missing = run_builder(
+        "--model", tmp_path / "nope", "--task", "classification", "--data", data, "--out", tmp_path / "j"
+    )
+    assert missing.returncode == 2
+    assert "not a directory" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_api_refuses_a_missing_index(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [BIN / "exemplar-api", "--index", str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=120
+    )
+    assert r.returncode == 2
+    assert "not an index" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,97 @@
+"""Gradient store: FAISS against brute force, manifest checks, atomic publication."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exemplar.build import read_examples_jsonl
+from exemplar.errors import IndexIncompatibleError, InvalidInputError, NotFoundError
+from exemplar.explain import Explainer
+from exemplar.store import FaissGradientStore, Manifest, write_index
+from exemplar.tasks import Example
+from tests.conftest import write_jsonl
+from tests.tiny_models import LABELS, save_classifier
+
+
+def _manifest(n: int, d: int) -> Manifest:
+    return Manifest(
+        task="classification",
+        model_dir="/m",
+        adapter_dir=None,
+        model_checksum="abc",
+        params="linear",
+        layer_names=["a"],
+        proj_dim=d,
+        seed=0,
+        dims=d,
+        n_examples=n,
+        dataset_checksum="x",
+        max_length=8,
+        labels=LABELS,
+    )
+
+
+def test_search_matches_brute_force(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((200, 16)).astype(np.float32)
+    examples = [Example(id=f"e{i}", text=f"t{i}", label="neutral") for i in range(200)]
+    store = FaissGradientStore(write_index(tmp_path / "idx", _manifest(200, 16), vectors, examples))
+    query = rng.standard_normal(16).astype(np.float32)
+    scores, rows = store.search(query, 10)
+    brute = vectors @ query
+    np.testing.assert_array_equal(rows, np.argsort(-brute)[:10])
+    np.testing.assert_allclose(scores, brute[rows], rtol=1e-5)
+    assert store.examples_at([int(r) for r in rows[:3]])[0].id == f"e{rows[0]}"
+    assert store.example_by_id("e7").text == "t7"
+    with pytest.raises(NotFoundError, match="no training example"):
+        store.example_by_id("nope")
+
+
+def test_write_refuses_bad_inputs_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    examples = [Example(id="a", text="t", label="neutral"), Example(id="a", text="u", label="neutral")]
+    with pytest.raises(InvalidInputError, match="unique"):
+        write_index(tmp_path / "idx", _manifest(2, 4), np.ones((2, 4)), examples)
+    with pytest.raises(InvalidInputError, match="not finite"):
+        write_index(tmp_path / "idx", _manifest(2, 4), np.full((2, 4), np.nan), examples)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(NotFoundError, match="not an index"):
+        FaissGradientStore(tmp_path)
+
+
+def test_incompatible_model_is_refused(tmp_path: Path, classifier_index: Path) -> None:
+    copy = tmp_path / "idx"
+    shutil.copytree(classifier_index, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model_dir"] = str(save_classifier(tmp_path / "other", seed=1))  # other weights
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexIncompatibleError, match="checksum"):
+        Explainer.from_index(copy)
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexIncompatibleError, match="rebuild"):
+        FaissGradientStore(copy)
+
+
+def test_jsonl_reader_reports_every_bad_row(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"id": "a", "text": "ok", "label": "neutral"},
+            {"text": "", "label": "neutral"},
+            {"text": "x"},
+            {"text": "x", "label": "sideways"},
+            {"id": "a", "text": "dup", "label": "neutral"},
+        ],
+    )
+    with path.open("a") as f:
+        f.write("{not json\n")
+    examples, errors = read_examples_jsonl(path, "classification", LABELS)
+    assert [e.id for e in examples] == ["a"]
+    assert [e.line for e in errors] == [2, 3, 4, 5, 6]
+    assert "unknown label 'sideways'" in errors[2].message
+    assert "duplicate id" in errors[3].message

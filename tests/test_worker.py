@@ -1,0 +1,49 @@
+"""The worker's batch job through a real Redis server and an RQ worker (JSON payloads)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+
+from worker.jobs import explain_batch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def redis() -> Iterator[Redis]:
+    connection = Redis.from_url("redis://127.0.0.1:6379/15")
+    try:
+        connection.ping()
+    except RedisConnectionError:
+        pytest.fail("integration tests need Redis on 127.0.0.1:6379 (.ci/run starts one)")
+    yield connection
+    connection.close()
+
+
+def test_batch_job_round_trip(redis: Redis, classifier_index: Path) -> None:
+    queue = Queue(f"test-{uuid.uuid4().hex}", connection=redis, serializer=JSONSerializer)
+    queries = [{"text": "the cat sat"}, {"text": "stocks fell", "label": "negative"}, {"colour": "red"}]
+    job = queue.enqueue(explain_batch, str(classifier_index), queries, k=3)
+    SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(burst=True)
+    job.refresh()
+    assert job.get_status() == "finished", job.latest_result()
+    results = job.return_value()
+    assert len(results) == 3
+    assert [len(r["examples"]) for r in results[:2]] == [3, 3]
+    assert results[1]["prediction"]["explained_label"] == "negative"
+    assert sum(e["weight"] for e in results[0]["examples"]) == pytest.approx(1.0, abs=1e-5)
+    assert "expected an object" in results[2]["error"]
+    stored = redis.hget(f"rq:job:{job.id}", "data")
+    assert stored is not None
+    payload = json.loads(zlib.decompress(stored))  # JSON, not pickle
+    assert payload[2][1] == queries

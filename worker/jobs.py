@@ -1,0 +1,39 @@
+"""Jobs the worker runs. Arguments and results are JSON-compatible (RQ's JSONSerializer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exemplar.errors import ExemplarError, InvalidInputError
+from exemplar.explain import Explainer
+from exemplar.tasks import Example
+
+_explainers: dict[str, Explainer] = {}
+
+
+def load_explainer(index_dir: str) -> Explainer:
+    """Open an index once per worker process."""
+    if index_dir not in _explainers:
+        _explainers[index_dir] = Explainer.from_index(index_dir)
+    return _explainers[index_dir]
+
+
+def explain_batch(
+    index_dir: str, queries: list[dict[str, Any]], k: int = 5, strategy: str = "balanced", lam: float = 1.0
+) -> list[dict[str, Any]]:
+    """Explain each query; a bad query yields an error entry instead of failing the batch."""
+    explainer = load_explainer(index_dir)
+    fields = ("text", "label") if explainer.store.manifest.task == "classification" else ("prompt", "response")
+    results: list[dict[str, Any]] = []
+    for i, query in enumerate(queries):
+        try:
+            if not isinstance(query, dict) or set(query) - set(fields):
+                raise InvalidInputError(f"query {i}: expected an object with fields {', '.join(fields)}")
+            if fields[0] == "text":
+                example = Example(text=query.get("text"), label=query.get("label"))
+            else:
+                example = Example(prompt=query.get("prompt"), response=query.get("response"))
+            results.append(explainer.explain(example, k=k, strategy=strategy, lam=lam).to_dict())
+        except ExemplarError as exc:
+            results.append({"error": str(exc), "error_type": type(exc).__name__})
+    return results
