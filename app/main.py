@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -89,17 +90,8 @@ class BodySizeLimit:
 
 
 def to_example_out(ex: StoredExample, weight: float | None = None, influence: float | None = None) -> ExampleOut:
-    return ExampleOut(
-        id=ex.id,
-        text=ex.text,
-        label=ex.label,
-        prompt=ex.prompt,
-        response=ex.response,
-        source=ex.source,
-        meta=ex.meta,
-        weight=weight,
-        influence=influence,
-    )
+    fields = {k: v for k, v in asdict(ex).items() if k != "row"}
+    return ExampleOut(**fields, weight=weight, influence=influence)
 
 
 def to_response(result: Explanation, k: int, index: dict[str, Any]) -> ExplainResponse:
@@ -188,7 +180,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         )
         return to_response(result, body.k, manifest.summary())
 
-    @app.get("/v1/examples/{example_id}", response_model=ExampleOut, responses=ERRORS, tags=["examples"])
+    @app.get("/v1/examples/{example_id:path}", response_model=ExampleOut, responses=ERRORS, tags=["examples"])
     async def get_example(example_id: str, request: Request) -> ExampleOut:
         """One training example of the served index, by id."""
         explainer = get_explainer(request)

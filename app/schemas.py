@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 Strategy = Literal["balanced", "topk", "random"]
 
@@ -59,6 +59,12 @@ class ExampleOut(BaseModel):
         None,
         description="Grad-Dot influence I = -<g_train, g_query>; negative = helpful (lowers the query loss), positive = harmful",
     )
+
+    @model_serializer(mode="wrap")
+    def drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Fields that do not apply to the index's task (text vs prompt) are left out, not null."""
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
 
 
 class ExplainResponse(BaseModel):

@@ -30,7 +30,7 @@ from exemplar.gradients import ProjectionConfig
 from exemplar.models import convert_gguf, load_model
 from exemplar.progress import Progress, SilentProgress
 from exemplar.store import MANIFEST
-from exemplar.tasks import CausalLMTask, ClassificationTask, Example
+from exemplar.tasks import CausalLMTask, ClassificationTask, Example, Task
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,19 @@ def prepare(name: str, root: str | Path, progress: Progress | None = None) -> Pa
     return index_dir
 
 
+def _finetune(spec: DemoSpec, model: torch.nn.Module, task: Task, train: list[Example], progress: Progress) -> None:
+    finetune(
+        model,
+        task,
+        train,
+        epochs=spec.epochs,
+        lr=spec.lr,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        progress=progress,
+    )
+
+
 def _tweets(spec: DemoSpec, demo_dir: Path, progress: Progress) -> tuple[list[Example], list[Example], Path, None]:
     rows = datasets.sample_stratified(
         datasets.load_tweets(), spec.n_train + spec.n_test, key=lambda r: r.label, seed=spec.seed
@@ -147,16 +160,7 @@ def _tweets(spec: DemoSpec, demo_dir: Path, progress: Progress) -> tuple[list[Ex
         tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
         task = ClassificationTask(tokenizer, model.config.label2id, spec.max_length)
         model.get_input_embeddings().weight.requires_grad_(False)  # 30k x 384: slow to update, little gain
-        finetune(
-            model,
-            task,
-            train,
-            epochs=spec.epochs,
-            lr=spec.lr,
-            batch_size=spec.batch_size,
-            seed=spec.seed,
-            progress=progress,
-        )
+        _finetune(spec, model, task, train, progress)
         tmp = demo_dir / "model.tmp"
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -184,16 +188,7 @@ def _chat(
             loaded.model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
         )
         task = CausalLMTask(loaded.tokenizer, spec.max_length)
-        finetune(
-            model,
-            task,
-            train,
-            epochs=spec.epochs,
-            lr=spec.lr,
-            batch_size=spec.batch_size,
-            seed=spec.seed,
-            progress=progress,
-        )
+        _finetune(spec, model, task, train, progress)
         tmp = demo_dir / "adapter.tmp"
         model.save_pretrained(str(tmp))
         loaded.tokenizer.save_pretrained(tmp)

@@ -1,0 +1,45 @@
+"""Dockerfile and docker-compose.yml cannot run here (no Docker engine): check they name real things."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from app.settings import ApiSettings
+from worker.main import WorkerSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+SETTINGS = {f"EXEMPLAR_{name.upper()}" for model in (ApiSettings, WorkerSettings) for name in model.model_fields}
+
+
+def test_compose_commands_and_env_exist() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        if name != "redis":
+            assert command[0] in SCRIPTS, f"{name}: {command[0]} is not a console script"
+            for var in service.get("environment", {}):
+                assert var in SETTINGS, f"{name}: {var} is not a setting"
+        for dep, cond in service.get("depends_on", {}).items():
+            assert dep in compose["services"]
+            assert cond["condition"] == "service_healthy"
+            assert "healthcheck" in compose["services"][dep] or dep == "api"
+    assert compose["services"]["api"]["ports"] == [f"{ApiSettings().port}:{ApiSettings().port}"]
+
+
+def test_dockerfile_matches_the_code() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^USER exemplar$", text, re.M), "the image must run as a non-root user"
+    assert "HEALTHCHECK" in text
+    assert "/readyz" in text
+    for var in re.findall(r"(EXEMPLAR_[A-Z_]+)=", text):
+        assert var in SETTINGS
+    for package in re.findall(r"^COPY (\w+) \./\w+$", text, re.M):
+        assert (ROOT / package / "__init__.py").exists()
+    cmd = re.search(r'^CMD \["([\w-]+)"', text, re.M)
+    assert cmd
+    assert cmd.group(1) in SCRIPTS
