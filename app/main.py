@@ -27,7 +27,7 @@ from app.errors import error_response, install_error_handlers
 from app.schemas import ErrorBody, ExampleOut, ExplainRequest, ExplainResponse, Health
 from app.settings import ApiSettings
 from exemplar.errors import ExemplarError, InvalidInputError
-from exemplar.explain import ExplainConfig, Explainer, Explanation
+from exemplar.explain import ExplainConfig, Explainer, ExplainOptions, Explanation
 from exemplar.store import StoredExample
 from exemplar.tasks import Example
 
@@ -101,6 +101,8 @@ def to_response(result: Explanation, k: int, index: dict[str, Any]) -> ExplainRe
         score_db=result.score_db if math.isfinite(result.score_db) else None,
         score_ratio=result.score_ratio,
         strategy=result.strategy,
+        reason=result.reason,
+        options=asdict(result.options),
         k=k,
         index=index,
         timings_ms={name: round(ms, 3) for name, ms in result.timings_ms.items()},
@@ -175,9 +177,17 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             if body.prompt is None:
                 raise InvalidInputError("this index serves a causal LM: send 'prompt' and 'response', not text/label")
             query = Example(prompt=body.prompt, response=body.response)
-        result = await in_executor(
-            request, lambda: explainer.explain(query, k=body.k, strategy=body.strategy, lam=body.lam, seed=body.seed)
+        options = ExplainOptions(
+            k=body.k,
+            strategy=body.strategy,
+            lam=body.lam,
+            seed=body.seed,
+            estimator=body.estimator,
+            ordering=body.ordering,
+            pool_size=body.pool_size,
+            solver=body.solver,
         )
+        result = await in_executor(request, lambda: explainer.explain(query, options))
         return to_response(result, body.k, manifest.summary())
 
     @app.get("/v1/examples/{example_id:path}", response_model=ExampleOut, responses=ERRORS, tags=["examples"])

@@ -6,7 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-Strategy = Literal["balanced", "topk", "random"]
+Strategy = Literal["balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto"]
+Estimator = Literal["grad_dot", "grad_cos", "datainf", "bm25"]
+Ordering = Literal["most_influential", "least_influential", "most_helpful", "most_harmful"]
+Solver = Literal["paper", "exact"]
 
 
 class ExplainRequest(BaseModel):
@@ -23,8 +26,28 @@ class ExplainRequest(BaseModel):
     k: int = Field(5, ge=1, le=50, description="number of training examples to return")
     strategy: Strategy = Field(
         "balanced",
-        description="balanced: the paper's weighted facility location (influence + representativeness); "
-        "topk: the k most influential (largest |influence|); random: k uniformly random training examples",
+        description="balanced: the paper's weighted facility location (influence + representativeness) over the "
+        "candidate pool; topk: the k first under `ordering`; random: k uniformly random training examples (seeded); "
+        "divine / aide: the paper's baselines (Bhatt et al. 2021, Nematov et al. 2024); self: the query itself when it "
+        "is a training example; reconstruct (ours): greedy selection maximising the score over the pool nearest the "
+        "query gradient; auto: runs topk, balanced and reconstruct and returns the best-scoring one with the reason",
+    )
+    estimator: Estimator = Field(
+        "grad_dot",
+        description="influence estimator. grad_dot: I = -<g_train, g_query> (unbounded; negative = helpful); grad_cos: "
+        "I = -cos(g_train, g_query) in [-1, 1]; datainf: I = -<g_train, M g_query> with DataInf's per-layer "
+        "preconditioner (negative = helpful); bm25: lexical Okapi BM25 similarity >= 0 over token ids (larger = more "
+        "related; no helpful/harmful orderings)",
+    )
+    ordering: Ordering = Field(
+        "most_influential",
+        description="candidate ordering: largest |I|, smallest |I|, most negative I (helpful), most positive I (harmful)",
+    )
+    pool_size: int | None = Field(None, ge=1, le=10_000, description="candidate pool m (default 100)")
+    solver: Solver = Field(
+        "paper",
+        description="score weights: paper = pinv least squares projected onto the simplex (the paper's); exact = the "
+        "true simplex-constrained least-squares optimum",
     )
     lam: float = Field(1.0, ge=0.0, le=1.0, description="balanced only: 1 = pure coverage of the pool, 0 = top-k")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random only: the seed")
@@ -78,6 +101,8 @@ class ExplainResponse(BaseModel):
     )
     score_ratio: float = Field(description="the score as a linear ratio Var(g) / (Var(residual) + 1e-8)")
     strategy: Strategy
+    reason: str | None = Field(None, description="auto only: why this strategy was chosen")
+    options: dict[str, Any] = Field(description="the options the explanation was computed with")
     k: int
     index: dict[str, Any]
     timings_ms: dict[str, float]

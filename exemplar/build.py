@@ -133,5 +133,6 @@ def build_index(
         max_length=max_length,
         labels=sorted(label2id, key=label2id.__getitem__) if label2id else None,
     )
-    write_index(out_dir, manifest, vectors, examples, overwrite=overwrite)
+    token_ids = [featurizer.task.lexical_ids(e) for e in examples]
+    write_index(out_dir, manifest, vectors, examples, token_ids=token_ids, overwrite=overwrite)
     return manifest

@@ -24,12 +24,12 @@ import torch
 
 from exemplar import datasets
 from exemplar.build import build_index
-from exemplar.errors import InvalidInputError
+from exemplar.errors import IndexIncompatibleError, InvalidInputError
 from exemplar.finetune import finetune
 from exemplar.gradients import ProjectionConfig
 from exemplar.models import convert_gguf, load_model
 from exemplar.progress import Progress, SilentProgress
-from exemplar.store import MANIFEST
+from exemplar.store import MANIFEST, read_manifest
 from exemplar.tasks import CausalLMTask, ClassificationTask, Example, Task
 
 
@@ -94,7 +94,7 @@ def prepare(name: str, root: str | Path, progress: Progress | None = None) -> Pa
     progress = progress or SilentProgress()
     demo_dir = Path(root) / name
     index_dir = demo_dir / "index"
-    if (index_dir / MANIFEST).exists():
+    if _current(index_dir):
         return index_dir
     demo_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
@@ -117,6 +117,17 @@ def prepare(name: str, root: str | Path, progress: Progress | None = None) -> Pa
         overwrite=True,
     )
     return index_dir
+
+
+def _current(index_dir: Path) -> bool:
+    """An index of the current format is there (an older one is rebuilt; the fine-tuned model is kept)."""
+    if not (index_dir / MANIFEST).exists():
+        return False
+    try:
+        read_manifest(index_dir)
+    except IndexIncompatibleError:
+        return False
+    return True
 
 
 def _finetune(spec: DemoSpec, model: torch.nn.Module, task: Task, train: list[Example], progress: Progress) -> None:

@@ -1,18 +1,19 @@
 """The Explainer: query gradient -> candidates -> selection -> simplex weights -> score.
 
-Influence is Grad-Dot with the paper's sign convention, `I(z, x') = -<g_z, g_x'>`
-(negative = helpful: a gradient step on `z` lowers the query's loss). "Most influential"
-candidates (largest |I|) come from two inner-product searches, proponents (largest
-`<g_z, g>`) and opponents (largest `<g_z, -g>`), merged and re-scored exactly against the
-stored vectors.
+Influence comes from a named estimator (`exemplar.estimators`, paper sign convention:
+negative = helpful). Candidates are the top-`pool_size` training examples under an
+ordering (most/least influential, most helpful/harmful): for linear estimators from one or
+two FAISS inner-product searches (proponents with `q`, opponents with `-q`), otherwise
+(and always for "least influential", which an inner-product index cannot return) from a
+vectorised scan over the memory-mapped vectors. Candidates are re-scored exactly before
+selection. The selection is then scored with the Selection Relevance Score.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,15 @@ import numpy as np
 
 from exemplar import selection
 from exemplar.errors import InvalidInputError
-from exemplar.gradients import Featurizer, KroneckerFeaturizer, ProjectionConfig
+from exemplar.estimators import ESTIMATOR_NAMES, Estimator, Query
+from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
-from exemplar.relevance import selection_relevance
+from exemplar.relevance import SOLVERS, Relevance, selection_relevance
 from exemplar.store import FaissGradientStore, StoredExample
 from exemplar.tasks import Example, make_task
 
-STRATEGIES = ("balanced", "topk", "random")
+STRATEGIES = ("balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto")
+AUTO_CANDIDATES = ("topk", "balanced", "reconstruct")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,59 @@ class ExplainConfig:
 
     pool_size: int = 100
     max_k: int = 50
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """What one explanation request asks for (validated by `check`)."""
+
+    k: int = 5
+    strategy: str = "balanced"
+    lam: float = 1.0
+    seed: int = 0
+    estimator: str = "grad_dot"
+    ordering: str = "most_influential"
+    pool_size: int | None = None
+    solver: str = "paper"
+
+    def check(self, config: ExplainConfig, signed: bool) -> None:
+        if not 1 <= self.k <= config.max_k:
+            raise InvalidInputError(f"k must be between 1 and {config.max_k}; got {self.k}")
+        if self.strategy not in STRATEGIES:
+            raise InvalidInputError(f"unknown strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+        if self.estimator not in ESTIMATOR_NAMES:
+            raise InvalidInputError(
+                f"unknown estimator {self.estimator!r}; choose one of: {', '.join(ESTIMATOR_NAMES)}"
+            )
+        if self.ordering not in selection.ORDERINGS:
+            raise InvalidInputError(
+                f"unknown ordering {self.ordering!r}; choose one of: {', '.join(selection.ORDERINGS)}"
+            )
+        if not signed and self.ordering in ("most_helpful", "most_harmful"):
+            raise InvalidInputError(
+                f"estimator {self.estimator!r} is a similarity without sign: use ordering most_influential or least_influential"
+            )
+        if self.solver not in SOLVERS:
+            raise InvalidInputError(f"unknown solver {self.solver!r}; choose one of: {', '.join(SOLVERS)}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise InvalidInputError(f"lam must be in [0, 1]; got {self.lam}")
+        if self.pool_size is not None and not 1 <= self.pool_size <= 10_000:
+            raise InvalidInputError(f"pool_size must be between 1 and 10000; got {self.pool_size}")
+
+
+@dataclass
+class QueryState:
+    """A featurised query: its gradient, content tokens, prediction, and its row if it is a training example."""
+
+    example: Example
+    grad: np.ndarray
+    token_ids: list[int]
+    prediction: dict[str, Any]
+    row: int | None = None
+
+    @property
+    def query(self) -> Query:
+        return Query(self.grad, self.token_ids)
 
 
 @dataclass(frozen=True)
@@ -55,6 +111,8 @@ class Explanation:
     score_db: float
     score_ratio: float
     strategy: str
+    options: ExplainOptions = field(default_factory=ExplainOptions)
+    reason: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +130,8 @@ class Explanation:
             "score_db": self.score_db if np.isfinite(self.score_db) else None,
             "score_ratio": self.score_ratio,
             "strategy": self.strategy,
+            "options": asdict(self.options),
+            "reason": self.reason,
             "timings_ms": self.timings_ms,
         }
 
@@ -83,7 +143,9 @@ class Explainer:
     under concurrent calls (see docs/architecture.md).
     """
 
-    def __init__(self, store: FaissGradientStore, featurizer: Featurizer, config: ExplainConfig | None = None) -> None:
+    def __init__(
+        self, store: FaissGradientStore, featurizer: KroneckerFeaturizer, config: ExplainConfig | None = None
+    ) -> None:
         self.store = store
         self.featurizer = featurizer
         self.config = config or ExplainConfig()
@@ -113,63 +175,123 @@ class Explainer:
         )
         return cls(store, featurizer, config)
 
-    def query_gradient(self, query: Example) -> tuple[np.ndarray, dict[str, Any]]:
-        """The query's projected gradient `(d,)` and the model's prediction."""
+    def prepare(self, query: Example) -> QueryState:
+        """Featurise the query (one forward/backward) and find it among the training examples."""
         with self._model_lock:
             feats = self.featurizer.featurize([query])
+            token_ids = self.featurizer.task.lexical_ids(query)
         prediction = dict(feats.predictions[0])
         prediction["loss"] = feats.losses[0]
         prediction["truncated"] = feats.truncated[0]
-        return feats.vectors[0], prediction
+        return QueryState(query, feats.vectors[0], token_ids, prediction, self.store.find_row(query))
 
-    def candidates(self, grad: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """The `m` most influential rows (largest |I|) and their exact influence."""
-        _, pro = self.store.search(grad, m)
-        _, opp = self.store.search(-grad, m)
-        rows = np.unique(np.concatenate([pro, opp]))
-        influence = -(self.store.vectors_at(rows) @ grad)
-        order = selection.most_influential_order(influence)[:m]
-        return rows[order], influence[order]
+    def query_gradient(self, query: Example) -> tuple[np.ndarray, dict[str, Any]]:
+        """The query's projected gradient `(d,)` and the model's prediction."""
+        state = self.prepare(query)
+        return state.grad, state.prediction
 
-    def explain(
-        self, query: Example, k: int = 5, strategy: str = "balanced", lam: float = 1.0, seed: int = 0
-    ) -> Explanation:
-        if not 1 <= k <= self.config.max_k:
-            raise InvalidInputError(f"k must be between 1 and {self.config.max_k}; got {k}")
-        if strategy not in STRATEGIES:
-            raise InvalidInputError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    def candidates(
+        self, state: QueryState, estimator: Estimator, ordering: str, m: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The top-`m` rows under `ordering` and their exact influence, in that order."""
+        q = estimator.search_vector(state.query)
+        if q is not None and ordering != "least_influential":
+            parts = []
+            if ordering in ("most_influential", "most_helpful"):  # largest <v, q>: most negative I
+                parts.append(self.store.search(q, m)[1])
+            if ordering in ("most_influential", "most_harmful"):  # largest <v, -q>: most positive I
+                parts.append(self.store.search(-q, m)[1])
+            rows = np.unique(np.concatenate(parts))
+            influence = estimator.influence(self.store, state.query, rows)
+        else:
+            influence = estimator.scan(self.store, state.query)
+            rows = np.arange(self.store.n, dtype=np.int64)
+        order = selection.order_by(influence, ordering)[:m]
+        return rows[order], np.asarray(influence[order], dtype=np.float64)
+
+    def nearest(self, state: QueryState, m: int) -> np.ndarray:
+        """The `m` rows whose gradients are nearest the query's after centring (a scan).
+
+        With k = 1 the score is `Var(g) / Var(g - a)`, and `d * Var(g - a)` is the squared
+        distance between the centred vectors: `||a||^2 - d mean(a)^2 - 2 <a, g - mean(g)> + const`.
+        """
+        from exemplar.estimators import scan_inner_products
+
+        d = state.grad.shape[0]
+        norms = np.asarray(self.store.norms, dtype=np.float64)
+        means = scan_inner_products(self.store.vectors, np.full(d, 1.0 / d)).astype(np.float64)
+        centred_g = state.grad - state.grad.mean()
+        dist2 = norms**2 - d * means**2 - 2.0 * scan_inner_products(self.store.vectors, centred_g)
+        return np.argsort(dist2, kind="stable")[:m].astype(np.int64)
+
+    def select(self, state: QueryState, options: ExplainOptions) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """Rows chosen by `options.strategy` (in selection order), their influence, and a reason (auto only)."""
+        estimator = self.store.estimator(options.estimator)
+        options.check(self.config, estimator.signed)
+        m = options.pool_size or self.config.pool_size
+        k, strategy = options.k, options.strategy
+        if strategy == "auto":
+            return self._auto(state, options)
+        if strategy == "random":
+            rows = selection.random_selection(self.store.n, k, options.seed)
+        elif strategy == "self":
+            rows = selection.self_selection(state.row, k)
+        elif strategy == "reconstruct":
+            pool = self.nearest(state, m)
+            rows = pool[
+                selection.reconstruct(state.grad, self.store.vectors_at(pool), k, solver=options.solver, pool_size=m)
+            ]
+        else:
+            pool, influence = self.candidates(state, estimator, options.ordering, m)
+            if strategy == "topk":
+                picked = selection.topk(influence, k, ordering=options.ordering)
+            elif strategy == "balanced":
+                grads = self.store.vectors_at(pool)
+                picked = selection.facility_location(
+                    influence, grads, k, lam=options.lam, pool_size=m, ordering=options.ordering
+                )
+            elif strategy == "divine":
+                picked = selection.divine(
+                    influence, self.store.vectors_at(pool), k, ordering=options.ordering, pool_size=m
+                )
+            else:  # aide
+                picked = selection.aide(influence, self.store.vectors_at(pool), state.grad, k, pool_size=m)
+            return pool[picked], influence[picked], None
+        return rows, np.asarray(estimator.influence(self.store, state.query, rows), dtype=np.float64), None
+
+    def _auto(self, state: QueryState, options: ExplainOptions) -> tuple[np.ndarray, np.ndarray, str]:
+        scored = []
+        for name in AUTO_CANDIDATES:
+            rows, influence, _ = self.select(state, replace(options, strategy=name))
+            scored.append((self.score(state, rows, options.solver).db, name, rows, influence))
+        best = max(scored, key=lambda s: s[0])
+        reason = f"{best[1]} scored highest: " + ", ".join(f"{name} {db:.2f} dB" for db, name, _, _ in scored)
+        return best[2], best[3], reason
+
+    def score(self, state: QueryState, rows: np.ndarray, solver: str = "paper") -> Relevance:
+        return selection_relevance(state.grad, self.store.vectors_at(rows), solver=solver)
+
+    def explain(self, query: Example, options: ExplainOptions | None = None, **kwargs: Any) -> Explanation:
+        """Explain one output: options as an `ExplainOptions` or as keyword arguments."""
+        options = options or ExplainOptions(**kwargs)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        grad, prediction = self.query_gradient(query)
+        state = self.prepare(query)
         t1 = time.perf_counter()
-        timings["gradient"] = (t1 - t0) * 1e3
-        if strategy == "random":
-            rows = selection.random_selection(self.store.n, k, seed)
-            influence = -(self.store.vectors_at(rows) @ grad)
-            picked = np.arange(len(rows))
-            t2 = time.perf_counter()
-        else:
-            rows, influence = self.candidates(grad, self.config.pool_size)
-            t2 = time.perf_counter()
-            if strategy == "topk":
-                picked = selection.topk(influence, k)
-            else:
-                vectors = self.store.vectors_at(rows)
-                picked = selection.facility_location(influence, vectors, k, lam=lam, pool_size=self.config.pool_size)
-        timings["search"] = (t2 - t1) * 1e3
-        chosen_rows = rows[picked]
+        rows, influence, reason = self.select(state, options)
+        t2 = time.perf_counter()
+        relevance = self.score(state, rows, options.solver)
         t3 = time.perf_counter()
-        timings["selection"] = (t3 - t2) * 1e3
-        relevance = selection_relevance(grad, self.store.vectors_at(chosen_rows))
-        t4 = time.perf_counter()
-        timings["score"] = (t4 - t3) * 1e3
-        examples = self.store.examples_at(chosen_rows.tolist())
-        selected = [
-            Selected(ex, float(w), float(i))
-            for ex, w, i in zip(examples, relevance.weights, influence[picked], strict=True)
-        ]
+        examples = self.store.examples_at(rows.tolist())
+        timings = {"gradient": (t1 - t0) * 1e3, "selection": (t2 - t1) * 1e3, "score": (t3 - t2) * 1e3}
         timings["total"] = (time.perf_counter() - t0) * 1e3
-        return Explanation(prediction, selected, float(relevance.db), float(relevance.ratio), strategy, timings)
+        selected = [
+            Selected(ex, float(w), float(i)) for ex, w, i in zip(examples, relevance.weights, influence, strict=True)
+        ]
+        strategy = options.strategy if reason is None else reason.split(" ", 1)[0]
+        return Explanation(
+            state.prediction, selected, float(relevance.db), float(relevance.ratio), strategy, options, reason, timings
+        )
 
 
 def build_featurizer(
@@ -183,17 +305,3 @@ def build_featurizer(
 def default_params(loaded: LoadedModel) -> str:
     """LoRA matrices when an adapter is loaded (as in the paper), otherwise every linear layer."""
     return "lora" if loaded.adapter_dir is not None else "linear"
-
-
-def examples_from_rows(rows: Sequence[dict[str, Any]], task: str) -> list[Example]:
-    """Convert already-validated JSON rows to examples (see index_builder for validation)."""
-    fields = ("text", "label") if task == "classification" else ("prompt", "response")
-    return [
-        Example(
-            id=str(r["id"]),
-            source=str(r.get("source", "")),
-            meta=dict(r.get("meta", {})),
-            **{f: r.get(f) for f in fields},
-        )
-        for r in rows
-    ]

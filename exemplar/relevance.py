@@ -3,16 +3,28 @@
 For one test instance with loss gradient ``g: (d,)`` and a selection of ``k`` training
 examples whose gradients are the rows of ``A: (k, d)`` (paper.md section 1):
 
-1. ``t_ls = pinv(A.T) @ g``, the minimum-norm unconstrained least-squares weights;
-2. ``t = project_onto_simplex(t_ls)``, so the weights are non-negative and sum to 1
-   (this is the paper's solver, NOT the exact simplex-constrained least squares);
-3. ``r = g - A.T @ t``, the part of the test gradient the selection leaves unexplained;
-4. ``ratio = Var(g) / (Var(r) + EPS)`` with population variances over the ``d``
+1. simplex weights ``t`` (non-negative, summing to 1), from one of two solvers (``SOLVERS``):
+
+   - ``"paper"`` (default, what the paper ran): ``t_ls = pinv(A.T) @ g``, the
+     minimum-norm unconstrained least-squares weights, then
+     ``t = project_onto_simplex(t_ls)``. This is NOT the simplex-constrained optimum.
+   - ``"exact"``: the true minimiser of ``||A.T @ t - g||^2`` over the simplex
+     (``exact_simplex_weights``), a small convex QP solved by a finite active-set method
+     on the Gram form ``Q = A A^T``, ``b = A g``;
+
+2. ``r = g - A.T @ t``, the part of the test gradient the selection leaves unexplained;
+3. ``ratio = Var(g) / (Var(r) + EPS)`` with population variances over the ``d``
    coordinates, and ``dB = 10 * log10(ratio)``.
 
 Above 0 dB the weighted selection reconstructs the test gradient better than presenting
 nothing (the zero vector); below 0 dB it does worse. The paper aggregates over test
-instances as a mean of linear ratios converted to dB (``mean_of_ratios_db``).
+instances as a mean of linear ratios converted to dB (``mean_of_ratios_db``);
+``ratio_of_expectations_db`` is the alternative ``sum Var(g) / sum Var(r)``, which a few
+instances with a near-perfect reconstruction cannot dominate.
+
+Note that "exact" minimises ``||r||^2``, not ``Var(r) = ||r - mean(r)||^2 / d``: its dB is
+at least the paper solver's when the gradients have (near) zero mean over their
+coordinates, as large raw gradients do, but that is not guaranteed for arbitrary inputs.
 """
 
 import math
@@ -27,8 +39,15 @@ from exemplar.errors import InvalidInputError
 EPS = 1e-8
 """Added to Var(r) so a perfect reconstruction gives a large but finite ratio."""
 
-SOLVERS = ("paper",)
-"""Coefficient solvers ``selection_relevance`` accepts; "paper" = pinv then simplex projection."""
+SOLVERS = ("paper", "exact")
+"""Coefficient solvers ``selection_relevance`` accepts: "paper" = pinv then simplex projection,
+"exact" = the simplex-constrained least-squares optimum (``exact_simplex_weights``)."""
+
+KKT_RTOL = 1e-10
+"""Relative tolerance of the exact solver's optimality test (reduced gradients >= -tol)."""
+
+FISTA_ITERATIONS = 3000
+"""Accelerated projected-gradient iterations of the exact solver's fallback."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,8 @@ class Relevance:
     weights: np.ndarray  # (k,) simplex weights, one per selected training example
     ratio: float  # linear Var(g) / (Var(r) + EPS)
     db: float  # 10 * log10(ratio); -inf when the test gradient has zero variance
+    var_g: float = float("nan")  # population variance of the test gradient g over its d coordinates
+    var_r: float = float("nan")  # population variance of the residual r = g - A.T @ weights
 
 
 def project_onto_simplex(v: np.ndarray) -> np.ndarray:
@@ -78,8 +99,8 @@ def project_onto_simplex(v: np.ndarray) -> np.ndarray:
     return t.astype(out_dtype)
 
 
-def _as_float32(x: np.ndarray, name: str) -> npt.NDArray[np.float32]:
-    """Cast ``x`` to float32, refusing non-numeric and (after the cast) non-finite values."""
+def _as_float(x: np.ndarray, name: str, dtype: type[np.floating]) -> np.ndarray:
+    """Cast ``x`` to ``dtype``, refusing non-numeric and (after the cast) non-finite values."""
     try:
         arr = np.asarray(x)
     except ValueError as exc:  # ragged nested sequences
@@ -87,33 +108,30 @@ def _as_float32(x: np.ndarray, name: str) -> npt.NDArray[np.float32]:
     if arr.dtype.kind not in "biuf":
         raise InvalidInputError(f"{name} must be real numeric, got dtype {arr.dtype}")
     with np.errstate(over="ignore"):  # overflow is reported below as non-finite
-        out = arr.astype(np.float32)
+        out = arr.astype(dtype)
     if not np.all(np.isfinite(out)):
-        raise InvalidInputError(f"{name} contains NaN or infinite values (or values too large for float32)")
+        too_large = " (or values too large for float32)" if dtype is np.float32 else ""
+        raise InvalidInputError(f"{name} contains NaN or infinite values{too_large}")
     return out
 
 
-def selection_relevance(test_grad: np.ndarray, train_grads: np.ndarray, solver: str = "paper") -> Relevance:
-    """SRS of the selection ``train_grads: (k, d)`` for the test gradient ``test_grad: (d,)``.
+def _as_float32(x: np.ndarray, name: str) -> npt.NDArray[np.float32]:
+    """Cast ``x`` to float32, refusing non-numeric and (after the cast) non-finite values."""
+    return _as_float(x, name, np.float32)
 
-    Both are cast to float32, as in the paper, and the arithmetic then runs in float64 on
-    those values (no overflow or lost digits from tiny or huge gradients). The
-    pseudo-inverse drops singular values below ``max(k, d) * eps(float32)`` times the
-    largest: that is the ``torch.linalg.pinv`` default the authors ran in float32, and
-    below it a singular value is float32 rounding noise, so a near-collinear selection
-    gets the minimum-norm solution instead of that noise inverted into weights of ~1e6.
-    ``weights`` are float64.
-    """
-    if solver not in SOLVERS:
-        raise InvalidInputError(f"unknown solver {solver!r}; available solvers: {SOLVERS}")
-    g32 = _as_float32(test_grad, "test_grad")
-    a32 = _as_float32(train_grads, "train_grads")
-    if g32.ndim != 1:
-        raise InvalidInputError(f"test_grad must be 1-D (d,), got shape {g32.shape}")
-    if a32.ndim != 2:
-        raise InvalidInputError(f"train_grads must be 2-D (k, d), got shape {a32.shape}")
-    g = g32.astype(np.float64)  # (d,)
-    a = a32.astype(np.float64)  # (k, d)
+
+def _checked_pair(
+    test_grad: np.ndarray, train_grads: np.ndarray, dtype: type[np.floating]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Validate ``test_grad: (d,)`` and ``train_grads: (k, d)``; cast to ``dtype``, return float64."""
+    g_in = _as_float(test_grad, "test_grad", dtype)
+    a_in = _as_float(train_grads, "train_grads", dtype)
+    if g_in.ndim != 1:
+        raise InvalidInputError(f"test_grad must be 1-D (d,), got shape {g_in.shape}")
+    if a_in.ndim != 2:
+        raise InvalidInputError(f"train_grads must be 2-D (k, d), got shape {a_in.shape}")
+    g = g_in.astype(np.float64)  # (d,)
+    a = a_in.astype(np.float64)  # (k, d)
     if g.shape[0] == 0:
         raise InvalidInputError("test_grad is empty: the gradient dimension d must be >= 1")
     if a.shape[0] == 0:
@@ -123,13 +141,186 @@ def selection_relevance(test_grad: np.ndarray, train_grads: np.ndarray, solver: 
             f"train_grads has d={a.shape[1]} columns but test_grad has d={g.shape[0]}; "
             "both must be gradients w.r.t. the same parameters"
         )
-    rtol = max(a.shape) * float(np.finfo(np.float32).eps)
-    t_ls = np.linalg.pinv(a.T, rtol=rtol) @ g  # (k,)
-    weights = project_onto_simplex(t_ls)  # (k,)
+    return g, a
+
+
+# ---------------------------------------------------------------- exact simplex least squares
+#
+# minimise f(t) = ||A.T t - g||^2 = t.Q t - 2 b.t + g.g over {t >= 0, sum(t) = 1}, with
+# Q = A A^T (k, k) and b = A g (k,). Below, ``grad`` is (Q t - b) = half the gradient of f.
+# t is optimal iff, with mu = grad_i on the support (all equal there), grad_i >= mu for
+# every i off the support (KKT: mu is the multiplier of sum(t) = 1).
+
+
+def _gram_objective(q: np.ndarray, b: np.ndarray, t: np.ndarray) -> float:
+    """``f(t) - g.g`` in the Gram form."""
+    return float(t @ (q @ t) - 2.0 * (b @ t))
+
+
+def _equality_qp(q_ss: np.ndarray, b_s: np.ndarray) -> np.ndarray:
+    """A minimiser of ``z.Q z - 2 b.z`` subject to ``sum(z) = 1`` only (minimum-norm KKT solution).
+
+    Solves ``[[Q_SS, 1], [1^T, 0]] [z; nu] = [b_S; 1]`` by least squares: Q_SS may be
+    singular (duplicated or collinear examples, k > d); the system is still consistent
+    because b_S lies in the range of Q_SS, and every solution is a minimiser.
+    """
+    m = q_ss.shape[0]
+    kkt = np.empty((m + 1, m + 1))
+    kkt[:m, :m] = q_ss
+    kkt[:m, m] = 1.0
+    kkt[m, :m] = 1.0
+    kkt[m, m] = 0.0
+    rhs = np.append(b_s, 1.0)
+    sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
+    return np.asarray(sol[:m], dtype=np.float64)
+
+
+def _active_set(q: np.ndarray, b: np.ndarray, tol: float, max_solves: int) -> tuple[np.ndarray, bool]:
+    """Primal active-set method from the best vertex; returns (t, converged).
+
+    Each outer step adds the coordinate with the most negative reduced gradient, which
+    strictly decreases f; the inner loop re-solves the equality-constrained QP on the
+    support and, while a weight of that solution is <= 0, steps from the current feasible
+    point towards it only until the first weight reaches zero and drops that coordinate.
+    Every support the outer loop leaves is optimal for its face at a strictly smaller f,
+    so no support repeats and the method is finite; ``max_solves`` only guards against
+    floating-point stalls (then converged is False).
+    """
+    k = q.shape[0]
+    t = np.zeros(k)
+    t[int(np.argmin(np.diag(q) - 2.0 * b))] = 1.0
+    support = t > 0
+    solves = 0
+    while True:
+        grad = q @ t - b
+        mu = float(t @ grad)  # = grad_i on the support, averaged with the weights
+        reduced = np.where(support, np.inf, grad - mu)
+        j = int(np.argmin(reduced))
+        if not reduced[j] < -tol:
+            return t, True
+        support[j] = True
+        while True:
+            if solves >= max_solves:
+                return t, False
+            solves += 1
+            idx = np.flatnonzero(support)
+            z = _equality_qp(q[np.ix_(idx, idx)], b[idx])
+            if np.all(z > 0):
+                t = np.zeros(k)
+                t[idx] = z / z.sum()
+                break
+            cur = t[idx]
+            denom = cur - z  # > 0 where z <= 0 < cur
+            blocked = z <= 0
+            steps = np.divide(cur, denom, out=np.zeros_like(cur), where=blocked & (denom > 0))
+            steps[~blocked] = np.inf
+            pos = int(np.argmin(steps))
+            alpha = float(steps[pos])
+            if alpha <= 0:
+                # Only the coordinate just added has t = 0 on the support; in exact arithmetic
+                # its weight in z is positive, so this is a floating-point stall.
+                support[j] = False
+                return t, False
+            new = cur + alpha * (z - cur)
+            new[pos] = 0.0
+            new = np.maximum(new, 0.0)
+            t = np.zeros(k)
+            t[idx] = new / new.sum()
+            support = t > 0
+
+
+def _fista(q: np.ndarray, b: np.ndarray, t0: np.ndarray, iterations: int) -> np.ndarray:
+    """Accelerated projected gradient (FISTA, step 1/L with L = largest eigenvalue of Q) from ``t0``."""
+    lipschitz = float(np.linalg.eigvalsh(q)[-1])
+    if not lipschitz > 0:
+        return t0
+    x = t0.copy()
+    y = t0.copy()
+    momentum = 1.0
+    for _ in range(iterations):
+        x_next = project_onto_simplex(y - (q @ y - b) / lipschitz)
+        momentum_next = (1.0 + math.sqrt(1.0 + 4.0 * momentum * momentum)) / 2.0
+        y = x_next + ((momentum - 1.0) / momentum_next) * (x_next - x)
+        x, momentum = x_next, momentum_next
+    return x
+
+
+def _simplex_least_squares(g: npt.NDArray[np.float64], a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``argmin_{t in simplex} ||a.T @ t - g||^2`` for validated float64 ``g: (d,)``, ``a: (k, d)``."""
+    k = a.shape[0]
+    if k == 1:
+        return np.ones(1)
+    q = a @ a.T  # (k, k)
+    b = a @ g  # (k,)
+    scale = float(np.max(np.diag(q)))
+    if not scale > 0:  # every selected gradient is zero: all weights give the same residual g
+        return np.full(k, 1.0 / k)
+    q = (q + q.T) / (2.0 * scale)  # exactly symmetric, largest diagonal 1; same minimiser
+    b = b / scale
+    tol = KKT_RTOL * max(1.0, float(np.max(np.abs(b))))
+    t, converged = _active_set(q, b, tol, max_solves=10 * k + 50)
+    if not converged:
+        t_pg = _fista(q, b, t, FISTA_ITERATIONS)
+        if _gram_objective(q, b, t_pg) < _gram_objective(q, b, t):
+            t = t_pg
+    t = np.maximum(t, 0.0)
+    return np.asarray(t / t.sum(), dtype=np.float64)
+
+
+def exact_simplex_weights(test_grad: np.ndarray, train_grads: np.ndarray) -> np.ndarray:
+    """Simplex weights ``t: (k,)`` minimising ``||train_grads.T @ t - test_grad||^2`` exactly.
+
+    ``test_grad: (d,)``, ``train_grads: (k, d)``; the arithmetic is float64 on the values as
+    given (``selection_relevance(..., solver="exact")`` first casts them to float32, as
+    the paper does). A finite active-set method on ``Q = A A^T``, ``b = A g`` starting from
+    the best single example; duplicated or collinear examples (singular Q) get the
+    minimum-norm solution on each face. Should floating point stall it (seen only with
+    examples collinear up to float32 rounding), accelerated projected gradient continues
+    from the last point and the lower objective wins. The result is float64, non-negative
+    and sums to 1; for ``k = 1`` it is ``[1.0]``, and when every example gradient is zero
+    (any weights are optimal) uniform.
+
+    Precision: the Gram form squares A's condition number, so directions in which the
+    examples differ by less than about ``sqrt(eps(float64)) ~ 1e-8`` of their norm are
+    resolved only to that level. The objective is then still within ~1e-10 (relative to
+    ``||g||^2 + max_i ||a_i||^2``) of the optimum, but the optimality conditions hold to
+    ~1e-8 rather than ~1e-14.
+    """
+    g, a = _checked_pair(test_grad, train_grads, np.float64)
+    return _simplex_least_squares(g, a)
+
+
+# ---------------------------------------------------------------- the score
+
+
+def selection_relevance(test_grad: np.ndarray, train_grads: np.ndarray, solver: str = "paper") -> Relevance:
+    """SRS of the selection ``train_grads: (k, d)`` for the test gradient ``test_grad: (d,)``.
+
+    Both are cast to float32, as in the paper, and the arithmetic then runs in float64 on
+    those values (no overflow or lost digits from tiny or huge gradients). ``solver`` is
+    one of ``SOLVERS`` (module docstring). For "paper" the pseudo-inverse drops singular
+    values below ``max(k, d) * eps(float32)`` times the largest: that is the
+    ``torch.linalg.pinv`` default the authors ran in float32, and below it a singular
+    value is float32 rounding noise, so a near-collinear selection gets the minimum-norm
+    solution instead of that noise inverted into weights of ~1e6. "exact" gives the
+    simplex weights with the smallest ``||r||^2`` (``exact_simplex_weights``).
+    ``weights`` are float64; ``var_g`` and ``var_r`` are the two variances of the ratio.
+    """
+    if solver not in SOLVERS:
+        raise InvalidInputError(f"unknown solver {solver!r}; available solvers: {SOLVERS}")
+    g, a = _checked_pair(test_grad, train_grads, np.float32)
+    if solver == "exact":
+        weights = _simplex_least_squares(g, a)  # (k,)
+    else:
+        rtol = max(a.shape) * float(np.finfo(np.float32).eps)
+        t_ls = np.linalg.pinv(a.T, rtol=rtol) @ g  # (k,)
+        weights = project_onto_simplex(t_ls)  # (k,)
     r = g - a.T @ weights  # (d,)
-    ratio = float(np.var(g)) / (float(np.var(r)) + EPS)
+    var_g = float(np.var(g))
+    var_r = float(np.var(r))
+    ratio = var_g / (var_r + EPS)
     db = 10.0 * math.log10(ratio) if ratio > 0 else -math.inf
-    return Relevance(weights=weights, ratio=ratio, db=db)
+    return Relevance(weights=weights, ratio=ratio, db=db, var_g=var_g, var_r=var_r)
 
 
 def mean_of_ratios_db(ratios: Sequence[float]) -> float:
@@ -147,3 +338,25 @@ def mean_of_ratios_db(ratios: Sequence[float]) -> float:
         raise InvalidInputError("ratios must be finite and non-negative (linear SRS ratios)")
     mean = float(np.mean(arr))
     return 10.0 * math.log10(mean) if mean > 0 else -math.inf
+
+
+def ratio_of_expectations_db(var_g: Sequence[float], var_r: Sequence[float]) -> float:
+    """Aggregate over test instances as a ratio of sums: ``10 * log10(sum(var_g) / (sum(var_r) + EPS * n))``.
+
+    ``var_g[i]`` and ``var_r[i]`` are the ``Relevance.var_g`` / ``var_r`` of instance ``i``
+    (n instances). Unlike ``mean_of_ratios_db`` a few near-perfect reconstructions, whose
+    linear ratios approach ``1/EPS``, cannot dominate it. ``-inf`` when every ``var_g`` is 0.
+    """
+    try:
+        vg = np.asarray(var_g, dtype=np.float64)
+        vr = np.asarray(var_r, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"var_g and var_r must be sequences of numbers: {exc}") from exc
+    if vg.ndim != 1 or vg.size == 0 or vr.ndim != 1 or vr.size == 0:
+        raise InvalidInputError("var_g and var_r must be non-empty flat sequences of numbers")
+    if vg.shape != vr.shape:
+        raise InvalidInputError(f"var_g has {vg.size} values but var_r has {vr.size}; pass one of each per instance")
+    if not (np.all(np.isfinite(vg)) and np.all(np.isfinite(vr))) or np.any(vg < 0) or np.any(vr < 0):
+        raise InvalidInputError("var_g and var_r must be finite and non-negative (population variances)")
+    ratio = float(np.sum(vg)) / (float(np.sum(vr)) + EPS * vg.size)
+    return 10.0 * math.log10(ratio) if ratio > 0 else -math.inf

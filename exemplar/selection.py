@@ -2,34 +2,65 @@
 
 Pure functions on arrays (paper.md sections 2 and 4). Influence follows Koh & Liang's
 sign convention: ``I < 0`` is helpful (up-weighting the example lowers the test loss),
-``I > 0`` harmful; "most influential" means largest ``|I|``. Every strategy returns an
-``int64`` array of indices into its inputs, in selection order.
+``I > 0`` harmful. Every strategy returns an ``int64`` array of indices into its inputs,
+in selection order.
+
+Orderings (names in ``ORDERINGS``, ``order_by``): "most_influential" (``|I|``
+descending), "least_influential" (``|I|`` ascending), "most_helpful" (``I`` ascending,
+most negative first), "most_harmful" (``I`` descending). Each is a stable sort on a
+score, best first (``_ordering_score``).
 
 Strategies (names in ``STRATEGIES``):
 
-- ``"topk"``: ``topk``, the k most influential examples.
+- ``"topk"``: ``topk``, the first k under an ordering.
 - ``"random"``: ``random_selection``, k distinct examples uniformly at random.
 - ``"balanced"``: ``facility_location``, the paper's weighted facility location
   ("FL lambda") over the top-``pool_size`` pool, trading influence against coverage of
   the pool's gradient directions.
+- ``"divine"``: ``divine``, DIVINE (Bhatt et al. 2021) as the paper re-implemented it:
+  importance minus gamma times within-selection similarity, best gamma by spread.
+- ``"aide"``: ``aide``, AIDE (Nematov et al. 2024): influence, similarity to the test
+  gradient and facility-location coverage of the pool.
+- ``"self"``: ``self_selection``, the test instance itself (a sanity check; only when
+  the query is a training example).
+- ``"reconstruct"``: ``reconstruct`` (ours, beyond the paper): greedy forward selection
+  that maximises the selection relevance score itself.
+
+The tests check each strategy against a direct loop transcription of its definition.
 """
 
 import operator
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from exemplar.errors import InvalidInputError
+from exemplar.relevance import EPS, SOLVERS, exact_simplex_weights, project_onto_simplex, selection_relevance
 
-STRATEGIES = ("topk", "random", "balanced")
+STRATEGIES = ("topk", "random", "balanced", "divine", "aide", "self", "reconstruct")
+
+ORDERINGS = ("most_influential", "least_influential", "most_helpful", "most_harmful")
 
 TIE_RTOL = 1e-10
 """Greedy scores this close (relatively) to the best count as tied; the earliest wins.
 
 Exact ties are common in facility location (two candidates that are each other's only
 uncovered neighbour have equal gains), and rounding would otherwise break them by
-summation order instead of by pool order.
+summation order instead of by pool order. For scores of either sign (DIVINE, AIDE) the
+band is ``TIE_RTOL`` times the largest ``|score|`` among the candidates still open.
 """
+
+DIVINE_GAMMAS = tuple(float(x) for x in np.logspace(-4, 5, 20))
+"""The paper's gamma grid for DIVINE, ``logspace(-4, 5, 20)``."""
+
+RECONSTRUCT_SCREEN_RTOL = 1e-6
+"""``reconstruct`` re-scores with ``selection_relevance`` every candidate whose screened
+ratio is this close (relatively) to the best screened ratio, and lets those scores decide;
+the screening agrees with ``selection_relevance`` to rounding (about 1e-14 in the tests)."""
+
+
+# ---------------------------------------------------------------- validation
 
 
 def _positive_int(value: int, name: str) -> int:
@@ -58,16 +89,92 @@ def _influence_vector(influence: np.ndarray) -> npt.NDArray[np.float64]:
     return out
 
 
+def _grads_matrix(grads: np.ndarray, n: int) -> np.ndarray:
+    """``grads: (n, d)`` checked for dtype and shape against ``n`` influence entries (not cast)."""
+    g = np.asarray(grads)
+    if g.dtype.kind not in "biuf":
+        raise InvalidInputError(f"grads must be real numeric, got dtype {g.dtype}")
+    if g.ndim != 2:
+        raise InvalidInputError(f"grads must be 2-D (n, d), got shape {g.shape}")
+    if g.shape[0] != n:
+        raise InvalidInputError(
+            f"grads has {g.shape[0]} rows but influence has {n} entries; they must describe the same examples"
+        )
+    if g.shape[1] == 0:
+        raise InvalidInputError("grads has no columns: the gradient dimension d must be >= 1")
+    return g
+
+
+def _pool_grads(g: np.ndarray, pool: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """The pool's rows of ``g`` as float64; only they must be finite."""
+    out = g[pool].astype(np.float64)  # (m, d)
+    if not np.all(np.isfinite(out)):
+        raise InvalidInputError("grads contains NaN or infinite values in the candidate pool")
+    return out
+
+
+def _check_ordering(ordering: str) -> str:
+    if not isinstance(ordering, str) or ordering not in ORDERINGS:
+        raise InvalidInputError(f"unknown ordering {ordering!r}; choose one of: {', '.join(ORDERINGS)}")
+    return ordering
+
+
+# ---------------------------------------------------------------- orderings
+
+
+def _ordering_score(influence: npt.NDArray[np.float64], ordering: str) -> npt.NDArray[np.float64]:
+    """The sort key of ``ordering``, larger = earlier: ``|I|``, ``-|I|``, ``-I`` or ``I``."""
+    if ordering == "most_influential":
+        return np.abs(influence)
+    if ordering == "least_influential":
+        return -np.abs(influence)
+    if ordering == "most_helpful":
+        return -influence
+    return influence.copy()  # most_harmful
+
+
+def _order(score: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """Indices by ``score`` descending; ties keep input order."""
+    return np.argsort(-score, kind="stable").astype(np.int64, copy=False)
+
+
+def order_by(influence: np.ndarray, ordering: str) -> npt.NDArray[np.int64]:
+    """Indices of ``influence: (n,)`` under ``ordering`` (one of ``ORDERINGS``), best first.
+
+    most_influential: ``|I|`` descending; least_influential: ``|I|`` ascending;
+    most_helpful: ``I`` ascending (most negative first); most_harmful: ``I`` descending.
+    Stable: ties keep input order.
+    """
+    x = _influence_vector(influence)
+    return _order(_ordering_score(x, _check_ordering(ordering)))
+
+
 def most_influential_order(influence: np.ndarray) -> npt.NDArray[np.int64]:
     """Indices of ``influence: (n,)`` by ``|I|`` descending; ties keep input order."""
-    x = _influence_vector(influence)
-    return np.argsort(-np.abs(x), kind="stable").astype(np.int64, copy=False)
+    return order_by(influence, "most_influential")
 
 
-def topk(influence: np.ndarray, k: int) -> npt.NDArray[np.int64]:
-    """The ``min(k, n)`` most influential indices of ``influence: (n,)``, most first."""
+def _rescale(x: npt.NDArray[np.float64], lo: float, hi: float) -> npt.NDArray[np.float64]:
+    """``x: (m,)`` min-max rescaled to ``[lo, hi]``; all ``lo`` when ``x`` is constant.
+
+    A span too large for float64 (``|x|`` near 1e308 of both signs) is computed on ``x/2``.
+    """
+    x_min, x_max = x.min(), x.max()
+    if x_max == x_min:
+        return np.full(x.shape, lo)
+    with np.errstate(over="ignore"):
+        span = x_max - x_min
+    frac = (x - x_min) / span if np.isfinite(span) else (x / 2 - x_min / 2) / (x_max / 2 - x_min / 2)
+    return np.asarray(lo + frac * (hi - lo), dtype=np.float64)
+
+
+# ---------------------------------------------------------------- top-k and random
+
+
+def topk(influence: np.ndarray, k: int, ordering: str = "most_influential") -> npt.NDArray[np.int64]:
+    """The first ``min(k, n)`` indices of ``influence: (n,)`` under ``ordering``, best first."""
     k = _positive_int(k, "k")
-    return most_influential_order(influence)[:k]
+    return order_by(influence, ordering)[:k]
 
 
 def random_selection(n: int, k: int, seed: int) -> npt.NDArray[np.int64]:
@@ -82,19 +189,79 @@ def random_selection(n: int, k: int, seed: int) -> npt.NDArray[np.int64]:
     return np.asarray(picked, dtype=np.int64)
 
 
-def _cos_squared(grads: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Squared cosine similarities of the rows of ``grads: (m, d)``, shape ``(m, m)``.
+def self_selection(query_row: int | None, k: int) -> npt.NDArray[np.int64]:
+    """The "self" sanity check: the query itself, ``[query_row]``, when it is a training example.
 
-    A zero row has similarity 0 to every row, itself included. Rows are first scaled by
-    their largest absolute entry so the norms can neither overflow nor underflow.
+    ``query_row`` is the query's row among the training examples, ``None`` when the query
+    is not one of them (then InvalidInputError). One index whatever ``k >= 1`` is.
+    """
+    k = _positive_int(k, "k")
+    if query_row is None:
+        raise InvalidInputError(
+            "the query is not a training example, so the 'self' strategy has nothing to show; "
+            "choose another strategy or query with a training example"
+        )
+    if isinstance(query_row, bool):
+        raise InvalidInputError(f"query_row must be a non-negative integer row index, got {query_row!r}")
+    try:
+        row = operator.index(query_row)
+    except TypeError as exc:
+        raise InvalidInputError(f"query_row must be a non-negative integer row index, got {query_row!r}") from exc
+    if row < 0:
+        raise InvalidInputError(f"query_row must be a non-negative integer row index, got {row}")
+    return np.array([row], dtype=np.int64)
+
+
+# ---------------------------------------------------------------- similarities
+
+
+def _unit_rows(grads: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Rows of ``grads: (m, d)`` scaled to unit norm; zero rows stay zero.
+
+    Rows are first scaled by their largest absolute entry so the norms can neither
+    overflow nor underflow.
     """
     scale = np.max(np.abs(grads), axis=1, keepdims=True)  # (m, 1)
     nonzero = scale[:, 0] > 0
     unit = np.zeros_like(grads)
     scaled = grads[nonzero] / scale[nonzero]
     unit[nonzero] = scaled / np.linalg.norm(scaled, axis=1, keepdims=True)
+    return unit
+
+
+def _cos_squared(grads: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Squared cosine similarities of the rows of ``grads: (m, d)``, shape ``(m, m)``.
+
+    A zero row has similarity 0 to every row, itself included.
+    """
+    unit = _unit_rows(grads)
     cos = unit @ unit.T
     return np.asarray(cos * cos, dtype=np.float64)
+
+
+def _cosine(grads: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Cosine similarities of the rows of ``grads: (m, d)``, shape ``(m, m)``, symmetric.
+
+    Clipped to ``[-1, 1]``; a non-zero row has similarity exactly 1 to itself, a zero row
+    0 to every row, itself included.
+    """
+    unit = _unit_rows(grads)
+    cos = unit @ unit.T
+    cos = np.clip((cos + cos.T) / 2.0, -1.0, 1.0)
+    nonzero = np.any(unit != 0.0, axis=1)
+    cos[np.diag_indices_from(cos)] = np.where(nonzero, 1.0, 0.0)
+    return np.asarray(cos, dtype=np.float64)
+
+
+def _first_best(score: npt.NDArray[np.float64], chosen: npt.NDArray[np.bool_]) -> int:
+    """Earliest open candidate whose signed score is within the TIE_RTOL band of the best."""
+    open_scores = score[~chosen]
+    top = open_scores.max()
+    band = TIE_RTOL * float(np.max(np.abs(open_scores)))
+    return int(np.argmax(~chosen & (score >= top - band)))
+
+
+# ---------------------------------------------------------------- facility location ("balanced")
 
 
 def facility_location(
@@ -104,16 +271,19 @@ def facility_location(
     *,
     lam: float,
     pool_size: int = 100,
+    ordering: str = "most_influential",
 ) -> npt.NDArray[np.int64]:
     """Weighted facility location ("Balanced", FL lambda; paper.md section 4).
 
     ``influence: (n,)``, ``grads: (n, d)``. The pool ``C`` is the first ``pool_size`` of
-    ``most_influential_order`` (``m = len(C)``); each candidate costs ``-|I_a|``
-    min-max rescaled to ``[1, m]`` (the most influential costs 1; all cost 1 if equal).
+    ``order_by(influence, ordering)`` (``m = len(C)``); each candidate costs minus its
+    ordering score (most influential ``-|I|``, most helpful ``I``, most harmful ``-I``,
+    least influential ``|I|``) min-max rescaled to ``[1, m]``, so the first in the
+    ordering costs 1 (all cost 1 if equal).
     With ``s_ab = cos(g_a, g_b)^2`` and ``gain(a|S) = sum_b max(0, s_ab - max_{e in S} s_eb)``,
     the greedy adds ``argmax_a (gain(a|S) + 1)^lam / cost_a^(1 - lam)`` (ties, up to a
     relative ``TIE_RTOL``, to the earliest in pool order) until ``min(k, m)`` are
-    selected. ``lam = 0`` is top-k, ``lam = 1`` pure coverage of the pool.
+    selected. ``lam = 0`` is top-k under ``ordering``, ``lam = 1`` pure coverage of the pool.
 
     Every gain is re-evaluated at each step, vectorised over the pool (``O(k m^2)`` time,
     ``O(m^2)`` memory). The gain is submodular, so scores only fall as ``S`` grows and
@@ -122,18 +292,7 @@ def facility_location(
     and ``grads`` in greedy order.
     """
     inf = _influence_vector(influence)
-    g = np.asarray(grads)
-    if g.dtype.kind not in "biuf":
-        raise InvalidInputError(f"grads must be real numeric, got dtype {g.dtype}")
-    if g.ndim != 2:
-        raise InvalidInputError(f"grads must be 2-D (n, d), got shape {g.shape}")
-    if g.shape[0] != inf.shape[0]:
-        raise InvalidInputError(
-            f"grads has {g.shape[0]} rows but influence has {inf.shape[0]} entries; "
-            "they must describe the same examples"
-        )
-    if g.shape[1] == 0:
-        raise InvalidInputError("grads has no columns: the gradient dimension d must be >= 1")
+    g = _grads_matrix(grads, inf.shape[0])
     k = _positive_int(k, "k")
     pool_size = _positive_int(pool_size, "pool_size")
     if isinstance(lam, bool) or not isinstance(lam, int | float | np.integer | np.floating):
@@ -141,18 +300,15 @@ def facility_location(
     lam = float(lam)
     if not 0.0 <= lam <= 1.0:  # also refuses NaN
         raise InvalidInputError(f"lam must be in [0, 1], got {lam}")
+    score_all = _ordering_score(inf, _check_ordering(ordering))
 
-    pool = np.argsort(-np.abs(inf), kind="stable")[:pool_size].astype(np.int64)  # (m,)
+    pool = _order(score_all)[:pool_size]  # (m,)
     m = pool.shape[0]
     if m == 0:
         return pool
-    pool_grads = g[pool].astype(np.float64)  # (m, d)
-    if not np.all(np.isfinite(pool_grads)):
-        raise InvalidInputError("grads contains NaN or infinite values in the candidate pool")
+    pool_grads = _pool_grads(g, pool)  # (m, d)
 
-    c = -np.abs(inf[pool])  # (m,); both ends <= 0, so the differences cannot overflow
-    c_min, c_max = c.min(), c.max()
-    cost = np.ones(m) if c_max == c_min else 1.0 + (c - c_min) / (c_max - c_min) * (m - 1)
+    cost = _rescale(-score_all[pool], 1.0, float(m))  # (m,), the first in the ordering costs 1
     cost_term = cost ** (1.0 - lam)  # (m,)
 
     sim = _cos_squared(pool_grads)  # (m, m)
@@ -167,4 +323,288 @@ def facility_location(
         chosen[best] = True
         order.append(best)
         cur = np.maximum(cur, sim[best])
+    return pool[np.asarray(order, dtype=np.int64)]
+
+
+# ---------------------------------------------------------------- DIVINE
+
+
+def _gamma_grid(gammas: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    try:
+        arr = np.asarray(gammas, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"gammas must be a sequence of non-negative numbers: {exc}") from exc
+    if arr.ndim != 1 or arr.size == 0:
+        raise InvalidInputError(f"gammas must be a non-empty 1-D sequence of numbers, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise InvalidInputError("gammas must be finite and non-negative")
+    return arr
+
+
+def _mean_pairwise(dist: npt.NDArray[np.float64], picked: Sequence[int]) -> float:
+    """Mean of ``dist[a, b]`` over ordered pairs ``a != b`` of ``picked``; 0 for one element.
+
+    Summed over the sorted indices, so the same set gives the same value in any order.
+    """
+    idx = np.sort(np.asarray(picked, dtype=np.int64))
+    size = idx.shape[0]
+    if size < 2:
+        return 0.0
+    sub = dist[np.ix_(idx, idx)]
+    return float((sub.sum() - np.trace(sub)) / (size * (size - 1)))
+
+
+def divine(
+    influence: np.ndarray,
+    grads: np.ndarray,
+    k: int,
+    *,
+    ordering: str = "most_influential",
+    pool_size: int = 100,
+    gammas: npt.ArrayLike = DIVINE_GAMMAS,
+) -> npt.NDArray[np.int64]:
+    """DIVINE (Bhatt et al. 2021) as the paper re-implemented it (paper.md section 4).
+
+    ``influence: (n,)``, ``grads: (n, d)``. Pool ``C`` = the first ``pool_size`` of
+    ``order_by(influence, ordering)`` (``m = len(C)``). Importance ``imp_a`` = the
+    ordering's score (``|I|``, ``-|I|``, ``-I`` or ``I``, larger = earlier) min-max
+    scaled to ``[0, 1]`` (all 0 if equal). ``D = 1 - cos`` is the cosine-distance matrix
+    of the pool's gradients (a zero gradient has cosine 0 to every row, itself included;
+    a non-zero one distance exactly 0 to itself) and ``S = max(D) - D``. For each
+    ``gamma`` in ``gammas`` the greedy maximises
+    ``F(T) = sum_{a in T} imp_a + gamma * (sum_{a,b in C} S_ab - sum_{a,b in T} S_ab)``
+    (ordered pairs, ``a = b`` included) by adding the largest marginal gain
+    ``imp_a - gamma * (2 sum_{b in T} S_ab + S_aa)`` (ties within ``TIE_RTOL`` to the
+    earliest in pool order) until ``min(k, m)`` are selected. Of these selections the one
+    with the largest mean pairwise cosine distance (over ``a != b``) is returned; ties,
+    including every ``k = 1`` selection, keep the earliest gamma's. ``O(len(gammas) k m)``
+    after the ``O(m^2 d)`` similarities.
+    """
+    inf = _influence_vector(influence)
+    g = _grads_matrix(grads, inf.shape[0])
+    k = _positive_int(k, "k")
+    pool_size = _positive_int(pool_size, "pool_size")
+    score_all = _ordering_score(inf, _check_ordering(ordering))
+    grid = _gamma_grid(gammas)
+
+    pool = _order(score_all)[:pool_size]  # (m,)
+    m = pool.shape[0]
+    if m == 0:
+        return pool
+    pool_grads = _pool_grads(g, pool)  # (m, d)
+    importance = _rescale(score_all[pool], 0.0, 1.0)  # (m,)
+    dist = np.clip(1.0 - _cosine(pool_grads), 0.0, 2.0)  # (m, m)
+    sim = dist.max() - dist  # (m, m)
+    self_sim = np.diag(sim).copy()  # (m,)
+
+    best_order: list[int] = []
+    best_spread = 0.0
+    for gamma in grid:
+        chosen = np.zeros(m, dtype=bool)
+        within = np.zeros(m)  # within_a = sum_{b in T} S_ab
+        order: list[int] = []
+        for _ in range(min(k, m)):
+            gains = importance - gamma * (2.0 * within + self_sim)
+            pick = _first_best(gains, chosen)
+            chosen[pick] = True
+            order.append(pick)
+            within += sim[pick]
+        spread = _mean_pairwise(dist, order)
+        if not best_order or spread > best_spread * (1.0 + TIE_RTOL):  # spreads are >= 0
+            best_order, best_spread = order, spread
+    return pool[np.asarray(best_order, dtype=np.int64)]
+
+
+# ---------------------------------------------------------------- AIDE
+
+
+def _test_vector(test_grad: np.ndarray, d: int) -> npt.NDArray[np.float64]:
+    arr = np.asarray(test_grad)
+    if arr.dtype.kind not in "biuf":
+        raise InvalidInputError(f"test_grad must be real numeric, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise InvalidInputError(f"test_grad must be 1-D (d,), got shape {arr.shape}")
+    if arr.shape[0] != d:
+        raise InvalidInputError(
+            f"test_grad has d={arr.shape[0]} but grads has d={d} columns; "
+            "both must be gradients w.r.t. the same parameters"
+        )
+    out = arr.astype(np.float64)
+    if not np.all(np.isfinite(out)):
+        raise InvalidInputError("test_grad contains NaN or infinite values")
+    return out
+
+
+def aide(
+    influence: np.ndarray,
+    grads: np.ndarray,
+    test_grad: np.ndarray,
+    k: int,
+    *,
+    pool_size: int = 100,
+) -> npt.NDArray[np.int64]:
+    """AIDE (Nematov et al. 2024) as in paper.md section 4, with the real test gradient.
+
+    ``influence: (n,)``, ``grads: (n, d)``, ``test_grad: (d,)``. Pool ``C`` = the first
+    ``pool_size`` by ``|I|`` (``most_influential_order``). The greedy maximises
+    ``F(S) = 0.2 sum_{a in S} imp_a + 0.8 sum_{a in S} cos(g_a, g_test) + gamma' FL(S)``
+    with ``FL(S) = sum_{b in C} max_{e in S} cos(g_e, g_b)`` (plain cosine, so it may be
+    negative; ``FL(empty) = 0``), ``gamma' = 0.5 (1 - 1/(k (k - 1)))`` for ``k > 1`` and
+    1 for ``k = 1`` (``k`` as requested, even if the pool is smaller). ``imp_a`` is
+    ``|I_a|`` min-max scaled to ``[0, 1]`` over the pool (all 0 if equal): our choice, so
+    the influence term is on the scale of the cosines whatever the estimator's units; raw
+    ``|I|`` would let any influence in the units of a large gradient swamp the rest.
+    A zero gradient has cosine 0 to everything (itself included). Each step adds the
+    largest marginal gain, ties within ``TIE_RTOL`` to the earliest in pool order, until
+    ``min(k, m)`` are selected. ``O(k m^2)`` after the ``O(m^2 d)`` similarities.
+    """
+    inf = _influence_vector(influence)
+    g = _grads_matrix(grads, inf.shape[0])
+    test = _test_vector(test_grad, g.shape[1])
+    k = _positive_int(k, "k")
+    pool_size = _positive_int(pool_size, "pool_size")
+
+    score_all = np.abs(inf)
+    pool = _order(score_all)[:pool_size]  # (m,)
+    m = pool.shape[0]
+    if m == 0:
+        return pool
+    pool_grads = _pool_grads(g, pool)  # (m, d)
+    importance = _rescale(score_all[pool], 0.0, 1.0)  # (m,)
+    cos = _cosine(pool_grads)  # (m, m)
+    to_test = np.clip(_unit_rows(pool_grads) @ _unit_rows(test[None, :])[0], -1.0, 1.0)  # (m,)
+    gamma = 1.0 if k == 1 else 0.5 * (1.0 - 1.0 / (k * (k - 1)))
+    base = 0.2 * importance + 0.8 * to_test  # (m,)
+
+    chosen = np.zeros(m, dtype=bool)
+    cover: npt.NDArray[np.float64] | None = None  # cover_b = max_{e in S} cos(g_e, g_b)
+    order: list[int] = []
+    for _ in range(min(k, m)):
+        fl_gain = cos.sum(axis=1) if cover is None else np.maximum(0.0, cos - cover[None, :]).sum(axis=1)
+        gains = base + gamma * fl_gain
+        pick = _first_best(gains, chosen)
+        chosen[pick] = True
+        order.append(pick)
+        cover = cos[pick].copy() if cover is None else np.maximum(cover, cos[pick])
+    return pool[np.asarray(order, dtype=np.int64)]
+
+
+# ---------------------------------------------------------------- reconstruct (ours)
+
+
+def _float32_values(x: np.ndarray, name: str) -> npt.NDArray[np.float64]:
+    """``x`` rounded to float32, as the relevance score sees it, then float64."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise InvalidInputError(f"{name} must be real numeric, got dtype {arr.dtype}")
+    with np.errstate(over="ignore"):
+        out = arr.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise InvalidInputError(f"{name} contains NaN or infinite values (or values too large for float32)")
+    return out.astype(np.float64)
+
+
+class _ReducedScorer:
+    """The relevance ratio of any subset of a pool, in the pool's own coordinates.
+
+    With ``M = [P.T, g, 1]: (d, m + 2)`` and its thin QR ``M = Q R`` (``Q`` orthonormal
+    columns), every pool row, the test gradient and the all-ones vector are exact
+    combinations of ``Q``'s columns (the columns of ``R``), so for a subset ``T`` and
+    weights ``t`` the residual is ``r = Q e`` with ``e = h - C_T.T t``, its mean
+    ``c1.e / d`` and ``d Var(r) = ||e - mean c1||^2`` (as ``1 = Q c1``). Both solvers
+    only see ``A A^T`` and ``A g`` ("exact") or the singular values and vectors of ``A.T``
+    ("paper"), which ``C_T`` shares with the rows of ``P``: the same weights at
+    ``O(m k^2)`` per subset instead of ``O(d k^2)``.
+    """
+
+    def __init__(self, pool_grads: npt.NDArray[np.float64], g: npt.NDArray[np.float64], solver: str) -> None:
+        m, d = pool_grads.shape
+        stacked = np.column_stack([pool_grads.T, g, np.ones(d)])  # (d, m + 2)
+        r = np.asarray(np.linalg.qr(stacked, mode="r"), dtype=np.float64)  # (min(d, m + 2), m + 2)
+        self.coords = np.ascontiguousarray(r[:, :m].T)  # (m, K), row j = coordinates of pool row j
+        self.h = r[:, m]  # (K,) coordinates of g
+        self.ones = r[:, m + 1]  # (K,) coordinates of the all-ones vector
+        self.d = d
+        self.var_g = float(np.var(g))
+        self.solver = solver
+
+    def ratio(self, subset: list[int]) -> float:
+        c_t = self.coords[subset]  # (k, K)
+        if self.solver == "paper":
+            rtol = max(len(subset), self.d) * float(np.finfo(np.float32).eps)
+            weights = project_onto_simplex(np.linalg.pinv(c_t.T, rtol=rtol) @ self.h)
+        else:
+            weights = exact_simplex_weights(self.h, c_t)
+        e = self.h - c_t.T @ weights  # (K,)
+        mean = float(self.ones @ e) / self.d
+        var_r = float(np.sum((e - mean * self.ones) ** 2)) / self.d
+        return self.var_g / (var_r + EPS)
+
+
+def reconstruct(
+    test_grad: np.ndarray,
+    grads: np.ndarray,
+    k: int,
+    *,
+    solver: str = "exact",
+    pool_size: int = 100,
+) -> npt.NDArray[np.int64]:
+    """Greedy forward selection on the relevance score itself ("ours", beyond the paper).
+
+    ``test_grad: (d,)``, ``grads: (n, d)`` (the candidates the caller retrieved). Pool =
+    the ``pool_size`` rows with the smallest Euclidean distance ``||g_a - test_grad||``
+    (ties in row order). Starting from the empty selection, each step adds the pool row
+    ``a`` maximising ``selection_relevance(test_grad, grads[S + [a]], solver).ratio``
+    (ties within ``TIE_RTOL`` to the earliest in pool order) until ``min(k, m)`` are
+    selected. Distances and scores use the float32-rounded values the score sees.
+
+    The first pick: a single example gets weight 1, so its residual is ``g - a`` and the
+    ratio ``Var(g) / (Var(g - a) + EPS)`` is largest for the smallest
+    ``Var(g - a) = ||g - a||^2 / d - mean(g - a)^2``, i.e. the nearest row in L2 once the
+    constant offset ``mean(g - a)`` is removed (the score ignores offsets). That is the
+    L2-nearest row when the residuals have no offset, as for large raw gradients, but
+    not in general; the pool itself is by plain L2 distance.
+
+    For speed each candidate is first scored in the pool's coordinates
+    (``_ReducedScorer``, for the "paper" and "exact" solvers; other solvers are scored
+    directly); every candidate within ``RECONSTRUCT_SCREEN_RTOL`` of the best screened
+    ratio is then re-scored with ``selection_relevance`` itself, which decides. A test
+    gradient with zero variance scores 0 with every selection: the pool order is returned.
+    """
+    k = _positive_int(k, "k")
+    pool_size = _positive_int(pool_size, "pool_size")
+    if not isinstance(solver, str) or solver not in SOLVERS:
+        raise InvalidInputError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
+    g = _float32_values(test_grad, "test_grad")
+    if g.ndim != 1 or g.shape[0] == 0:
+        raise InvalidInputError(f"test_grad must be a non-empty 1-D vector (d,), got shape {g.shape}")
+    a = _float32_values(grads, "grads")
+    if a.ndim != 2:
+        raise InvalidInputError(f"grads must be 2-D (n, d), got shape {a.shape}")
+    if a.shape[1] != g.shape[0]:
+        raise InvalidInputError(
+            f"grads has d={a.shape[1]} columns but test_grad has d={g.shape[0]}; "
+            "both must be gradients w.r.t. the same parameters"
+        )
+    dist2 = np.sum((a - g[None, :]) ** 2, axis=1)  # (n,)
+    pool = np.argsort(dist2, kind="stable")[:pool_size].astype(np.int64)  # (m,)
+    m = pool.shape[0]
+    steps = min(k, m)
+    if m == 0 or float(np.var(g)) == 0.0:
+        return pool[:steps]
+
+    grads_in = np.asarray(grads)
+    scorer = _ReducedScorer(a[pool], g, solver) if solver in ("paper", "exact") else None
+    chosen = np.zeros(m, dtype=bool)
+    order: list[int] = []
+    for _ in range(steps):
+        open_idx = np.flatnonzero(~chosen)
+        if scorer is not None:
+            screened = np.array([scorer.ratio([*order, int(j)]) for j in open_idx])
+            open_idx = open_idx[screened >= screened.max() * (1.0 - RECONSTRUCT_SCREEN_RTOL)]
+        rows = [pool[[*order, int(j)]] for j in open_idx]
+        ratios = np.array([selection_relevance(test_grad, grads_in[r], solver=solver).ratio for r in rows])
+        pick = int(open_idx[int(np.argmax(ratios >= ratios.max() * (1.0 - TIE_RTOL)))])
+        chosen[pick] = True
+        order.append(pick)
     return pool[np.asarray(order, dtype=np.int64)]

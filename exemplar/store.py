@@ -4,6 +4,9 @@ Layout (the manifest is written last, so a directory without it is not an index)
 - `vectors.npy`: row-aligned float32 projected gradients `(n, d)`, memory-mapped on open
 - `index.faiss`: FAISS inner-product index over the same rows (exact `IndexFlatIP`)
 - `examples.sqlite`: the examples (id, text/label or prompt/response, source, metadata)
+- `norms.npy`: L2 norm of each row (cosine estimator)
+- `datainf.npy`: DataInf's per-layer preconditioner `(L, p, p)` (see `exemplar.estimators`)
+- `bm25/`: a BM25 index over the examples' token ids (bm25s, no pickle)
 - `manifest.json`: model checksum, parameter selection, projection seed and dims,
   dataset checksum, code version; checked whenever the index is opened or used.
 
@@ -30,10 +33,22 @@ import numpy as np
 
 from exemplar import __version__
 from exemplar.errors import IndexIncompatibleError, InvalidInputError, NotFoundError
+from exemplar.estimators import (
+    BM25,
+    BM25_DIR,
+    DATAINF_FILE,
+    ESTIMATOR_NAMES,
+    DataInf,
+    Estimator,
+    GradCos,
+    GradDot,
+    datainf_matrices,
+)
 from exemplar.tasks import Example
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST, VECTORS, FAISS_INDEX, EXAMPLES_DB = "manifest.json", "vectors.npy", "index.faiss", "examples.sqlite"
+NORMS = "norms.npy"
 
 
 @dataclass(frozen=True)
@@ -141,9 +156,13 @@ class GradientStore(Protocol):
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def estimator(self, name: str) -> Estimator: ...
+
     def vectors_at(self, rows: np.ndarray) -> np.ndarray: ...
 
     def examples_at(self, rows: Sequence[int]) -> list[StoredExample]: ...
+
+    def find_row(self, example: Example) -> int | None: ...
 
     def example_by_id(self, example_id: str) -> StoredExample: ...
 
@@ -154,6 +173,7 @@ def write_index(
     vectors: np.ndarray,
     examples: Sequence[Example],
     *,
+    token_ids: Sequence[list[int]] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a complete index to a temporary sibling directory, then rename it into place."""
@@ -171,6 +191,11 @@ def write_index(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         np.save(tmp / VECTORS, vectors)
+        np.save(tmp / NORMS, np.linalg.norm(vectors, axis=1).astype(np.float32))
+        n_layers = len(manifest.layer_names)
+        np.save(tmp / DATAINF_FILE, datainf_matrices(vectors, n_layers, manifest.dims // max(1, n_layers)))
+        if token_ids is not None:
+            BM25.build(list(token_ids)).save(tmp / BM25_DIR)
         index = faiss.IndexFlatIP(manifest.dims)
         index.add(vectors)
         faiss.write_index(index, str(tmp / FAISS_INDEX))
@@ -224,6 +249,8 @@ class FaissGradientStore:
         n, d = self.vectors.shape
         if (n, d) != (self.manifest.n_examples, self.manifest.dims) or self.index.ntotal != n or self.index.d != d:
             raise IndexIncompatibleError(f"index files in {str(self.path)!r} disagree with its manifest; rebuild it")
+        self.norms = np.load(self.path / NORMS, mmap_mode="r")
+        self._estimators: dict[str, Estimator] = {}
         self._db = sqlite3.connect(f"file:{self.path / EXAMPLES_DB}?mode=ro", uri=True, check_same_thread=False)
         self._lock = threading.Lock()
 
@@ -237,6 +264,23 @@ class FaissGradientStore:
         scores, rows = self.index.search(q, min(k, self.n))
         keep = rows[0] >= 0
         return scores[0][keep], rows[0][keep].astype(np.int64)
+
+    def estimator(self, name: str) -> Estimator:
+        """The named influence estimator over this store, loaded once."""
+        if name not in self._estimators:
+            if name == "grad_dot":
+                self._estimators[name] = GradDot()
+            elif name == "grad_cos":
+                self._estimators[name] = GradCos()
+            elif name == "datainf":
+                self._estimators[name] = DataInf(np.load(self.path / DATAINF_FILE))
+            elif name == "bm25":
+                if not (self.path / BM25_DIR).exists():
+                    raise InvalidInputError("this index has no BM25 index; rebuild it with index-builder")
+                self._estimators[name] = BM25.load(self.path / BM25_DIR)
+            else:
+                raise InvalidInputError(f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATOR_NAMES)}")
+        return self._estimators[name]
 
     def vectors_at(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
@@ -256,6 +300,21 @@ class FaissGradientStore:
             for r in self._rows(f"SELECT * FROM examples WHERE row IN ({','.join('?' * len(wanted))})", wanted)
         }
         return [found[r] for r in wanted]
+
+    def find_row(self, example: Example) -> int | None:
+        """The row of a training example with exactly this content, if any (for the "self" strategy)."""
+        if example.text is not None:
+            sql, args = (
+                "SELECT row FROM examples WHERE text = ? AND (? IS NULL OR label = ?) LIMIT 1",
+                [example.text, example.label, example.label],
+            )
+        else:
+            sql, args = (
+                "SELECT row FROM examples WHERE prompt = ? AND response = ? LIMIT 1",
+                [example.prompt, example.response],
+            )
+        found = self._rows(sql, args)
+        return int(found[0][0]) if found else None
 
     def example_by_id(self, example_id: str) -> StoredExample:
         rows = self._rows("SELECT * FROM examples WHERE id = ?", [example_id])

@@ -68,6 +68,8 @@ class Task(Protocol):
 
     def encode(self, example: Example) -> Encoded: ...
 
+    def lexical_ids(self, example: Example) -> list[int]: ...
+
     def collate(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]: ...
 
     def per_example_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput: ...
@@ -113,6 +115,10 @@ class ClassificationTask:
         if truncated:  # keep the closing special token (e.g. [SEP])
             ids = ids[: self.max_length - 1] + ids[-1:]
         return Encoded(input_ids=list(ids), target=target, truncated=truncated)
+
+    def lexical_ids(self, example: Example) -> list[int]:
+        """Content token ids (no special tokens), for lexical estimators."""
+        return list(self.tokenizer(_require_text(example.text, "text"), add_special_tokens=False)["input_ids"])
 
     def collate(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         input_ids = _pad([e.input_ids for e in batch], self.pad_id)
@@ -176,6 +182,12 @@ class CausalLMTask:
             prompt_ids = prompt_ids[len(prompt_ids) - keep :]
         labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
         return Encoded(input_ids=prompt_ids + response_ids, target=labels, truncated=truncated)
+
+    def lexical_ids(self, example: Example) -> list[int]:
+        """Content token ids of prompt and response (no chat scaffolding), for lexical estimators."""
+        prompt = _require_text(example.prompt, "prompt")
+        response = _require_text(example.response, "response")
+        return self._ids(prompt) + self._ids(" " + response)
 
     def collate(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         input_ids = _pad([e.input_ids for e in batch], self.pad_id)

@@ -1,15 +1,18 @@
-"""The Explainer on tiny real indexes: candidates, strategies, weights and score."""
+"""The Explainer on tiny real indexes: estimators against brute force, candidates, strategies, score."""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from exemplar.errors import InvalidInputError
-from exemplar.explain import Explainer
+from exemplar.explain import STRATEGIES, Explainer, ExplainOptions, Explanation
 from exemplar.relevance import selection_relevance
+from exemplar.selection import ORDERINGS
 from exemplar.tasks import Example
 
 
@@ -18,49 +21,160 @@ def clf(classifier_index: Path) -> Explainer:
     return Explainer.from_index(classifier_index)
 
 
-def test_candidates_are_the_most_influential_rows(clf: Explainer) -> None:
-    grad, _ = clf.query_gradient(Example(text="the cat sat on the mat"))
-    rows, influence = clf.candidates(grad, 10)
-    brute = -(np.asarray(clf.store.vectors) @ grad)
-    expected = np.sort(np.abs(brute))[::-1][:10]
-    np.testing.assert_allclose(np.abs(influence), expected, rtol=1e-5)
-    np.testing.assert_allclose(influence, brute[rows], rtol=1e-5)
+def brute_influence(explainer: Explainer, estimator: str, query: Example) -> np.ndarray:
+    """Obviously-correct influence of every stored row, straight from the definitions."""
+    state = explainer.prepare(query)
+    v = np.asarray(explainer.store.vectors, dtype=np.float64)
+    g = state.grad.astype(np.float64)
+    if estimator == "grad_dot":
+        return -(v @ g)
+    if estimator == "grad_cos":
+        return np.array([-(row @ g) / (np.linalg.norm(row) * np.linalg.norm(g)) for row in v])
+    if estimator == "datainf":
+        layers = len(explainer.store.manifest.layer_names)
+        p = v.shape[1] // layers
+        n = v.shape[0]
+        out = np.zeros(n)
+        for layer in range(layers):
+            block = v[:, layer * p : (layer + 1) * p]
+            vl = g[layer * p : (layer + 1) * p]
+            lam = 0.1 * np.mean([(gi @ gi) / p for gi in block])
+            h = sum(vl - (gi @ vl) / (lam + gi @ gi) * gi for gi in block) / (n * lam)
+            out -= block @ h
+        return out
+    # bm25: Okapi with k1 = 1.5, b = 0.75, idf = ln((N - df + 0.5)/(df + 0.5) + 1)
+    task = explainer.featurizer.task
+    docs = [
+        task.lexical_ids(Example(text=e.text, label=e.label))
+        for e in explainer.store.examples_at(range(explainer.store.n))
+    ]
+    terms = set(task.lexical_ids(query))
+    avgdl = np.mean([len(d) for d in docs])
+    df = Counter(t for d in docs for t in set(d))
+    scores = []
+    for d in docs:
+        tf = Counter(d)
+        s = 0.0
+        for t in terms:
+            if tf[t]:
+                idf = math.log((len(docs) - df[t] + 0.5) / (df[t] + 0.5) + 1)
+                s += idf * tf[t] * 2.5 / (tf[t] + 1.5 * (0.25 + 0.75 * len(d) / avgdl))
+        scores.append(s)
+    return np.array(scores)
 
 
-@pytest.mark.parametrize("strategy", ["balanced", "topk", "random"])
-def test_explanation_is_consistent(clf: Explainer, strategy: str) -> None:
-    result = clf.explain(Example(text="i love this movie", label="positive"), k=4, strategy=strategy)
+@pytest.mark.parametrize("estimator", ["grad_dot", "grad_cos", "datainf", "bm25"])
+def test_estimators_match_brute_force(clf: Explainer, estimator: str) -> None:
+    query = Example(text="the cat sat on the mat stocks", label="positive")
+    state = clf.prepare(query)
+    expected = brute_influence(clf, estimator, query)
+    est = clf.store.estimator(estimator)
+    np.testing.assert_allclose(
+        est.scan(clf.store, state.query), expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max()
+    )
+    rows = np.array([3, 0, 7])
+    np.testing.assert_allclose(
+        est.influence(clf.store, state.query, rows), expected[rows], rtol=1e-4, atol=1e-6 * np.abs(expected).max()
+    )
+
+
+@pytest.mark.parametrize("estimator", ["grad_dot", "datainf", "grad_cos"])
+@pytest.mark.parametrize("ordering", ORDERINGS)
+def test_candidates_are_the_top_rows_under_each_ordering(clf: Explainer, estimator: str, ordering: str) -> None:
+    query = Example(text="i love this movie")
+    state = clf.prepare(query)
+    expected = brute_influence(clf, estimator, query)
+    key = {
+        "most_influential": -np.abs(expected),
+        "least_influential": np.abs(expected),
+        "most_helpful": expected,
+        "most_harmful": -expected,
+    }[ordering]
+    rows, influence = clf.candidates(state, clf.store.estimator(estimator), ordering, 10)
+    np.testing.assert_allclose(np.sort(key[rows]), np.sort(key)[:10], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(influence, expected[rows], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "self"])
+def test_every_strategy_gives_a_consistent_explanation(clf: Explainer, strategy: str) -> None:
+    query = Example(text="i love this movie", label="positive")
+    result = clf.explain(query, k=4, strategy=strategy)
     ids = [s.example.id for s in result.examples]
     assert len(ids) == 4 == len(set(ids))
     weights = np.array([s.weight for s in result.examples])
     assert (weights >= 0).all()
     assert weights.sum() == pytest.approx(1.0, abs=1e-5)
-    grad, _ = clf.query_gradient(Example(text="i love this movie", label="positive"))
-    rows = [s.example.row for s in result.examples]
-    expected = selection_relevance(grad, clf.store.vectors_at(np.array(rows)))
-    assert result.score_db == pytest.approx(expected.db, abs=1e-4)
+    state = clf.prepare(query)
+    rows = np.array([s.example.row for s in result.examples])
+    assert result.score_db == pytest.approx(selection_relevance(state.grad, clf.store.vectors_at(rows)).db, abs=1e-4)
     assert result.prediction["explained_label"] == "positive"
-    assert set(result.timings_ms) >= {"gradient", "search", "selection", "score", "total"}
+    assert set(result.timings_ms) >= {"gradient", "selection", "score", "total"}
 
 
-def test_topk_returns_largest_abs_influence(clf: Explainer) -> None:
-    result = clf.explain(Example(text="stocks fell"), k=3, strategy="topk")
-    influence = [abs(s.influence) for s in result.examples]
-    assert influence == sorted(influence, reverse=True)
+def test_auto_returns_the_best_scoring_strategy(clf: Explainer) -> None:
+    query = Example(text="stocks fell sharply")
+    auto = clf.explain(query, k=3, strategy="auto")
+    scores = {s: clf.explain(query, k=3, strategy=s).score_db for s in ("topk", "balanced", "reconstruct")}
+    assert auto.score_db == pytest.approx(max(scores.values()), abs=1e-6)
+    assert auto.reason is not None
+    assert auto.strategy in scores
+    assert auto.reason.startswith(auto.strategy)
 
 
-def test_bad_requests(clf: Explainer) -> None:
+def test_reconstruct_beats_topk_and_exact_solver_beats_paper(clf: Explainer) -> None:
+    query = Example(text="what a boring afternoon")
+    topk = clf.explain(query, k=5, strategy="topk").score_db
+    ours = clf.explain(query, k=5, strategy="reconstruct").score_db
+    assert ours >= topk
+    paper = clf.explain(query, k=5, strategy="balanced", solver="paper")
+    exact = clf.explain(query, k=5, strategy="balanced", solver="exact")
+    assert [s.example.id for s in paper.examples] == [s.example.id for s in exact.examples]
+    g = clf.prepare(query).grad.astype(np.float64)
+    a = clf.store.vectors_at(np.array([s.example.row for s in paper.examples])).astype(np.float64)
+
+    def residual(result: Explanation) -> float:
+        return float(np.sum((g - a.T @ np.array([s.weight for s in result.examples])) ** 2))
+
+    assert residual(exact) <= residual(paper) * (1 + 1e-9)  # the exact solver minimises ||A^T t - g||^2
+
+
+def test_self_strategy_finds_the_training_example(clf: Explainer) -> None:
+    first = clf.store.examples_at([5])[0]
+    result = clf.explain(Example(text=first.text, label=first.label), k=1, strategy="self")
+    assert [s.example.id for s in result.examples] == [first.id]
+    assert result.score_db > 40  # the query's gradient is the stored one
+    with pytest.raises(InvalidInputError, match="not a training example"):
+        clf.explain(Example(text="a sentence that is not in the training set"), k=1, strategy="self")
+
+
+def test_topk_follows_the_ordering(clf: Explainer) -> None:
+    query = Example(text="stocks fell")
+    helpful = clf.explain(query, k=3, strategy="topk", ordering="most_helpful")
+    influence = [s.influence for s in helpful.examples]
+    assert influence == sorted(influence)
+    harmful = clf.explain(query, k=3, strategy="topk", ordering="most_harmful")
+    assert [s.influence for s in harmful.examples] == sorted((s.influence for s in harmful.examples), reverse=True)
+
+
+def test_bad_options(clf: Explainer) -> None:
     with pytest.raises(InvalidInputError, match="k must be"):
         clf.explain(Example(text="x"), k=0)
     with pytest.raises(InvalidInputError, match="unknown strategy"):
         clf.explain(Example(text="x"), strategy="best")
+    with pytest.raises(InvalidInputError, match="similarity without sign"):
+        clf.explain(Example(text="x"), estimator="bm25", ordering="most_helpful")
     with pytest.raises(InvalidInputError, match="non-empty"):
         clf.explain(Example(text="   "))
+    with pytest.raises(TypeError):
+        ExplainOptions(colour="red")  # type: ignore[call-arg]
 
 
 def test_causal_lm_explanation(causal_index: Path) -> None:
     explainer = Explainer.from_index(causal_index)
-    result = explainer.explain(Example(prompt="is this message spam or ham", response="spam"), k=3)
-    assert len({s.example.id for s in result.examples}) == 3
-    assert np.isfinite(result.score_db)
+    for estimator in ("grad_dot", "datainf", "bm25"):
+        result = explainer.explain(
+            Example(prompt="is this message spam or ham", response="spam"), k=3, estimator=estimator
+        )
+        assert len({s.example.id for s in result.examples}) == 3
+        assert np.isfinite(result.score_db)
     assert result.prediction["response_tokens"] >= 1

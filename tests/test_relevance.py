@@ -9,12 +9,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.optimize import minimize
 
+import exemplar.relevance as relevance_module
 from exemplar.errors import InvalidInputError
 from exemplar.relevance import (
     EPS,
+    SOLVERS,
     Relevance,
+    exact_simplex_weights,
     mean_of_ratios_db,
     project_onto_simplex,
+    ratio_of_expectations_db,
     selection_relevance,
 )
 
@@ -295,8 +299,351 @@ def test_relevance_rejects_bad_input(test_grad: np.ndarray, train_grads: np.ndar
 
 
 def test_relevance_rejects_unknown_solver() -> None:
-    with pytest.raises(InvalidInputError, match="unknown solver 'exact'"):
-        selection_relevance(np.ones(2), np.ones((1, 2)), solver="exact")
+    assert SOLVERS == ("paper", "exact")
+    with pytest.raises(InvalidInputError, match=r"unknown solver 'nnls'; available solvers: \('paper', 'exact'\)"):
+        selection_relevance(np.ones(2), np.ones((1, 2)), solver="nnls")
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_relevance_variances_are_consistent_with_ratio(solver: str) -> None:
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(4, 30))
+    g = rng.normal(size=4) @ a + rng.normal(size=30)
+    rel = selection_relevance(g, a, solver=solver)
+    g64 = g.astype(np.float32).astype(np.float64)
+    a64 = a.astype(np.float32).astype(np.float64)
+    assert rel.var_g == pytest.approx(oracle_population_variance(list(g64)), rel=1e-12)
+    r = g64 - a64.T @ rel.weights
+    assert rel.var_r == pytest.approx(oracle_population_variance(list(r)), rel=1e-9)
+    assert rel.ratio == pytest.approx(rel.var_g / (rel.var_r + EPS), rel=1e-15)
+    assert ratio_of_expectations_db([rel.var_g], [rel.var_r]) == pytest.approx(rel.db, abs=1e-12)
+
+
+# ---------------------------------------------------------------- exact simplex least squares
+
+
+def objective(a: np.ndarray, g: np.ndarray, t: np.ndarray) -> float:
+    """||A.T t - g||^2, the quantity the exact solver minimises."""
+    return float(np.sum((a.T @ t - g) ** 2))
+
+
+def objective_scale(a: np.ndarray, g: np.ndarray) -> float:
+    """An upper bound on the objective's magnitude over the simplex, for relative tolerances."""
+    return float(np.sum(g * g) + np.max(np.sum(a * a, axis=1))) + 1e-300
+
+
+def slsqp_simplex_least_squares(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """An independent solve of the same QP, made feasible by projecting SLSQP's answer."""
+    k = a.shape[0]
+    res = minimize(
+        lambda t: objective(a, g, t),
+        x0=np.full(k, 1.0 / k),
+        jac=lambda t: 2.0 * (a @ (a.T @ t - g)),
+        bounds=[(0.0, None)] * k,
+        constraints=[{"type": "eq", "fun": lambda t: float(t.sum() - 1.0), "jac": np.ones_like}],
+        method="SLSQP",
+        options={"ftol": 1e-15, "maxiter": 1000},
+    )
+    return project_onto_simplex(np.asarray(res.x, dtype=np.float64))
+
+
+def assert_on_simplex(t: np.ndarray, k: int) -> None:
+    assert t.dtype == np.float64
+    assert t.shape == (k,)
+    assert np.all(t >= 0)
+    assert abs(float(t.sum()) - 1.0) <= SUM_TOL_F64
+
+
+def assert_kkt(a: np.ndarray, g: np.ndarray, t: np.ndarray, rtol: float = 1e-9) -> None:
+    """With grad = Q t - b and mu its common value on the support: grad >= mu - tol everywhere."""
+    q = a @ a.T
+    b = a @ g
+    grad = q @ t - b
+    support = t > 0
+    assert np.any(support)
+    mu = float(np.mean(grad[support]))
+    tol = rtol * max(float(np.max(np.abs(q))), float(np.max(np.abs(b))), 1e-300)
+    assert np.all(np.abs(grad[support] - mu) <= tol), (grad[support] - mu, tol)
+    assert np.all(grad[~support] >= mu - tol), (grad[~support] - mu, tol)
+
+
+def random_problem(seed: int, k: int, d_kind: str, g_kind: str, degenerate: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Random (g, A) in float64: rank deficient (d = k - 1), small or large d, with duplicated and
+    collinear rows when ``degenerate``, g inside the hull / inside the cone / anywhere."""
+    rng = np.random.default_rng(seed)
+    d = {"rank_deficient": max(k - 1, 1), "small": 5, "large": 200}[d_kind]
+    a = rng.normal(size=(k, d)) * rng.choice([1e-3, 1.0, 1e3])
+    if degenerate and k >= 3:
+        i, j, dup, col = rng.choice(k, size=4, replace=True)
+        a[dup] = a[i]
+        w = rng.uniform()
+        a[col] = w * a[i] + (1 - w) * a[j]
+    scale = float(np.abs(a).max())
+    if g_kind == "hull":
+        g = rng.dirichlet(np.ones(k)) @ a
+    elif g_kind == "cone":
+        g = rng.exponential(2.0, size=k) @ a
+    elif g_kind == "span":
+        g = rng.normal(size=k) @ a + 0.1 * scale * rng.normal(size=d)
+    else:
+        g = scale * rng.normal(size=d)
+    return g, a
+
+
+problems = st.builds(
+    random_problem,
+    seed=st.integers(0, 2**32 - 1),
+    k=st.integers(1, 30),
+    d_kind=st.sampled_from(["rank_deficient", "small", "large"]),
+    g_kind=st.sampled_from(["hull", "cone", "span", "anywhere"]),
+    degenerate=st.booleans(),
+)
+
+
+@PROPERTY_SETTINGS
+@given(problems)
+def test_exact_satisfies_kkt(problem: tuple[np.ndarray, np.ndarray]) -> None:
+    g, a = problem
+    t = exact_simplex_weights(g, a)
+    assert_on_simplex(t, a.shape[0])
+    assert_kkt(a, g, t)
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("d_kind", ["rank_deficient", "small", "large"])
+def test_exact_satisfies_kkt_on_degenerate_problems(seed: int, d_kind: str) -> None:
+    g, a = random_problem(
+        seed, k=3 + seed, d_kind=d_kind, g_kind=["hull", "cone", "span", "anywhere"][seed % 4], degenerate=True
+    )
+    t = exact_simplex_weights(g, a)
+    assert_on_simplex(t, a.shape[0])
+    assert_kkt(a, g, t)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_exact_on_rows_collinear_up_to_float32_rounding(seed: int) -> None:
+    """Near-singular faces (singular values ~1e-8 of A's, ~1e-16 of Q's): the Gram-form limit.
+
+    The optimality conditions hold to ~1e-8 (module docstring) and the objective is no
+    worse than an independent solve.
+    """
+    g, a = random_problem(
+        seed,
+        k=[5, 9, 30][seed % 3],
+        d_kind=["rank_deficient", "small", "large"][seed % 3],
+        g_kind="anywhere",
+        degenerate=True,
+    )
+    a = a.astype(np.float32).astype(np.float64)
+    t = exact_simplex_weights(g, a)
+    assert_on_simplex(t, a.shape[0])
+    assert_kkt(a, g, t, rtol=1e-7)
+    if a.shape[0] <= 10:
+        tol = 1e-10 * objective_scale(a, g)
+        assert objective(a, g, t) <= objective(a, g, slsqp_simplex_least_squares(a, g)) + tol
+
+
+@PROPERTY_SETTINGS
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    k=st.integers(1, 12),
+    d=st.sampled_from([2, 5, 40]),
+    offset=st.booleans(),
+)
+def test_exact_objective_beats_paper_and_slsqp(seed: int, k: int, d: int, offset: bool) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(k, d))
+    g = rng.normal(size=k) @ a + rng.normal(size=d)
+    if offset:
+        a += 3.0 * rng.normal(size=(k, 1))
+        g += 3.0 * rng.normal()
+    # On the float32-cast values, which is what selection_relevance works on.
+    a = a.astype(np.float32).astype(np.float64)
+    g = g.astype(np.float32).astype(np.float64)
+    exact = selection_relevance(g, a, solver="exact")
+    np.testing.assert_array_equal(exact.weights, exact_simplex_weights(g, a))
+    paper = selection_relevance(g, a, solver="paper")
+    tol = 1e-10 * objective_scale(a, g)
+    f_exact = objective(a, g, exact.weights)
+    assert f_exact <= objective(a, g, paper.weights) + tol
+    assert f_exact <= objective(a, g, slsqp_simplex_least_squares(a, g)) + tol
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.integers(1, 8).flatmap(
+        lambda k: st.integers(1, 16).flatmap(
+            lambda d: st.tuples(
+                hnp.arrays(np.float32, d, elements=st.floats(-100, 100, width=32)),
+                hnp.arrays(np.float32, (k, d), elements=st.floats(-100, 100, width=32)),
+            )
+        )
+    )
+)
+def test_exact_on_arbitrary_float32_arrays(arrays: tuple[np.ndarray, np.ndarray]) -> None:
+    """Zeros, repeats and subnormals as hypothesis draws them: still on the simplex and no worse than paper."""
+    g, a = arrays
+    exact = selection_relevance(g, a, solver="exact")
+    paper = selection_relevance(g, a, solver="paper")
+    assert_on_simplex(exact.weights, a.shape[0])
+    g64 = g.astype(np.float64)
+    a64 = a.astype(np.float64)
+    assert objective(a64, g64, exact.weights) <= objective(a64, g64, paper.weights) + 1e-10 * objective_scale(a64, g64)
+
+
+@PROPERTY_SETTINGS
+@given(hnp.arrays(np.float64, st.integers(1, 30), elements=st.floats(-1e3, 1e3, allow_nan=False)))
+def test_exact_with_identity_rows_is_the_simplex_projection(v: np.ndarray) -> None:
+    """A = I: min ||t - v||^2 over the simplex is, by definition, the projection of v."""
+    expected = oracle_simplex_projection([float(x) for x in v])
+    t = exact_simplex_weights(v, np.eye(v.size))
+    np.testing.assert_allclose(t, expected, rtol=0, atol=1e-9 * max(1.0, float(np.abs(v).max())))
+
+
+def test_exact_single_example_has_weight_one() -> None:
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(1, 30))
+    g = rng.normal(size=30)
+    np.testing.assert_array_equal(exact_simplex_weights(g, a), [1.0])
+    rel = selection_relevance(g, a, solver="exact")
+    np.testing.assert_array_equal(rel.weights, [1.0])
+    assert rel.ratio == pytest.approx(selection_relevance(g, a).ratio, rel=1e-15)
+
+
+@pytest.mark.parametrize(("k", "d", "seed"), [(2, 50, 0), (5, 100, 1), (10, 64, 2), (30, 200, 3)])
+def test_exact_recovers_a_convex_combination(k: int, d: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(k, d))
+    w = rng.dirichlet(np.ones(k))
+    g = w @ a
+    rel = selection_relevance(g, a, solver="exact")
+    assert rel.var_r < 1e-10 * rel.var_g
+    assert rel.db > 60
+    # k <= d generic rows: the combination is unique (up to the float32 cast of g and A).
+    np.testing.assert_allclose(rel.weights, w, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(exact_simplex_weights(g, a), w, rtol=0, atol=1e-12)
+
+
+def test_exact_known_values() -> None:
+    eye = np.eye(2)
+    np.testing.assert_allclose(exact_simplex_weights(np.array([2.0, 0.0]), eye), [1.0, 0.0])
+    np.testing.assert_allclose(exact_simplex_weights(np.array([0.5, 0.5]), eye), [0.5, 0.5])
+    # g halfway between two examples, a third far away: the midpoint of the first two.
+    a = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 10.0]])
+    np.testing.assert_allclose(exact_simplex_weights(np.array([0.5, 0.5, 0.0]), a), [0.5, 0.5, 0.0], atol=1e-12)
+    # Duplicated example: any split of its weight is optimal; the fit is what counts.
+    a = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    t = exact_simplex_weights(np.array([0.6, 0.4]), a)
+    np.testing.assert_allclose([t[0] + t[1], t[2]], [0.6, 0.4], atol=1e-12)
+    # Every example gradient zero: every weighting is optimal; uniform.
+    np.testing.assert_array_equal(exact_simplex_weights(np.ones(3), np.zeros((4, 3))), [0.25] * 4)
+
+
+def test_exact_beats_paper_on_a_known_instance() -> None:
+    """Where pinv + projection is suboptimal.
+
+    t_ls = (-1, 0, 1) projects to (0, 0, 1), residual (-1, 0, 0) with ||r||^2 = 1; on the
+    edge t = (0, s, 1 - s) the residual is (1 - s, 0, -s), smallest at s = 1/2 (||r||^2 = 1/2).
+    """
+    a = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    g = np.array([0.0, 1.0, 1.0])
+    paper = selection_relevance(g, a, solver="paper")
+    exact = selection_relevance(g, a, solver="exact")
+    np.testing.assert_allclose(paper.weights, [0.0, 0.0, 1.0], atol=1e-7)
+    np.testing.assert_allclose(exact.weights, [0.0, 0.5, 0.5], atol=1e-12)
+    np.testing.assert_allclose(slsqp_simplex_least_squares(a, g), [0.0, 0.5, 0.5], atol=1e-6)
+    assert objective(a, g, paper.weights) == pytest.approx(1.0)
+    assert objective(a, g, exact.weights) == pytest.approx(0.5)
+    assert exact.var_r == pytest.approx(np.var([0.5, 0.0, -0.5]))
+    assert exact.db > paper.db
+
+
+@PROPERTY_SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 20), d=st.sampled_from([3, 5, 40, 200]))
+def test_exact_db_at_least_paper_db_on_zero_mean_gradients(seed: int, k: int, d: int) -> None:
+    """With zero-mean g and rows, Var(r) = ||r||^2 / d, so the smaller ||r||^2 is the higher SRS."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(k, d))
+    g = rng.uniform() * rng.normal(size=k) @ a + rng.normal(size=d)
+    a -= a.mean(axis=1, keepdims=True)
+    g -= g.mean()
+    exact = selection_relevance(g, a, solver="exact")
+    paper = selection_relevance(g, a, solver="paper")
+    assert exact.db >= paper.db - 1e-9
+
+
+def test_exact_db_can_be_below_paper_db_when_gradients_have_a_mean() -> None:
+    """The exact solver minimises ||r||^2, which counts mean(r); the SRS ignores it.
+
+    Documented limitation (module docstring): here exact has the smaller ||r||^2 but the
+    paper solver happens to leave a residual with a larger mean and a smaller variance.
+    """
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        k, d = 3, 5
+        a = rng.normal(size=(k, d)) + 3.0 * rng.normal(size=(k, 1))
+        g = rng.normal(size=k) @ a + rng.normal(size=d) + 3.0 * rng.normal()
+        exact = selection_relevance(g, a, solver="exact")
+        paper = selection_relevance(g, a, solver="paper")
+        a64 = a.astype(np.float32).astype(np.float64)
+        g64 = g.astype(np.float32).astype(np.float64)
+        assert objective(a64, g64, exact.weights) <= objective(a64, g64, paper.weights) + 1e-12
+        if exact.db < paper.db - 1e-6:
+            return
+    pytest.fail("expected an instance where minimising ||r||^2 does not maximise Var(g)/Var(r)")
+
+
+def test_exact_fallback_reaches_the_optimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the active-set method stalls, projected gradient continues from where it stopped."""
+    rng = np.random.default_rng(9)
+    a = rng.normal(size=(15, 40))
+    g = rng.normal(size=15) @ a + rng.normal(size=40)
+    expected = exact_simplex_weights(g, a)
+    start = np.zeros(15)
+    start[0] = 1.0
+
+    def stalled(q: np.ndarray, b: np.ndarray, tol: float, max_solves: int) -> tuple[np.ndarray, bool]:
+        return start.copy(), False
+
+    monkeypatch.setattr(relevance_module, "_active_set", stalled)
+    t = exact_simplex_weights(g, a)
+    assert_on_simplex(t, 15)
+    assert objective(a, g, t) <= objective(a, g, start)
+    assert objective(a, g, t) == pytest.approx(objective(a, g, expected), rel=1e-6)
+
+
+def test_exact_is_fast_at_paper_scale() -> None:
+    """k = 100 examples of d = 10^4 (float32 gradients), as in a k = 100 pool."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(100, 10_000)).astype(np.float32)
+    g = (rng.normal(size=100) @ a + rng.normal(size=10_000)).astype(np.float32)
+    rel = selection_relevance(g, a, solver="exact")
+    assert_on_simplex(rel.weights, 100)
+    assert_kkt(a.astype(np.float64), g.astype(np.float64), rel.weights)
+    assert rel.db >= selection_relevance(g, a).db - 1e-9
+
+
+@pytest.mark.parametrize(
+    ("test_grad", "train_grads", "match"),
+    [
+        (np.ones(4), np.ones((2, 5)), "d=5 columns but test_grad has d=4"),
+        (np.ones(4), np.ones((0, 4)), "k >= 1"),
+        (np.ones(0), np.ones((2, 0)), "d must be >= 1"),
+        (np.array([1.0, np.nan]), np.ones((2, 2)), "test_grad contains NaN or infinite values$"),
+        (np.ones(2), np.array([[1.0, np.inf]]), "train_grads contains NaN or infinite"),
+        (np.ones((1, 2)), np.ones((1, 2)), "test_grad must be 1-D"),
+        (np.array(["a", "b"]), np.ones((1, 2)), "real numeric"),
+    ],
+)
+def test_exact_weights_reject_bad_input(test_grad: np.ndarray, train_grads: np.ndarray, match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        exact_simplex_weights(test_grad, train_grads)
+
+
+def test_exact_weights_keep_float64_precision() -> None:
+    """exact_simplex_weights works on the values as given, so float64 beyond float32 range is fine."""
+    t = exact_simplex_weights(np.array([1e39, 0.0]), np.array([[1e39, 0.0], [0.0, 1e39]]))
+    np.testing.assert_allclose(t, [1.0, 0.0], atol=1e-12)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -315,6 +662,51 @@ def test_mean_of_ratios_db_is_mean_then_db() -> None:
 def test_mean_of_ratios_db_rejects_bad_input(ratios: list[float], match: str) -> None:
     with pytest.raises(InvalidInputError, match=match):
         mean_of_ratios_db(ratios)
+
+
+def test_ratio_of_expectations_db_is_ratio_of_sums() -> None:
+    # (1 + 3) / (0.5 + 1.5 + 2 * EPS) = 4 / 2.00000002
+    assert ratio_of_expectations_db([1.0, 3.0], [0.5, 1.5]) == pytest.approx(10 * math.log10(4 / 2.00000002), abs=1e-12)
+    assert ratio_of_expectations_db([2.0], [0.02]) == pytest.approx(10 * math.log10(2.0 / (0.02 + 1e-8)), abs=1e-12)
+    # Differs from the mean of ratios: (100 + 1) / 2 = 50.5 there, 2 / 1.01 here.
+    assert ratio_of_expectations_db([1.0, 1.0], [0.01, 1.0]) == pytest.approx(
+        10 * math.log10(2.0 / (1.01 + 2e-8)), abs=1e-12
+    )
+    assert ratio_of_expectations_db([1.0, 0.0], [0.0, 0.0]) == pytest.approx(10 * math.log10(1 / 2e-8), abs=1e-9)
+    assert ratio_of_expectations_db([0.0, 0.0], [1.0, 2.0]) == -math.inf
+
+
+def test_ratio_of_expectations_db_from_relevances() -> None:
+    rng = np.random.default_rng(6)
+    sum_g = sum_r = 0.0
+    var_g, var_r = [], []
+    for _ in range(4):
+        a = rng.normal(size=(3, 20))
+        g = rng.normal(size=20)
+        rel = selection_relevance(g, a, solver="exact")
+        g64 = g.astype(np.float32).astype(np.float64)
+        r = g64 - a.astype(np.float32).astype(np.float64).T @ rel.weights
+        sum_g += oracle_population_variance(list(g64))
+        sum_r += oracle_population_variance(list(r))
+        var_g.append(rel.var_g)
+        var_r.append(rel.var_r)
+    expected = 10 * math.log10(sum_g / (sum_r + 4 * EPS))
+    assert ratio_of_expectations_db(var_g, var_r) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("var_g", "var_r", "match"),
+    [
+        ([], [], "non-empty"),
+        ([1.0, 2.0], [1.0], "2 values but var_r has 1"),
+        ([1.0, -1.0], [1.0, 1.0], "non-negative"),
+        ([1.0], [math.inf], "finite"),
+        ([[1.0]], [[1.0]], "flat"),
+    ],
+)
+def test_ratio_of_expectations_db_rejects_bad_input(var_g: list[float], var_r: list[float], match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        ratio_of_expectations_db(var_g, var_r)
 
 
 def test_projection_of_huge_values_stays_on_simplex() -> None:

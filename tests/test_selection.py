@@ -9,32 +9,73 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from exemplar.errors import InvalidInputError
+from exemplar.relevance import SOLVERS, selection_relevance
 from exemplar.selection import (
+    DIVINE_GAMMAS,
+    ORDERINGS,
     STRATEGIES,
     TIE_RTOL,
+    _ReducedScorer,
+    aide,
+    divine,
     facility_location,
     most_influential_order,
+    order_by,
     random_selection,
+    reconstruct,
+    self_selection,
     topk,
 )
 
 PROPERTY_SETTINGS = settings(max_examples=50, deadline=None)
+NEW_PROPERTY_SETTINGS = settings(max_examples=30, deadline=None)
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+TEST_SOLVERS = [s for s in ("paper", "exact") if s in SOLVERS]
+
+# Each ordering's sort key for sorted() (smaller = earlier) and its facility-location cost
+# (paper.md section 4: most influential -|I|, helpful I, harmful -I, least |I|).
+ORDER_KEY = {
+    "most_influential": lambda x: -abs(x),
+    "least_influential": lambda x: abs(x),
+    "most_helpful": lambda x: x,
+    "most_harmful": lambda x: -x,
+}
+COST = {
+    "most_influential": lambda x: -abs(x),
+    "least_influential": lambda x: abs(x),
+    "most_helpful": lambda x: x,
+    "most_harmful": lambda x: -x,
+}
+# The score DIVINE scales to importance: larger = earlier in the ordering.
+SCORE = {
+    "most_influential": lambda x: abs(x),
+    "least_influential": lambda x: -abs(x),
+    "most_helpful": lambda x: -x,
+    "most_harmful": lambda x: x,
+}
 
 
 # ---------------------------------------------------------------- oracle (float64 loops)
 
 
-def oracle_facility_location(influence: np.ndarray, grads: np.ndarray, k: int, lam: float, pool_size: int) -> list[int]:
+def oracle_order(influence: np.ndarray, ordering: str) -> list[int]:
+    """paper.md section 2 orderings with sorted(); ties in input order."""
+    infl = [float(x) for x in influence]
+    return sorted(range(len(infl)), key=lambda i: (ORDER_KEY[ordering](infl[i]), i))
+
+
+def oracle_facility_location(
+    influence: np.ndarray, grads: np.ndarray, k: int, lam: float, pool_size: int, ordering: str = "most_influential"
+) -> list[int]:
     """Direct transcription of paper.md section 4 "Balanced", full re-evaluation per step."""
     n, d = grads.shape
     infl = [float(x) for x in influence]
     rows = [[float(x) for x in grads[i]] for i in range(n)]
-    # 1. pool: top-m by |I|, ties in input order
-    pool = sorted(range(n), key=lambda i: (-abs(infl[i]), i))[:pool_size]
+    # 1. pool: top-m under the ordering, ties in input order
+    pool = oracle_order(influence, ordering)[:pool_size]
     m = len(pool)
-    # 2. cost -|I| min-max rescaled to [1, m]
-    c = [-abs(infl[i]) for i in pool]
+    # 2. cost (-|I|, I, -I or |I|) min-max rescaled to [1, m]
+    c = [COST[ordering](infl[i]) for i in pool]
     lo, hi = min(c), max(c)
     cost = [1.0 if hi == lo else 1.0 + (ci - lo) / (hi - lo) * (m - 1) for ci in c]
     # 3. s_ab = cos(g_a, g_b)^2, 0 for a zero gradient
@@ -75,6 +116,121 @@ def random_problem(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     grads = centres[rng.integers(0, 4, size=n)] + 0.6 * rng.normal(size=(n, d))
     influence = rng.normal(size=n) * rng.lognormal(size=n)
     return influence, grads
+
+
+def oracle_minmax(xs: list[float], lo: float, hi: float) -> list[float]:
+    """Min-max rescale to [lo, hi]; all lo when the values are equal."""
+    x_min, x_max = min(xs), max(xs)
+    if x_max == x_min:
+        return [lo] * len(xs)
+    return [lo + (x - x_min) / (x_max - x_min) * (hi - lo) for x in xs]
+
+
+def oracle_cos(u: list[float], v: list[float]) -> float:
+    """Cosine similarity, 0 when either vector is zero."""
+    nu = math.sqrt(sum(x * x for x in u))
+    nv = math.sqrt(sum(x * x for x in v))
+    if nu == 0.0 or nv == 0.0:
+        return 0.0
+    return max(-1.0, min(1.0, sum(a * b for a, b in zip(u, v, strict=True)) / (nu * nv)))
+
+
+def oracle_pick(gains: dict[int, float]) -> int:
+    """Largest gain; within TIE_RTOL * max|gain| of it counts as tied and the earliest wins."""
+    top = max(gains.values())
+    band = TIE_RTOL * max(abs(v) for v in gains.values())
+    return min(a for a, v in gains.items() if v >= top - band)
+
+
+def oracle_divine(
+    influence: np.ndarray,
+    grads: np.ndarray,
+    k: int,
+    ordering: str,
+    pool_size: int,
+    gammas: tuple[float, ...] = DIVINE_GAMMAS,
+) -> list[int]:
+    """Direct transcription of paper.md section 4 "DIVINE": F evaluated from its definition."""
+    infl = [float(x) for x in influence]
+    pool = oracle_order(influence, ordering)[:pool_size]
+    m = len(pool)
+    rows = [[float(x) for x in grads[i]] for i in pool]
+    imp = oracle_minmax([SCORE[ordering](infl[i]) for i in pool], 0.0, 1.0)
+    dist = [
+        [1.0 - (1.0 if a == b and any(rows[a]) else oracle_cos(rows[a], rows[b])) for b in range(m)] for a in range(m)
+    ]
+    max_dist = max(max(row) for row in dist)
+    sim = [[max_dist - dist[a][b] for b in range(m)] for a in range(m)]
+    total = sum(sum(row) for row in sim)
+
+    def objective(sel: list[int], gamma: float) -> float:
+        within = sum(sim[a][b] for a in sel for b in sel)
+        return sum(imp[a] for a in sel) + gamma * (total - within)
+
+    def spread(sel: list[int]) -> float:
+        pairs = [dist[a][b] for a in sel for b in sel if a != b]
+        return sum(pairs) / len(pairs) if pairs else 0.0
+
+    best: list[int] = []
+    best_spread = 0.0
+    for gamma in gammas:
+        sel: list[int] = []
+        while len(sel) < min(k, m):
+            base = objective(sel, gamma)
+            sel.append(oracle_pick({a: objective([*sel, a], gamma) - base for a in range(m) if a not in sel}))
+        if not best or spread(sel) > best_spread * (1.0 + TIE_RTOL):  # the first gamma wins ties
+            best, best_spread = sel, spread(sel)
+    return [pool[a] for a in best]
+
+
+def oracle_aide(influence: np.ndarray, grads: np.ndarray, test_grad: np.ndarray, k: int, pool_size: int) -> list[int]:
+    """Direct transcription of paper.md section 4 "AIDE": F evaluated from its definition."""
+    infl = [float(x) for x in influence]
+    pool = oracle_order(influence, "most_influential")[:pool_size]
+    m = len(pool)
+    rows = [[float(x) for x in grads[i]] for i in pool]
+    test = [float(x) for x in test_grad]
+    imp = oracle_minmax([abs(infl[i]) for i in pool], 0.0, 1.0)
+    cos = [[1.0 if a == b and any(rows[a]) else oracle_cos(rows[a], rows[b]) for b in range(m)] for a in range(m)]
+    to_test = [oracle_cos(rows[a], test) for a in range(m)]
+    gamma = 1.0 if k == 1 else 0.5 * (1.0 - 1.0 / (k * (k - 1)))
+
+    def objective(sel: list[int]) -> float:
+        fl = sum(max(cos[e][b] for e in sel) for b in range(m)) if sel else 0.0
+        return 0.2 * sum(imp[a] for a in sel) + 0.8 * sum(to_test[a] for a in sel) + gamma * fl
+
+    sel: list[int] = []
+    while len(sel) < min(k, m):
+        base = objective(sel)
+        sel.append(oracle_pick({a: objective([*sel, a]) - base for a in range(m) if a not in sel}))
+    return [pool[a] for a in sel]
+
+
+def oracle_reconstruct(test_grad: np.ndarray, grads: np.ndarray, k: int, solver: str, pool_size: int) -> list[int]:
+    """Brute force: pool by float32 L2 distance, then every candidate scored by selection_relevance."""
+    test = [float(np.float32(x)) for x in test_grad]
+    n = grads.shape[0]
+    dist2 = [sum((float(np.float32(x)) - t) ** 2 for x, t in zip(grads[i], test, strict=True)) for i in range(n)]
+    pool = sorted(range(n), key=lambda i: (dist2[i], i))[:pool_size]
+    sel: list[int] = []
+    while len(sel) < min(k, len(pool)):
+        ratios = {
+            a: selection_relevance(test_grad, grads[[pool[j] for j in [*sel, a]]], solver=solver).ratio
+            for a in range(len(pool))
+            if a not in sel
+        }
+        top = max(ratios.values())
+        sel.append(min(a for a, r in ratios.items() if r >= top * (1.0 - TIE_RTOL)))
+    return [pool[a] for a in sel]
+
+
+def reconstruct_problem(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A test gradient (d,) that mixes two of the clusters the candidates (n, d) come from."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, d))
+    grads = centres[rng.integers(0, 4, size=n)] + 0.6 * rng.normal(size=(n, d))
+    test_grad = 0.6 * centres[0] + 0.4 * centres[1] + 0.2 * rng.normal(size=d)
+    return test_grad, grads
 
 
 # ---------------------------------------------------------------- facility location
@@ -206,6 +362,58 @@ def test_facility_location_rejects_bad_input(kwargs: dict[str, object], match: s
         )
 
 
+FL_ORDERING_CASES = [
+    (n, pool_size, k, lam, ordering)
+    for n, pool_size in [(40, 15), (40, 60)]
+    for k in (1, 5, 10)
+    for lam in (0.0, 0.5, 1.0)
+    for ordering in ORDERINGS
+    if ordering != "most_influential"
+]
+
+
+@pytest.mark.parametrize(("n", "pool_size", "k", "lam", "ordering"), FL_ORDERING_CASES)
+def test_facility_location_under_each_ordering_matches_oracle(
+    n: int, pool_size: int, k: int, lam: float, ordering: str
+) -> None:
+    influence, grads = random_problem(n, d=6, seed=3 * n + k)
+    got = facility_location(influence, grads, k, lam=lam, pool_size=pool_size, ordering=ordering)
+    assert got.tolist() == oracle_facility_location(influence, grads, k, lam, pool_size, ordering)
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_facility_location_lambda_zero_is_topk_under_each_ordering(k: int, ordering: str) -> None:
+    influence, grads = random_problem(50, d=4, seed=k)
+    got = facility_location(influence, grads, k, lam=0.0, pool_size=30, ordering=ordering)
+    np.testing.assert_array_equal(got, topk(influence, k, ordering))
+
+
+def test_facility_location_costs_follow_the_ordering() -> None:
+    """Helpful: pool [1, 2, 0] (I = -3, -1, 2) costs 1, 1.8, 3; harmful and least reorder the pool."""
+    influence = np.array([2.0, -3.0, -1.0])
+    grads = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # lam = 1: coverage only; 1 and 0 share a direction, so the second pick is 2
+    assert facility_location(influence, grads, 2, lam=1.0, ordering="most_helpful").tolist() == [1, 2]
+    assert facility_location(influence, grads, 3, lam=0.0, ordering="most_harmful").tolist() == [0, 2, 1]
+    assert facility_location(influence, grads, 3, lam=0.0, ordering="least_influential").tolist() == [2, 0, 1]
+
+
+@NEW_PROPERTY_SETTINGS
+@given(problems, st.integers(1, 12), st.integers(1, 30), st.sampled_from(ORDERINGS))
+def test_facility_location_lambda_zero_is_topk_under_each_ordering_property(
+    problem: tuple[np.ndarray, np.ndarray], k: int, pool_size: int, ordering: str
+) -> None:
+    influence, grads = problem
+    got = facility_location(influence, grads, k, lam=0.0, pool_size=pool_size, ordering=ordering)
+    np.testing.assert_array_equal(got, topk(influence, min(k, pool_size), ordering))
+
+
+def test_facility_location_rejects_unknown_ordering() -> None:
+    with pytest.raises(InvalidInputError, match="unknown ordering 'most_useful'; choose one of: most_influential"):
+        facility_location(np.ones(3), np.ones((3, 2)), 2, lam=0.5, ordering="most_useful")
+
+
 # ---------------------------------------------------------------- top-k and orderings
 
 
@@ -238,6 +446,42 @@ def test_topk_rejects_bad_k(k: object, match: str) -> None:
 def test_topk_rejects_nan() -> None:
     with pytest.raises(InvalidInputError, match="NaN"):
         topk(np.array([1.0, np.nan]), 1)
+
+
+def test_order_by_each_ordering_by_hand() -> None:
+    influence = np.array([0.5, -3.0, 2.0, -0.5, 3.0, 0.0])
+    assert order_by(influence, "most_influential").tolist() == [1, 4, 2, 0, 3, 5]
+    assert order_by(influence, "least_influential").tolist() == [5, 0, 3, 2, 1, 4]
+    assert order_by(influence, "most_helpful").tolist() == [1, 3, 5, 0, 2, 4]
+    assert order_by(influence, "most_harmful").tolist() == [4, 2, 0, 5, 3, 1]
+    assert ORDERINGS == ("most_influential", "least_influential", "most_helpful", "most_harmful")
+
+
+influence_with_ties = hnp.arrays(
+    np.float64,
+    st.integers(0, 40),
+    elements=st.one_of(st.sampled_from([-2.0, -1.0, -0.0, 0.0, 1.0, 2.0]), st.floats(-10, 10, allow_nan=False)),
+)
+
+
+@NEW_PROPERTY_SETTINGS
+@given(influence_with_ties, st.sampled_from(ORDERINGS), st.integers(1, 50))
+def test_order_by_and_topk_match_sorted(influence: np.ndarray, ordering: str, k: int) -> None:
+    """Stable: ties (including -0.0 and 0.0) keep input order."""
+    expected = oracle_order(influence, ordering)
+    got = order_by(influence, ordering)
+    assert got.dtype == np.int64
+    assert got.tolist() == expected
+    assert topk(influence, k, ordering).tolist() == expected[:k]
+    assert topk(influence, k, ordering=ordering).dtype == np.int64
+
+
+@pytest.mark.parametrize("ordering", ["most influential", "MOST_HELPFUL", "", None, 3])
+def test_orderings_reject_unknown_names(ordering: object) -> None:
+    with pytest.raises(InvalidInputError, match="unknown ordering"):
+        order_by(np.ones(3), ordering)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="unknown ordering"):
+        topk(np.ones(3), 2, ordering)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- random
@@ -274,4 +518,348 @@ def test_random_selection_rejects_bad_input(n: int, k: int, seed: int, match: st
 
 
 def test_strategy_registry_names() -> None:
-    assert STRATEGIES == ("topk", "random", "balanced")
+    assert STRATEGIES == ("topk", "random", "balanced", "divine", "aide", "self", "reconstruct")
+
+
+# ---------------------------------------------------------------- DIVINE
+
+DIVINE_CASES = [
+    (n, pool_size, k, ordering) for n, pool_size in [(40, 15), (40, 60)] for k in (1, 5, 10) for ordering in ORDERINGS
+]
+
+
+@pytest.mark.parametrize(("n", "pool_size", "k", "ordering"), DIVINE_CASES)
+def test_divine_matches_oracle(n: int, pool_size: int, k: int, ordering: str) -> None:
+    influence, grads = random_problem(n, d=6, seed=5 * n + k)
+    got = divine(influence, grads, k, ordering=ordering, pool_size=pool_size)
+    assert got.dtype == np.int64
+    assert got.tolist() == oracle_divine(influence, grads, k, ordering, pool_size)
+
+
+def test_divine_large_pool_and_zero_gradients_match_oracle() -> None:
+    influence, grads = random_problem(120, d=5, seed=11)
+    grads[most_influential_order(influence)[[1, 4, 9]]] = 0.0  # zero-norm gradients inside the pool
+    got = divine(influence, grads, 10, pool_size=100)
+    assert got.tolist() == oracle_divine(influence, grads, 10, "most_influential", 100)
+    gammas = (0.0, 0.01, 3.0)
+    got = divine(influence, grads, 5, ordering="most_helpful", pool_size=30, gammas=gammas)
+    assert got.tolist() == oracle_divine(influence, grads, 5, "most_helpful", 30, gammas)
+
+
+def test_divine_by_hand() -> None:
+    """Two identical strong directions and a weaker orthogonal one (importance 1, 0.95, 0).
+
+    D = [[0, 0, 1], [0, 0, 1], [1, 1, 0]], S = 1 - D. gamma = 1e-4 is nearly pure
+    importance: [0, 1] (spread 0). gamma = 1: after 0, gains are 0.95 - 3 for 1 and 0 - 1
+    for 2, so [0, 2] (spread 1), which the spread criterion keeps.
+    """
+    influence = np.array([-3.0, -2.9, -1.0])
+    grads = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    assert divine(influence, grads, 2, gammas=[1e-4]).tolist() == [0, 1]
+    assert divine(influence, grads, 2, gammas=[1e-4, 1.0]).tolist() == [0, 2]
+    assert divine(influence, grads, 2).tolist() == [0, 2]
+    assert divine(influence, grads, 1).tolist() == [0]  # k = 1: every gamma ties, the first is kept
+    assert tuple(np.logspace(-4, 5, 20).tolist()) == DIVINE_GAMMAS
+
+
+@NEW_PROPERTY_SETTINGS
+@given(problems, st.integers(1, 12), st.integers(1, 30), st.sampled_from(ORDERINGS))
+def test_divine_selects_distinct_pool_members(
+    problem: tuple[np.ndarray, np.ndarray], k: int, pool_size: int, ordering: str
+) -> None:
+    influence, grads = problem
+    got = divine(influence, grads, k, ordering=ordering, pool_size=pool_size)
+    pool = set(order_by(influence, ordering)[:pool_size].tolist())
+    assert got.dtype == np.int64
+    assert len(got) == min(k, pool_size, len(influence))
+    assert len(set(got.tolist())) == len(got)
+    assert set(got.tolist()) <= pool
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"influence": np.ones(3), "grads": np.ones((4, 2))}, "4 rows but influence has 3"),
+        ({"grads": np.array([[1.0], [np.nan], [0.0]])}, "grads contains NaN"),
+        ({"ordering": "helpful"}, "unknown ordering"),
+        ({"gammas": []}, "non-empty 1-D"),
+        ({"gammas": [[1.0]]}, "non-empty 1-D"),
+        ({"gammas": [1.0, -1.0]}, "finite and non-negative"),
+        ({"gammas": [np.inf]}, "finite and non-negative"),
+        ({"gammas": ["a"]}, "gammas must be a sequence"),
+        ({"k": 0}, "k must be >= 1"),
+        ({"pool_size": 0}, "pool_size must be >= 1"),
+    ],
+)
+def test_divine_rejects_bad_input(kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {
+        "influence": np.array([1.0, -2.0, 0.5]),
+        "grads": np.ones((3, 2)),
+        "k": 2,
+        "ordering": "most_influential",
+        "pool_size": 100,
+        "gammas": DIVINE_GAMMAS,
+    }
+    args.update(kwargs)
+    with pytest.raises(InvalidInputError, match=match):
+        divine(
+            args["influence"],  # type: ignore[arg-type]
+            args["grads"],  # type: ignore[arg-type]
+            args["k"],  # type: ignore[arg-type]
+            ordering=args["ordering"],  # type: ignore[arg-type]
+            pool_size=args["pool_size"],  # type: ignore[arg-type]
+            gammas=args["gammas"],  # type: ignore[arg-type]
+        )
+
+
+# ---------------------------------------------------------------- AIDE
+
+AIDE_CASES = [(n, pool_size, k) for n, pool_size in [(40, 15), (40, 60), (120, 100)] for k in (1, 2, 5, 10)]
+
+
+@pytest.mark.parametrize(("n", "pool_size", "k"), AIDE_CASES)
+def test_aide_matches_oracle(n: int, pool_size: int, k: int) -> None:
+    influence, grads = random_problem(n, d=6, seed=7 * n + k)
+    test_grad = np.random.default_rng(k).normal(size=6)
+    got = aide(influence, grads, test_grad, k, pool_size=pool_size)
+    assert got.dtype == np.int64
+    assert got.tolist() == oracle_aide(influence, grads, test_grad, k, pool_size)
+
+
+def test_aide_with_zero_gradients_matches_oracle() -> None:
+    influence, grads = random_problem(30, d=5, seed=4)
+    grads[most_influential_order(influence)[[0, 2]]] = 0.0
+    test_grad = grads[5] + 0.1
+    assert aide(influence, grads, test_grad, 6, pool_size=20).tolist() == oracle_aide(
+        influence, grads, test_grad, 6, 20
+    )
+    zero_test = np.zeros(5)  # cosine 0 with every candidate
+    assert aide(influence, grads, zero_test, 6).tolist() == oracle_aide(influence, grads, zero_test, 6, 100)
+
+
+def test_aide_by_hand() -> None:
+    """imp = [1, 0.5, 0], cos to the test = [0, 1, 1], FL(empty + a) = [1, 2, 2].
+
+    k = 1 (gamma' = 1): gains 1.2, 2.9, 2.8, so [1]. k = 2 (gamma' = 0.25): 1 first (1.4
+    against 0.45 and 1.3), then 2 (0.8: nothing left to cover) beats 0 (0.2 + 0.25 * 1).
+    """
+    influence = np.array([3.0, -2.0, 1.0])
+    grads = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
+    test_grad = np.array([0.0, 5.0])
+    assert aide(influence, grads, test_grad, 1).tolist() == [1]
+    assert aide(influence, grads, test_grad, 2).tolist() == [1, 2]
+    assert oracle_aide(influence, grads, test_grad, 2, 100) == [1, 2]
+
+
+@NEW_PROPERTY_SETTINGS
+@given(problems, st.integers(1, 12), st.integers(1, 30), st.integers(0, 2**16))
+def test_aide_selects_distinct_pool_members(
+    problem: tuple[np.ndarray, np.ndarray], k: int, pool_size: int, seed: int
+) -> None:
+    influence, grads = problem
+    test_grad = np.random.default_rng(seed).normal(size=3)
+    got = aide(influence, grads, test_grad, k, pool_size=pool_size)
+    pool = set(most_influential_order(influence)[:pool_size].tolist())
+    assert got.dtype == np.int64
+    assert len(got) == min(k, pool_size, len(influence))
+    assert len(set(got.tolist())) == len(got)
+    assert set(got.tolist()) <= pool
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"influence": np.ones(3), "grads": np.ones((4, 2))}, "4 rows but influence has 3"),
+        ({"test_grad": np.ones(3)}, "test_grad has d=3 but grads has d=2"),
+        ({"test_grad": np.ones((1, 2))}, "test_grad must be 1-D"),
+        ({"test_grad": np.array([1.0, np.nan])}, "test_grad contains NaN"),
+        ({"test_grad": np.array(["a", "b"])}, "test_grad must be real numeric"),
+        ({"grads": np.array([[1.0, np.inf], [0.0, 1.0], [1.0, 1.0]])}, "grads contains NaN"),
+        ({"k": 1.5}, "k must be an integer"),
+        ({"pool_size": -1}, "pool_size must be >= 1"),
+    ],
+)
+def test_aide_rejects_bad_input(kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {
+        "influence": np.array([1.0, -2.0, 0.5]),
+        "grads": np.ones((3, 2)),
+        "test_grad": np.ones(2),
+        "k": 2,
+        "pool_size": 100,
+    }
+    args.update(kwargs)
+    with pytest.raises(InvalidInputError, match=match):
+        aide(
+            args["influence"],  # type: ignore[arg-type]
+            args["grads"],  # type: ignore[arg-type]
+            args["test_grad"],  # type: ignore[arg-type]
+            args["k"],  # type: ignore[arg-type]
+            pool_size=args["pool_size"],  # type: ignore[arg-type]
+        )
+
+
+# ---------------------------------------------------------------- self
+
+
+def test_self_selection_is_the_query_row() -> None:
+    for k in (1, 5, 10):
+        got = self_selection(7, k)
+        assert got.dtype == np.int64
+        assert got.tolist() == [7]
+    assert self_selection(np.int64(0), 3).tolist() == [0]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("query_row", "k", "match"),
+    [
+        (None, 5, "the query is not a training example"),
+        (-1, 5, "non-negative integer row index"),
+        (True, 5, "non-negative integer row index"),
+        (1.0, 5, "non-negative integer row index"),
+        (3, 0, "k must be >= 1"),
+    ],
+)
+def test_self_selection_rejects_bad_input(query_row: object, k: int, match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        self_selection(query_row, k)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- reconstruct
+
+RECONSTRUCT_CASES = [
+    (n, d, pool_size, k, solver)
+    for n, d, pool_size in [(40, 12, 15), (40, 12, 60), (120, 20, 100), (30, 4, 30)]
+    for k in (1, 5, 10)
+    for solver in TEST_SOLVERS
+]
+
+
+@pytest.mark.parametrize(("n", "d", "pool_size", "k", "solver"), RECONSTRUCT_CASES)
+def test_reconstruct_matches_brute_force(n: int, d: int, pool_size: int, k: int, solver: str) -> None:
+    """(30, 4, 30): k up to 10 > d, so selections become rank-deficient."""
+    test_grad, grads = reconstruct_problem(n, d, seed=n + d + k)
+    got = reconstruct(test_grad, grads, k, solver=solver, pool_size=pool_size)
+    assert got.dtype == np.int64
+    assert got.tolist() == oracle_reconstruct(test_grad, grads, k, solver, pool_size)
+
+
+@pytest.mark.parametrize("solver", TEST_SOLVERS)
+def test_reconstruct_with_duplicates_and_zero_rows_matches_brute_force(solver: str) -> None:
+    test_grad, grads = reconstruct_problem(30, 8, seed=2)
+    grads[[3, 4]] = grads[0]  # exact duplicates: the same ratio, the earliest in pool order wins
+    grads[7] = 0.0
+    got = reconstruct(test_grad, grads, 6, solver=solver)
+    assert got.tolist() == oracle_reconstruct(test_grad, grads, 6, solver, 100)
+
+
+@pytest.mark.parametrize("solver", TEST_SOLVERS)
+@pytest.mark.parametrize("seed", range(5))
+def test_reconstruct_first_pick_has_the_smallest_residual_variance(solver: str, seed: int) -> None:
+    """k = 1 weighs the one example by 1, so the ratio is Var(g) / (Var(g - a) + EPS)."""
+    test_grad, grads = reconstruct_problem(50, 10, seed=seed)
+    g32 = test_grad.astype(np.float32).astype(np.float64)
+    a32 = grads.astype(np.float32).astype(np.float64)
+    residual_var = np.var(g32[None, :] - a32, axis=1)
+    got = reconstruct(test_grad, grads, 5, solver=solver)
+    assert got[0] == int(np.argmin(residual_var))
+    assert reconstruct(test_grad, grads, 1, solver=solver).tolist() == [got[0]]
+
+
+def test_reconstruct_first_pick_is_not_always_the_l2_nearest() -> None:
+    """Row 1 differs from g by a constant offset, which the variance ignores: it wins over
+    the L2-nearest row 0 (distance 0.5 against sqrt(2))."""
+    test_grad = np.array([1.0, -1.0])
+    grads = np.array([[1.0, -1.5], [2.0, 0.0]])
+    assert reconstruct(test_grad, grads, 1, solver="paper").tolist() == [1]
+    assert oracle_reconstruct(test_grad, grads, 1, "paper", 100) == [1]
+
+
+def test_reconstruct_with_a_constant_test_gradient_returns_the_pool_order() -> None:
+    """Var(g) = 0 scores every selection 0: all tie, so the pool (L2) order stands."""
+    grads = np.array([[3.0, 0.0], [1.0, 1.0], [0.0, 0.5], [1.0, 2.0]])
+    test_grad = np.array([1.0, 1.0])
+    assert reconstruct(test_grad, grads, 3, solver="paper").tolist() == [1, 3, 2]  # squared distances 0, 1, 1.25
+    assert oracle_reconstruct(test_grad, grads, 3, "paper", 100) == [1, 3, 2]
+
+
+@pytest.mark.parametrize("solver", TEST_SOLVERS)
+def test_reduced_scorer_agrees_with_selection_relevance(solver: str) -> None:
+    """The screening in the pool's coordinates is the same score up to rounding."""
+    rng = np.random.default_rng(0)
+    for d in (3, 30):
+        test_grad, grads = reconstruct_problem(25, d, seed=d)
+        grads[5] = grads[2]
+        g = test_grad.astype(np.float32).astype(np.float64)
+        a = grads.astype(np.float32).astype(np.float64)
+        scorer = _ReducedScorer(a, g, solver)
+        for _ in range(40):
+            subset = rng.choice(25, size=int(rng.integers(1, 12)), replace=False).tolist()
+            expected = selection_relevance(test_grad, grads[subset], solver=solver).ratio
+            assert scorer.ratio(subset) == pytest.approx(expected, rel=1e-9)
+
+
+reconstruct_problems = st.tuples(st.integers(1, 25), st.integers(1, 5)).flatmap(
+    lambda nd: st.tuples(
+        hnp.arrays(np.float64, nd[1], elements=st.floats(-1e3, 1e3, allow_nan=False)),
+        hnp.arrays(
+            np.float64,
+            nd,
+            elements=st.one_of(st.sampled_from([0.0, 1.0, -1.0]), st.floats(-1e3, 1e3, allow_nan=False)),
+        ),
+    )
+)
+
+
+@NEW_PROPERTY_SETTINGS
+@given(reconstruct_problems, st.integers(1, 12), st.integers(1, 30), st.sampled_from(TEST_SOLVERS))
+def test_reconstruct_selects_distinct_pool_members(
+    problem: tuple[np.ndarray, np.ndarray], k: int, pool_size: int, solver: str
+) -> None:
+    test_grad, grads = problem
+    got = reconstruct(test_grad, grads, k, solver=solver, pool_size=pool_size)
+    dist2 = np.sum((grads.astype(np.float32).astype(np.float64) - test_grad.astype(np.float32)) ** 2, axis=1)
+    pool = set(np.argsort(dist2, kind="stable")[:pool_size].tolist())
+    assert got.dtype == np.int64
+    assert len(got) == min(k, pool_size, len(grads))
+    assert len(set(got.tolist())) == len(got)
+    assert set(got.tolist()) <= pool
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"solver": "lstsq"}, "unknown solver 'lstsq'"),
+        ({"test_grad": np.ones(3)}, "grads has d=2 columns but test_grad has d=3"),
+        ({"test_grad": np.ones((1, 2))}, "test_grad must be a non-empty 1-D"),
+        ({"test_grad": np.ones(0), "grads": np.ones((3, 0))}, "test_grad must be a non-empty 1-D"),
+        ({"grads": np.ones(2)}, "grads must be 2-D"),
+        ({"test_grad": np.array([1.0, np.nan])}, "test_grad contains NaN"),
+        ({"grads": np.array([[1.0, 1e39], [0.0, 1.0], [1.0, 1.0]])}, "too large for float32"),
+        ({"grads": np.array([["a", "b"]])}, "grads must be real numeric"),
+        ({"k": 0}, "k must be >= 1"),
+        ({"pool_size": 0}, "pool_size must be >= 1"),
+    ],
+)
+def test_reconstruct_rejects_bad_input(kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {
+        "test_grad": np.ones(2),
+        "grads": np.arange(6.0).reshape(3, 2),
+        "k": 2,
+        "solver": "paper",
+        "pool_size": 100,
+    }
+    args.update(kwargs)
+    with pytest.raises(InvalidInputError, match=match):
+        reconstruct(
+            args["test_grad"],  # type: ignore[arg-type]
+            args["grads"],  # type: ignore[arg-type]
+            args["k"],  # type: ignore[arg-type]
+            solver=args["solver"],  # type: ignore[arg-type]
+            pool_size=args["pool_size"],  # type: ignore[arg-type]
+        )
+
+
+def test_reconstruct_with_no_candidates_is_empty() -> None:
+    got = reconstruct(np.ones(3), np.ones((0, 3)), 5, solver="paper")
+    assert got.dtype == np.int64
+    assert got.tolist() == []

@@ -33,7 +33,7 @@ def redis() -> Iterator[Redis]:
 def test_batch_job_round_trip(redis: Redis, classifier_index: Path) -> None:
     queue = Queue(f"test-{uuid.uuid4().hex}", connection=redis, serializer=JSONSerializer)
     queries = [{"text": "the cat sat"}, {"text": "stocks fell", "label": "negative"}, {"colour": "red"}]
-    job = queue.enqueue(explain_batch, str(classifier_index), queries, k=3)
+    job = queue.enqueue(explain_batch, str(classifier_index), queries, {"k": 3})
     SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(burst=True)
     job.refresh()
     assert job.get_status() == "finished", job.latest_result()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from exemplar.errors import ExemplarError, InvalidInputError
-from exemplar.explain import Explainer
+from exemplar.explain import Explainer, ExplainOptions
 from exemplar.tasks import Example
 
 _explainers: dict[str, Explainer] = {}
@@ -19,10 +19,14 @@ def load_explainer(index_dir: str) -> Explainer:
 
 
 def explain_batch(
-    index_dir: str, queries: list[dict[str, Any]], k: int = 5, strategy: str = "balanced", lam: float = 1.0
+    index_dir: str, queries: list[dict[str, Any]], options: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """Explain each query; a bad query yields an error entry instead of failing the batch."""
     explainer = load_explainer(index_dir)
+    try:
+        explain_options = ExplainOptions(**(options or {}))
+    except TypeError as exc:
+        raise InvalidInputError(f"unknown explanation option: {exc}") from exc
     fields = ("text", "label") if explainer.store.manifest.task == "classification" else ("prompt", "response")
     results: list[dict[str, Any]] = []
     for i, query in enumerate(queries):
@@ -33,7 +37,7 @@ def explain_batch(
                 example = Example(text=query.get("text"), label=query.get("label"))
             else:
                 example = Example(prompt=query.get("prompt"), response=query.get("response"))
-            results.append(explainer.explain(example, k=k, strategy=strategy, lam=lam).to_dict())
+            results.append(explainer.explain(example, explain_options).to_dict())
         except ExemplarError as exc:
             results.append({"error": str(exc), "error_type": type(exc).__name__})
     return results
