@@ -1,0 +1,197 @@
+"""The paper's evaluation grid: every estimator x strategy x k on held-out test queries.
+
+`run_grid` computes, for each test query (one forward/backward each), the Selection
+Relevance Score of every configured selection; `validate` adds the fine-tuning validation
+of paper.md section 5 for a subset of the selections (one AdamW step each, plus five
+random baselines per k). Results are plain records; `exemplar.report` turns them into the
+markdown report and plots.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from exemplar.errors import InvalidInputError
+from exemplar.explain import Explainer, ExplainOptions, QueryState
+from exemplar.progress import Progress, SilentProgress
+from exemplar.relevance import mean_of_ratios_db, ratio_of_expectations_db
+from exemplar.tasks import Example
+from exemplar.validation import StepValidator, ValidationRecord
+
+KS = (1, 5, 10, 25)
+RANDOM_SEEDS = 5
+
+
+@dataclass(frozen=True)
+class Config:
+    """One selection configuration of the grid (estimator-independent ones use estimator "-")."""
+
+    estimator: str
+    strategy: str
+    ordering: str = "most_influential"
+    lam: float = 1.0
+
+    @property
+    def label(self) -> str:
+        if self.strategy == "topk":
+            return f"top-k {self.ordering.replace('_', ' ')}"
+        if self.strategy == "balanced":
+            suffix = "" if self.ordering == "most_influential" else f" ({self.ordering.replace('_', ' ')})"
+            return f"FL lambda={self.lam:g}{suffix}"
+        return self.strategy
+
+
+def default_configs(estimators: Sequence[str], signed: dict[str, bool]) -> list[Config]:
+    """The paper's grid (section 4) plus ours; helpful/harmful only for signed estimators."""
+    configs: list[Config] = [Config("-", "random"), Config("-", "reconstruct")]
+    for est in estimators:
+        orderings = ["most_influential", "least_influential"] + (["most_helpful", "most_harmful"] if signed[est] else [])
+        configs += [Config(est, "topk", o) for o in orderings]
+        configs += [Config(est, "balanced", "most_influential", lam) for lam in (0.25, 0.5, 0.75, 1.0)]
+        configs += [Config(est, "balanced", o, 1.0) for o in orderings if o != "most_influential"]
+        configs += [Config(est, "divine"), Config(est, "aide")]
+    return configs
+
+
+@dataclass
+class ScoreRecord:
+    """The score of one selection for one query."""
+
+    query: int
+    config: Config
+    k: int
+    ratio: float
+    db: float
+    var_g: float
+    var_r: float
+    rows: list[int]
+
+
+@dataclass
+class GridResult:
+    records: list[ScoreRecord] = field(default_factory=list)
+    validation: list[ValidationRecord] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    n_queries: int = 0
+
+    def table(self) -> dict[tuple[str, str, int], dict[str, float]]:
+        """(estimator, config label, k) -> mean-of-ratios dB, ratio-of-expectations dB, share > 0 dB, n."""
+        groups: dict[tuple[str, str, int], list[ScoreRecord]] = defaultdict(list)
+        for r in self.records:
+            groups[(r.config.estimator, r.config.label, r.k)].append(r)
+        out = {}
+        for key, recs in groups.items():
+            out[key] = {
+                "mean_of_ratios_db": mean_of_ratios_db([r.ratio for r in recs]),
+                "ratio_of_expectations_db": ratio_of_expectations_db([r.var_g for r in recs], [r.var_r for r in recs]),
+                "median_db": float(np.median([r.db for r in recs])),
+                "share_positive": float(np.mean([r.db > 0 for r in recs])),
+                "n": float(len(recs)),
+            }
+        return out
+
+
+def _select(explainer: Explainer, state: QueryState, config: Config, k: int, seed: int = 0) -> np.ndarray:
+    options = ExplainOptions(
+        k=k, strategy=config.strategy, lam=config.lam, seed=seed, ordering=config.ordering,
+        estimator="grad_dot" if config.estimator == "-" else config.estimator,
+    )
+    rows, _, _ = explainer.select(state, options)
+    return rows
+
+
+def run_grid(
+    explainer: Explainer,
+    queries: Sequence[Example],
+    *,
+    estimators: Sequence[str] = ("grad_dot", "grad_cos", "datainf", "bm25"),
+    ks: Sequence[int] = KS,
+    validate_configs: Sequence[Config] = (),
+    validate_ks: Sequence[int] = KS,
+    progress: Progress | None = None,
+) -> GridResult:
+    """Score every configuration for every query; validate `validate_configs` by fine-tuning."""
+    progress = progress or SilentProgress()
+    if not queries:
+        raise InvalidInputError("no test queries to evaluate")
+    signed = {e: explainer.store.estimator(e).signed for e in estimators}
+    configs = default_configs(estimators, signed)
+    result = GridResult(n_queries=len(queries))
+    seconds: dict[str, float] = defaultdict(float)
+    validator = StepValidator(explainer.featurizer) if validate_configs else None
+    progress.start("evaluation grid", len(queries), unit="query")
+    for qi, query in enumerate(queries):
+        t0 = time.perf_counter()
+        state = explainer.prepare(query)
+        seconds["gradient"] += time.perf_counter() - t0
+        chosen: dict[tuple[Config, int], np.ndarray] = {}
+        for config in configs:
+            for k in ks:
+                t1 = time.perf_counter()
+                seeds = range(RANDOM_SEEDS) if config.strategy == "random" else (0,)
+                for seed in seeds:
+                    rows = _select(explainer, state, config, k, seed)
+                    rel = explainer.score(state, rows)
+                    result.records.append(
+                        ScoreRecord(qi, config, k, rel.ratio, rel.db, rel.var_g, rel.var_r, [int(r) for r in rows])
+                    )
+                    chosen[(config, k)] = rows
+                seconds[config.strategy] += time.perf_counter() - t1
+        if validator is not None:
+            t2 = time.perf_counter()
+            result.validation += _validate_query(explainer, validator, qi, query, state, chosen, validate_configs, validate_ks)
+            seconds["validation"] += time.perf_counter() - t2
+        progress.advance(1)
+    progress.finish()
+    result.seconds = dict(seconds)
+    return result
+
+
+def _examples(explainer: Explainer, rows: np.ndarray) -> list[Example]:
+    return [
+        Example(id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response)
+        for e in explainer.store.examples_at(rows.tolist())
+    ]
+
+
+def _validate_query(
+    explainer: Explainer,
+    validator: StepValidator,
+    qi: int,
+    query: Example,
+    state: QueryState,
+    chosen: dict[tuple[Config, int], np.ndarray],
+    configs: Sequence[Config],
+    ks: Sequence[int],
+) -> list[ValidationRecord]:
+    # the explained target: a classifier query is validated on the label that was explained
+    target = query
+    if query.text is not None and query.label is None:
+        target = replace(query, label=state.prediction["explained_label"])
+    out = []
+    for k in ks:
+        baselines = [
+            validator.effect(target, _examples(explainer, _select(explainer, state, Config("-", "random"), k, seed)))
+            for seed in range(RANDOM_SEEDS)
+        ]
+        base_logp = float(np.mean([b.delta_logp for b in baselines]))
+        base_jsd = float(np.mean([b.jsd for b in baselines]))
+        for config in configs:
+            rows = chosen.get((config, k))
+            if rows is None:
+                continue
+            effect = validator.effect(target, _examples(explainer, rows))
+            rel = explainer.score(state, rows)
+            out.append(
+                ValidationRecord(
+                    qi, config.label if config.estimator == "-" else f"{config.estimator} {config.label}", k,
+                    rel.ratio, rel.db, effect.delta_logp - base_logp, effect.jsd / base_jsd if base_jsd > 0 else math.nan,
+                )
+            )
+    return out

@@ -1,0 +1,92 @@
+"""The evaluation grid, the fine-tuning validation and the report, on tiny real indexes."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from exemplar.evaluation import Config, run_grid
+from exemplar.explain import Explainer
+from exemplar.report import write_report
+from exemplar.tasks import Example
+from exemplar.validation import StepValidator, jensen_shannon, reliability, spearman
+from tests.conftest import write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def clf(classifier_index: Path) -> Explainer:
+    return Explainer.from_index(classifier_index)
+
+
+def test_one_step_changes_only_a_copy(clf: Explainer) -> None:
+    validator = StepValidator(clf.featurizer, lr=1e-2)
+    before = [p.detach().clone() for p in validator.params]
+    test = Example(text="the cat sat", label="positive")
+    selection = [Example(text="the cat sat on the mat", label="positive")] * 3
+    effect = validator.effect(test, selection)
+    assert effect.delta_logp > 0  # training on (almost) the test instance raises its likelihood
+    assert effect.jsd > 0
+    for p, b in zip(validator.params, before, strict=True):
+        assert torch.equal(p, b)
+        assert p.grad is None
+
+
+def test_jsd_and_statistics() -> None:
+    p = torch.log_softmax(torch.tensor([[1.0, 2.0, 3.0]]), -1)
+    assert jensen_shannon(p, p) == pytest.approx(0.0, abs=1e-7)
+    q = torch.log(torch.tensor([[1.0, 1e-12, 1e-12]]))
+    assert 0 < jensen_shannon(p, q) <= math.log(2) + 1e-6
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert math.isnan(spearman([1, 2], [1, 2]))
+
+
+def test_grid_validation_and_report(clf: Explainer, tmp_path: Path) -> None:
+    queries = [Example(text=t) for t in ("the cat sat", "stocks fell", "i love this movie", "free prize now")]
+    configs = [Config("-", "reconstruct"), Config("grad_dot", "topk"), Config("grad_dot", "balanced")]
+    result = run_grid(clf, queries, ks=(1, 5), validate_configs=configs, validate_ks=(5,))
+    table = result.table()
+    assert ("grad_dot", "top-k most influential", 5) in table
+    assert ("bm25", "top-k most influential", 1) in table
+    assert ("bm25", "top-k most helpful", 1) not in table  # unsigned: no helpful ordering
+    # the aggregate is the paper's mean of linear ratios
+    recs = [r for r in result.records if r.config == Config("grad_dot", "topk") and r.k == 5]
+    assert len(recs) == 4
+    expected = 10 * math.log10(np.mean([r.ratio for r in recs]))
+    assert table[("grad_dot", "top-k most influential", 5)]["mean_of_ratios_db"] == pytest.approx(expected)
+    assert len([r for r in result.records if r.config.strategy == "random" and r.k == 1]) == 4 * 5
+    assert len(result.validation) == 4 * len(configs)
+    assert all(np.isfinite(v.xi_plus) for v in result.validation)
+    assert reliability(result.validation) or all(v.srs_ratio <= 0 for v in result.validation)
+    path = write_report(result, tmp_path, demo="tiny", command="test", index_summary=clf.store.manifest.summary())
+    text = path.read_text()
+    assert "Spearman(SRS, xi_plus)" in text
+    assert "| reconstruct (estimator-independent) |" in text
+    for png in ("tiny_db_by_k.png", "tiny_gain.png", "tiny_validation.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_validate_cli(classifier_index: Path, tmp_path: Path) -> None:
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"text": "the cat sat", "label": "neutral"}, {"text": "stocks fell", "label": "negative"}, {"text": "what a day", "label": "positive"}])
+    out = tmp_path / "v.json"
+    run = subprocess.run(
+        [Path(sys.executable).parent / "exemplar-eval", "validate", "--index", str(classifier_index), "--queries", str(queries), "--k", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "validated selections over 3 test instances" in run.stdout
+    assert len(json.loads(out.read_text())) == 3 * 3
+    bad = subprocess.run(
+        [Path(sys.executable).parent / "exemplar-eval", "validate", "--index", str(tmp_path), "--queries", str(queries)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode == 2
+    assert "not an index" in bad.stderr
