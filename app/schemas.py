@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 Strategy = Literal["balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto"]
-Estimator = Literal["grad_dot", "grad_cos", "datainf", "bm25"]
+Estimator = Literal["grad_dot", "grad_cos", "datainf", "bm25", "tracin"]
 Ordering = Literal["most_influential", "least_influential", "most_helpful", "most_harmful"]
 Solver = Literal["paper", "exact"]
 
@@ -37,7 +37,8 @@ class ExplainRequest(BaseModel):
         description="influence estimator. grad_dot: I = -<g_train, g_query> (unbounded; negative = helpful); grad_cos: "
         "I = -cos(g_train, g_query) in [-1, 1]; datainf: I = -<g_train, M g_query> with DataInf's per-layer "
         "preconditioner (negative = helpful); bm25: lexical Okapi BM25 similarity >= 0 over token ids (larger = more "
-        "related; no helpful/harmful orderings)",
+        "related; no helpful/harmful orderings); tracin: I = -sum_c lr_c <g_train^c, g_query^c> over the index's "
+        "checkpoints (only for indexes built with --checkpoint; negative = helpful)",
     )
     ordering: Ordering = Field(
         "most_influential",

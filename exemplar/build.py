@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,10 @@ import numpy as np
 
 from exemplar.errors import InvalidInputError
 from exemplar.explain import build_featurizer
-from exemplar.gradients import ProjectionConfig
+from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel
 from exemplar.progress import Progress, SilentProgress
-from exemplar.store import Manifest, dataset_checksum, write_index
+from exemplar.store import Checkpoint, Manifest, dataset_checksum, write_index
 from exemplar.tasks import Example
 
 REQUIRED = {"classification": ("text", "label"), "causal-lm": ("prompt", "response")}
@@ -104,19 +105,32 @@ def build_index(
     batch_size: int = 16,
     chunk_size: int = 256,
     overwrite: bool = False,
+    checkpoints: Sequence[tuple[LoadedModel, float]] = (),
     progress: Progress | None = None,
 ) -> Manifest:
-    """Featurise `examples` with the query-time featuriser and publish the index at `out_dir`."""
+    """Featurise `examples` with the query-time featuriser and publish the index at `out_dir`.
+
+    `checkpoints` (model, learning rate) add TracIn: the same examples featurised under each
+    earlier checkpoint with the same projection.
+    """
     if not examples:
         raise InvalidInputError("the training set is empty: nothing to index")
     progress = progress or SilentProgress()
     featurizer = build_featurizer(loaded, config, max_length, batch_size=batch_size)
-    progress.start("gradients", len(examples))
-    vectors = np.zeros((len(examples), featurizer.dims), dtype=np.float32)
-    for start in range(0, len(examples), chunk_size):
-        chunk = examples[start : start + chunk_size]
-        vectors[start : start + len(chunk)] = featurizer.featurize(chunk, progress.advance).vectors
-    progress.finish()
+    vectors = _featurize_all(featurizer, examples, chunk_size, progress, "gradients")
+    checkpoint_vectors = []
+    for i, (ckpt, lr) in enumerate(checkpoints):
+        if not lr > 0:
+            raise InvalidInputError(f"checkpoint learning rates must be > 0; got {lr}")
+        if ckpt.checksum == loaded.checksum:  # the final model itself: its vectors are already there
+            checkpoint_vectors.append(vectors)
+            continue
+        ckpt_featurizer = build_featurizer(ckpt, config, max_length, batch_size=batch_size)
+        if ckpt_featurizer.layer_names != featurizer.layer_names or ckpt.task != loaded.task:
+            raise InvalidInputError(f"checkpoint {ckpt.model_dir} does not have the same tracked layers as the model")
+        checkpoint_vectors.append(
+            _featurize_all(ckpt_featurizer, examples, chunk_size, progress, f"checkpoint {i + 1}")
+        )
     label2id = loaded.label2id
     manifest = Manifest(
         task=loaded.task,
@@ -132,7 +146,31 @@ def build_index(
         dataset_checksum=dataset_checksum(examples),
         max_length=max_length,
         labels=sorted(label2id, key=label2id.__getitem__) if label2id else None,
+        checkpoints=[
+            Checkpoint(str(c.model_dir), str(c.adapter_dir) if c.adapter_dir else None, c.checksum, float(lr))
+            for c, lr in checkpoints
+        ],
     )
     token_ids = [featurizer.task.lexical_ids(e) for e in examples]
-    write_index(out_dir, manifest, vectors, examples, token_ids=token_ids, overwrite=overwrite)
+    write_index(
+        out_dir,
+        manifest,
+        vectors,
+        examples,
+        token_ids=token_ids,
+        checkpoint_vectors=checkpoint_vectors,
+        overwrite=overwrite,
+    )
     return manifest
+
+
+def _featurize_all(
+    featurizer: KroneckerFeaturizer, examples: list[Example], chunk_size: int, progress: Progress, stage: str
+) -> np.ndarray:
+    progress.start(stage, len(examples))
+    vectors = np.zeros((len(examples), featurizer.dims), dtype=np.float32)
+    for start in range(0, len(examples), chunk_size):
+        chunk = examples[start : start + chunk_size]
+        vectors[start : start + len(chunk)] = featurizer.featurize(chunk, progress.advance).vectors
+    progress.finish()
+    return vectors

@@ -16,9 +16,11 @@ second `prepare` only opens what is there.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,7 +29,7 @@ from exemplar.build import build_index
 from exemplar.errors import IndexIncompatibleError, InvalidInputError
 from exemplar.finetune import finetune
 from exemplar.gradients import ProjectionConfig
-from exemplar.models import convert_gguf, load_model
+from exemplar.models import LoadedModel, convert_gguf, load_model
 from exemplar.progress import Progress, SilentProgress
 from exemplar.store import MANIFEST, read_manifest
 from exemplar.tasks import CausalLMTask, ClassificationTask, Example, Task
@@ -115,6 +117,7 @@ def prepare(name: str, root: str | Path, progress: Progress | None = None) -> Pa
         max_length=spec.max_length,
         progress=progress,
         overwrite=True,
+        checkpoints=_checkpoints(spec, demo_dir, task, loaded),
     )
     return index_dir
 
@@ -130,7 +133,15 @@ def _current(index_dir: Path) -> bool:
     return True
 
 
-def _finetune(spec: DemoSpec, model: torch.nn.Module, task: Task, train: list[Example], progress: Progress) -> None:
+def _finetune(
+    spec: DemoSpec, model: Any, tokenizer: Any, task: Task, train: list[Example], demo_dir: Path, progress: Progress
+) -> None:
+    """Fine-tune; every epoch but the last is saved as `checkpoint-epoch<N>` for TracIn."""
+
+    def save_checkpoint(epoch: int) -> None:
+        if epoch < spec.epochs:
+            _save(model, tokenizer, demo_dir / f"checkpoint-epoch{epoch}")
+
     finetune(
         model,
         task,
@@ -140,7 +151,26 @@ def _finetune(spec: DemoSpec, model: torch.nn.Module, task: Task, train: list[Ex
         batch_size=spec.batch_size,
         seed=spec.seed,
         progress=progress,
+        on_epoch_end=save_checkpoint,
     )
+
+
+def _save(model: Any, tokenizer: Any, out: Path) -> None:
+    """save_pretrained to a temporary directory, then rename into place."""
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+
+
+def _checkpoints(spec: DemoSpec, demo_dir: Path, task: str, final: LoadedModel) -> list[tuple[LoadedModel, float]]:
+    """TracIn checkpoints: the saved epochs and the final model, each weighted by the learning rate."""
+    saved = [demo_dir / f"checkpoint-epoch{e}" for e in range(1, spec.epochs)]
+    if not saved or not all(p.exists() for p in saved):
+        return []
+    return [*((load_model(p, task), spec.lr) for p in saved), (final, spec.lr)]
 
 
 def _tweets(spec: DemoSpec, demo_dir: Path, progress: Progress) -> tuple[list[Example], list[Example], Path, None]:
@@ -171,11 +201,8 @@ def _tweets(spec: DemoSpec, demo_dir: Path, progress: Progress) -> tuple[list[Ex
         tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
         task = ClassificationTask(tokenizer, model.config.label2id, spec.max_length)
         model.get_input_embeddings().weight.requires_grad_(False)  # 30k x 384: slow to update, little gain
-        _finetune(spec, model, task, train, progress)
-        tmp = demo_dir / "model.tmp"
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.replace(model_dir)
+        _finetune(spec, model, tokenizer, task, train, demo_dir, progress)
+        _save(model, tokenizer, model_dir)
     return train, test, model_dir, None
 
 
@@ -199,7 +226,7 @@ def _chat(
             loaded.model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
         )
         task = CausalLMTask(loaded.tokenizer, spec.max_length)
-        _finetune(spec, model, task, train, progress)
+        _finetune(spec, model, loaded.tokenizer, task, train, demo_dir, progress)
         tmp = demo_dir / "adapter.tmp"
         model.save_pretrained(str(tmp))
         loaded.tokenizer.save_pretrained(tmp)

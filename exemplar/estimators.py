@@ -15,6 +15,9 @@ lowers the query's loss (helpful), `> 0` harmful. Implementations (registry `EST
   `k1 = 1.5`, `b = 0.75`, `idf = ln((N - df + 0.5)/(df + 0.5) + 1)`, summed over the distinct
   query terms, textbook Okapi scale (bm25s "lucene" scores times `k1 + 1`). A similarity `>= 0`: "most influential" = highest score; the helpful and
   harmful orderings do not apply.
+- `TracIn` ("tracin", Pruthi et al. 2020): `I = -sum_c lr_c <g_z^c, g'^c>` over the
+  checkpoints the index was built from (`index-builder build --checkpoint DIR=LR ...`), in
+  learning-rate-weighted squared gradient units; negative = helpful.
 
 Every estimator can score given rows exactly (`influence`) and the whole store by a chunked
 scan (`scan`); the linear ones also give a FAISS query vector (`search_vector`) with
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 SCAN_CHUNK_ROWS = 65536
 DATAINF_FILE = "datainf.npy"
 BM25_DIR = "bm25"
-ESTIMATOR_NAMES = ("grad_dot", "grad_cos", "datainf", "bm25")
+ESTIMATOR_NAMES = ("grad_dot", "grad_cos", "datainf", "bm25", "tracin")
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Query:
 
     grad: np.ndarray
     token_ids: list[int] = field(default_factory=list)
+    checkpoint_grads: list[np.ndarray] | None = None  # TracIn: the query's gradient under each checkpoint
 
 
 class Estimator(Protocol):
@@ -197,6 +201,37 @@ class BM25:
 
     def influence(self, store: FaissGradientStore, query: Query, rows: np.ndarray) -> np.ndarray:
         return self.scan(store, query)[np.asarray(rows, dtype=np.int64)]
+
+
+class TracIn:
+    """`I = -sum_c lr_c <g_z^c, g'^c>` over the index's checkpoints (scanned)."""
+
+    name = "tracin"
+    signed = True
+
+    def __init__(self, vectors: list[np.ndarray], lrs: list[float]) -> None:
+        self.vectors, self.lrs = vectors, lrs
+
+    def search_vector(self, query: Query) -> None:
+        return None
+
+    def _grads(self, query: Query) -> list[np.ndarray]:
+        if query.checkpoint_grads is None or len(query.checkpoint_grads) != len(self.vectors):
+            raise InvalidInputError("tracin needs the query's gradient under every checkpoint of the index")
+        return query.checkpoint_grads
+
+    def scan(self, store: FaissGradientStore, query: Query) -> np.ndarray:
+        total = np.zeros(store.n, dtype=np.float64)
+        for v, lr, g in zip(self.vectors, self.lrs, self._grads(query), strict=True):
+            total -= lr * scan_inner_products(v, g)
+        return total
+
+    def influence(self, store: FaissGradientStore, query: Query, rows: np.ndarray) -> np.ndarray:
+        idx = np.asarray(rows, dtype=np.int64)
+        total = np.zeros(len(idx), dtype=np.float64)
+        for v, lr, g in zip(self.vectors, self.lrs, self._grads(query), strict=True):
+            total -= lr * (np.asarray(v[idx], dtype=np.float32) @ np.asarray(g, dtype=np.float32))
+        return total
 
 
 def check_estimator_name(name: str) -> str:

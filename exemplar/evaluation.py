@@ -51,7 +51,9 @@ def default_configs(estimators: Sequence[str], signed: dict[str, bool]) -> list[
     """The paper's grid (section 4) plus ours; helpful/harmful only for signed estimators."""
     configs: list[Config] = [Config("-", "random"), Config("-", "reconstruct")]
     for est in estimators:
-        orderings = ["most_influential", "least_influential"] + (["most_helpful", "most_harmful"] if signed[est] else [])
+        orderings = ["most_influential", "least_influential"] + (
+            ["most_helpful", "most_harmful"] if signed[est] else []
+        )
         configs += [Config(est, "topk", o) for o in orderings]
         configs += [Config(est, "balanced", "most_influential", lam) for lam in (0.25, 0.5, 0.75, 1.0)]
         configs += [Config(est, "balanced", o, 1.0) for o in orderings if o != "most_influential"]
@@ -99,7 +101,11 @@ class GridResult:
 
 def _select(explainer: Explainer, state: QueryState, config: Config, k: int, seed: int = 0) -> np.ndarray:
     options = ExplainOptions(
-        k=k, strategy=config.strategy, lam=config.lam, seed=seed, ordering=config.ordering,
+        k=k,
+        strategy=config.strategy,
+        lam=config.lam,
+        seed=seed,
+        ordering=config.ordering,
         estimator="grad_dot" if config.estimator == "-" else config.estimator,
     )
     rows, _, _ = explainer.select(state, options)
@@ -145,7 +151,9 @@ def run_grid(
                 seconds[config.strategy] += time.perf_counter() - t1
         if validator is not None:
             t2 = time.perf_counter()
-            result.validation += _validate_query(explainer, validator, qi, query, state, chosen, validate_configs, validate_ks)
+            result.validation += _validate_query(
+                explainer, validator, qi, query, state, chosen, validate_configs, validate_ks
+            )
             seconds["validation"] += time.perf_counter() - t2
         progress.advance(1)
     progress.finish()
@@ -190,8 +198,13 @@ def _validate_query(
             rel = explainer.score(state, rows)
             out.append(
                 ValidationRecord(
-                    qi, config.label if config.estimator == "-" else f"{config.estimator} {config.label}", k,
-                    rel.ratio, rel.db, effect.delta_logp - base_logp, effect.jsd / base_jsd if base_jsd > 0 else math.nan,
+                    qi,
+                    config.label if config.estimator == "-" else f"{config.estimator} {config.label}",
+                    k,
+                    rel.ratio,
+                    rel.db,
+                    effect.delta_logp - base_logp,
+                    effect.jsd / base_jsd if base_jsd > 0 else math.nan,
                 )
             )
     return out

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from exemplar import selection
-from exemplar.errors import InvalidInputError
+from exemplar.errors import IndexIncompatibleError, InvalidInputError
 from exemplar.estimators import ESTIMATOR_NAMES, Estimator, Query
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
 from exemplar.relevance import SOLVERS, Relevance, selection_relevance
-from exemplar.store import FaissGradientStore, StoredExample
+from exemplar.store import Checkpoint, FaissGradientStore, StoredExample
 from exemplar.tasks import Example, make_task
 
 STRATEGIES = ("balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto")
@@ -87,10 +87,11 @@ class QueryState:
     token_ids: list[int]
     prediction: dict[str, Any]
     row: int | None = None
+    checkpoint_grads: list[np.ndarray] | None = None
 
     @property
     def query(self) -> Query:
-        return Query(self.grad, self.token_ids)
+        return Query(self.grad, self.token_ids, self.checkpoint_grads)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class Explainer:
         self.featurizer = featurizer
         self.config = config or ExplainConfig()
         self._model_lock = threading.Lock()
+        self._checkpoint_featurizers: list[KroneckerFeaturizer] | None = None
 
     @classmethod
     def from_index(
@@ -184,6 +186,25 @@ class Explainer:
         prediction["loss"] = feats.losses[0]
         prediction["truncated"] = feats.truncated[0]
         return QueryState(query, feats.vectors[0], token_ids, prediction, self.store.find_row(query))
+
+    def checkpoint_gradients(self, state: QueryState) -> list[np.ndarray]:
+        """The query's gradient under each of the index's checkpoints (TracIn); models load on first use."""
+        if state.checkpoint_grads is None:
+            with self._model_lock:
+                if self._checkpoint_featurizers is None:
+                    self._checkpoint_featurizers = [self._load_checkpoint(c) for c in self.store.manifest.checkpoints]
+                state.checkpoint_grads = [f.featurize([state.example]).vectors[0] for f in self._checkpoint_featurizers]
+        return state.checkpoint_grads
+
+    def _load_checkpoint(self, checkpoint: Checkpoint) -> KroneckerFeaturizer:
+        m = self.store.manifest
+        loaded = load_model(checkpoint.model_dir, m.task, checkpoint.adapter_dir)
+        if loaded.checksum != checkpoint.model_checksum:
+            raise IndexIncompatibleError(
+                f"checkpoint {checkpoint.model_dir} changed since the index was built; rebuild it"
+            )
+        config = ProjectionConfig(params=m.params, proj_dim=m.proj_dim, seed=m.seed)
+        return build_featurizer(loaded, config, m.max_length, batch_size=self.featurizer.batch_size)
 
     def query_gradient(self, query: Example) -> tuple[np.ndarray, dict[str, Any]]:
         """The query's projected gradient `(d,)` and the model's prediction."""
@@ -228,6 +249,8 @@ class Explainer:
         """Rows chosen by `options.strategy` (in selection order), their influence, and a reason (auto only)."""
         estimator = self.store.estimator(options.estimator)
         options.check(self.config, estimator.signed)
+        if options.estimator == "tracin":
+            self.checkpoint_gradients(state)
         m = options.pool_size or self.config.pool_size
         k, strategy = options.k, options.strategy
         if strategy == "auto":

@@ -7,7 +7,7 @@ model explained is trained on exactly the objective its gradients describe.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -25,8 +25,12 @@ def finetune(
     batch_size: int = 16,
     seed: int = 0,
     progress: Progress | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """Train the parameters of `model` that require grad; returns the mean loss per epoch."""
+    """Train the parameters of `model` that require grad; returns the mean loss per epoch.
+
+    `on_epoch_end(epoch)` (1-based) runs after each epoch, e.g. to save a checkpoint.
+    """
     progress = progress or SilentProgress()
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -51,5 +55,9 @@ def finetune(
             progress.advance(len(idx))
         progress.finish()
         epoch_losses.append(total / max(1, len(order)))
+        if on_epoch_end is not None:
+            model.eval()
+            on_epoch_end(epoch + 1)
+            model.train()
     model.eval()
     return epoch_losses

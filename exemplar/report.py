@@ -39,7 +39,9 @@ def _best_paper(table: dict[tuple[str, str, int], dict[str, float]], est: str, k
     return max(candidates, key=lambda c: c[1])
 
 
-def write_report(result: GridResult, out_dir: Path, *, demo: str, command: str, index_summary: dict[str, object]) -> Path:
+def write_report(
+    result: GridResult, out_dir: Path, *, demo: str, command: str, index_summary: dict[str, object]
+) -> Path:
     """Write `<out_dir>/<demo>.md` and its PNG plots; returns the markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = result.table()
@@ -62,22 +64,48 @@ def write_report(result: GridResult, out_dir: Path, *, demo: str, command: str, 
     ]
     for est in estimators:
         labels = sorted({label for (e, label, _) in table if e == est})
-        lines += [f"## Estimator `{est}`: mean-of-ratios dB", "", "| strategy | " + " | ".join(f"k={k}" for k in ks) + " |",
-                  "|---|" + "---|" * len(ks)]
+        lines += [
+            f"## Estimator `{est}`: mean-of-ratios dB",
+            "",
+            "| strategy | " + " | ".join(f"k={k}" for k in ks) + " |",
+            "|---|" + "---|" * len(ks),
+        ]
         for label in [*labels, "random", "reconstruct"]:
             e = est if label not in ("random", "reconstruct") else "-"
             name = label if e == est else f"{label} (estimator-independent)"
-            lines.append(f"| {name} | " + " | ".join(_fmt(table.get((e, label, k), {}).get("mean_of_ratios_db", math.nan)) for k in ks) + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(_fmt(table.get((e, label, k), {}).get("mean_of_ratios_db", math.nan)) for k in ks)
+                + " |"
+            )
         lines.append("")
-    lines += ["## Ratio of expectations (dB), for comparison", "", "| estimator | strategy | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    lines += [
+        "## Ratio of expectations (dB), for comparison",
+        "",
+        "| estimator | strategy | " + " | ".join(f"k={k}" for k in ks) + " |",
+        "|---|---|" + "---|" * len(ks),
+    ]
     for est in estimators:
         for label in ("top-k most influential", "FL lambda=1"):
-            lines.append(f"| {est} | {label} | " + " | ".join(_fmt(table.get((est, label, k), {}).get("ratio_of_expectations_db", math.nan)) for k in ks) + " |")
+            lines.append(
+                f"| {est} | {label} | "
+                + " | ".join(_fmt(table.get((est, label, k), {}).get("ratio_of_expectations_db", math.nan)) for k in ks)
+                + " |"
+            )
     for label in ("random", "reconstruct"):
-        lines.append(f"| - | {label} | " + " | ".join(_fmt(table.get(("-", label, k), {}).get("ratio_of_expectations_db", math.nan)) for k in ks) + " |")
+        lines.append(
+            f"| - | {label} | "
+            + " | ".join(_fmt(table.get(("-", label, k), {}).get("ratio_of_expectations_db", math.nan)) for k in ks)
+            + " |"
+        )
     lines.append("")
 
-    lines += ["## Gain of FL lambda=1 over naive top-k (dB)", "", "| estimator | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    lines += [
+        "## Gain of FL lambda=1 over naive top-k (dB)",
+        "",
+        "| estimator | " + " | ".join(f"k={k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+    ]
     gains: dict[str, list[float]] = {}
     for est in estimators:
         gains[est] = [
@@ -89,7 +117,12 @@ def write_report(result: GridResult, out_dir: Path, *, demo: str, command: str, 
     lines.append("| paper (DataInf, OLMo-2) | " + " | ".join(_fmt(PAPER_FL_GAIN.get(k, math.nan)) for k in ks) + " |")
     lines.append("")
 
-    lines += ["## Side by side with the paper (k = 10, mean-of-ratios dB)", "", "| estimator | strategy | paper (OLMo-2, Tulu) | ours |", "|---|---|---|---|"]
+    lines += [
+        "## Side by side with the paper (k = 10, mean-of-ratios dB)",
+        "",
+        "| estimator | strategy | paper (OLMo-2, Tulu) | ours |",
+        "|---|---|---|---|",
+    ]
     for (est, label), paper in PAPER_K10.items():
         ours = table.get((est, label, 10), {}).get("mean_of_ratios_db", math.nan)
         lines.append(f"| {est} | {label} | {paper:+.1f} | {_fmt(ours)} |")
@@ -97,26 +130,44 @@ def write_report(result: GridResult, out_dir: Path, *, demo: str, command: str, 
 
     lines += ["## The paper's findings and our targets, checked on this run", ""]
     for est in [e for e in estimators if e in GRADIENT_ESTIMATORS]:
-        below = [table[(est, "top-k most influential", k)]["mean_of_ratios_db"] < table[("-", "random", k)]["mean_of_ratios_db"] for k in ks if k <= 10]
+        below = [
+            table[(est, "top-k most influential", k)]["mean_of_ratios_db"]
+            < table[("-", "random", k)]["mean_of_ratios_db"]
+            for k in ks
+            if k <= 10
+        ]
         beats = [gains[est][i] > 0 for i in range(len(ks))]
         margins = []
         for k in ks:
             best_label, best = _best_paper(table, est, k)
             margins.append((k, table[("-", "reconstruct", k)]["mean_of_ratios_db"] - best, best_label))
-        lines.append(f"- `{est}`: top-k most influential below random at every k <= 10: **{all(below)}**; "
-                     f"FL lambda=1 beats top-k at every k: **{all(beats)}**; reconstruct minus the best paper strategy: "
-                     + ", ".join(f"k={k} {m:+.1f} dB (vs {lab})" for k, m, lab in margins)
-                     + f"; >= +3 dB at every k: **{all(m >= 3 for _, m, _ in margins)}**")
+        lines.append(
+            f"- `{est}`: top-k most influential below random at every k <= 10: **{all(below)}**; "
+            f"FL lambda=1 beats top-k at every k: **{all(beats)}**; reconstruct minus the best paper strategy: "
+            + ", ".join(f"k={k} {m:+.1f} dB (vs {lab})" for k, m, lab in margins)
+            + f"; >= +3 dB at every k: **{all(m >= 3 for _, m, _ in margins)}**"
+        )
     if "bm25" in estimators:
         bm = [table[("bm25", "top-k most influential", k)]["mean_of_ratios_db"] for k in ks]
-        lines.append(f"- `bm25` top-k most influential: " + ", ".join(f"k={k} {v:+.1f} dB" for k, v in zip(ks, bm, strict=True)) + f"; strongly positive (> +10 dB) at every k: **{all(v > 10 for v in bm)}**")
+        lines.append(
+            "- `bm25` top-k most influential: "
+            + ", ".join(f"k={k} {v:+.1f} dB" for k, v in zip(ks, bm, strict=True))
+            + f"; strongly positive (> +10 dB) at every k: **{all(v > 10 for v in bm)}**"
+        )
     lines.append("")
 
     if result.validation:
         lines += _validation_section(result, out_dir, demo)
         plot_validation(result, out_dir, demo)
     _plots(table, estimators, ks, out_dir, demo)
-    lines += ["## Plots", "", f"![dB by strategy and k]({demo}_db_by_k.png)", "", f"![gain over top-k]({demo}_gain.png)", ""]
+    lines += [
+        "## Plots",
+        "",
+        f"![dB by strategy and k]({demo}_db_by_k.png)",
+        "",
+        f"![gain over top-k]({demo}_gain.png)",
+        "",
+    ]
     if result.validation:
         lines += [f"![validation]({demo}_validation.png)", ""]
     path = out_dir / f"{demo}.md"
@@ -150,16 +201,29 @@ def _validation_section(result: GridResult, out_dir: Path, demo: str) -> list[st
         by[r.strategy][r.k].append(r.xi_plus)
     for strategy, per_k in sorted(by.items(), key=lambda kv: -np.mean([x for v in kv[1].values() for x in v])):
         all_x = [x for v in per_k.values() for x in v]
-        lines.append(f"| {strategy} | " + " | ".join(f"{np.mean(per_k[k]):+.2e}" for k in sorted(per_k)) + f" | {np.mean(all_x):+.2e} |")
-    lines += ["", "Reliability (predicting xi_plus > 0 from SRS > 0 dB), 20 log-spaced bins of the linear score:", "",
-              "| SRS bin (dB) | n | accuracy |", "|---|---|---|"]
+        lines.append(
+            f"| {strategy} | "
+            + " | ".join(f"{np.mean(per_k[k]):+.2e}" for k in sorted(per_k))
+            + f" | {np.mean(all_x):+.2e} |"
+        )
+    lines += [
+        "",
+        "Reliability (predicting xi_plus > 0 from SRS > 0 dB), 20 log-spaced bins of the linear score:",
+        "",
+        "| SRS bin (dB) | n | accuracy |",
+        "|---|---|---|",
+    ]
     for b in reliability(recs):
-        lines.append(f"| {10 * math.log10(b['ratio_lo']):+.1f} .. {10 * math.log10(b['ratio_hi']):+.1f} | {b['n']:.0f} | {b['accuracy']:.2f} |")
+        lines.append(
+            f"| {10 * math.log10(b['ratio_lo']):+.1f} .. {10 * math.log10(b['ratio_hi']):+.1f} | {b['n']:.0f} | {b['accuracy']:.2f} |"
+        )
     lines.append("")
     return lines
 
 
-def _plots(table: dict[tuple[str, str, int], dict[str, float]], estimators: list[str], ks: list[int], out_dir: Path, demo: str) -> None:
+def _plots(
+    table: dict[tuple[str, str, int], dict[str, float]], estimators: list[str], ks: list[int], out_dir: Path, demo: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,7 +236,9 @@ def _plots(table: dict[tuple[str, str, int], dict[str, float]], estimators: list
             ys = [table.get((est, label, k), {}).get("mean_of_ratios_db", math.nan) for k in ks]
             ax.plot(ks, ys, marker="o", label=label)
         for label in ("random", "reconstruct"):
-            ax.plot(ks, [table[("-", label, k)]["mean_of_ratios_db"] for k in ks], marker="s", linestyle="--", label=label)
+            ax.plot(
+                ks, [table[("-", label, k)]["mean_of_ratios_db"] for k in ks], marker="s", linestyle="--", label=label
+            )
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])
@@ -186,7 +252,11 @@ def _plots(table: dict[tuple[str, str, int], dict[str, float]], estimators: list
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for est in estimators:
-        gains = [table[(est, "FL lambda=1", k)]["mean_of_ratios_db"] - table[(est, "top-k most influential", k)]["mean_of_ratios_db"] for k in ks]
+        gains = [
+            table[(est, "FL lambda=1", k)]["mean_of_ratios_db"]
+            - table[(est, "top-k most influential", k)]["mean_of_ratios_db"]
+            for k in ks
+        ]
         ax.plot(ks, gains, marker="o", label=f"{est}: FL lambda=1 - top-k")
     ax.plot(ks, [PAPER_FL_GAIN[k] for k in ks], marker="x", color="black", label="paper (DataInf, OLMo-2)")
     ax.axhline(0, color="grey", linewidth=0.8)
@@ -215,7 +285,11 @@ def plot_validation(result: GridResult, out_dir: Path, demo: str) -> None:
     a.set_xlabel("SRS (dB)")
     a.set_ylabel("xi_plus")
     bins = reliability(recs)
-    b.plot([10 * math.log10(math.sqrt(x["ratio_lo"] * x["ratio_hi"])) for x in bins], [x["accuracy"] for x in bins], marker="o")
+    b.plot(
+        [10 * math.log10(math.sqrt(x["ratio_lo"] * x["ratio_hi"])) for x in bins],
+        [x["accuracy"] for x in bins],
+        marker="o",
+    )
     b.axvline(0, color="grey", linewidth=0.8)
     b.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
     b.set_xlabel("SRS bin centre (dB)")

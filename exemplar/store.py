@@ -42,6 +42,7 @@ from exemplar.estimators import (
     Estimator,
     GradCos,
     GradDot,
+    TracIn,
     datainf_matrices,
 )
 from exemplar.tasks import Example
@@ -49,6 +50,20 @@ from exemplar.tasks import Example
 FORMAT_VERSION = 2
 MANIFEST, VECTORS, FAISS_INDEX, EXAMPLES_DB = "manifest.json", "vectors.npy", "index.faiss", "examples.sqlite"
 NORMS = "norms.npy"
+
+
+def checkpoint_file(i: int) -> str:
+    return f"checkpoint_{i}.npy"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """An earlier checkpoint the index also holds gradients for (TracIn)."""
+
+    model_dir: str
+    adapter_dir: str | None
+    model_checksum: str
+    lr: float
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,7 @@ class Manifest:
     dataset_checksum: str
     max_length: int
     labels: list[str] | None = None
+    checkpoints: list[Checkpoint] = field(default_factory=list)
     index_type: str = "Flat"
     format_version: int = FORMAT_VERSION
     code_version: str = __version__
@@ -85,6 +101,7 @@ class Manifest:
                 f"(expects {FORMAT_VERSION}); rebuild the index with index-builder"
             )
         known = set(cls.__dataclass_fields__)
+        data["checkpoints"] = [Checkpoint(**c) for c in data.get("checkpoints", [])]
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def summary(self) -> dict[str, Any]:
@@ -99,6 +116,7 @@ class Manifest:
             "model_checksum": self.model_checksum[:16],
             "dataset_checksum": self.dataset_checksum[:16],
             "labels": self.labels,
+            "checkpoints": len(self.checkpoints),
             "index_type": self.index_type,
             "code_version": self.code_version,
         }
@@ -174,6 +192,7 @@ def write_index(
     examples: Sequence[Example],
     *,
     token_ids: Sequence[list[int]] | None = None,
+    checkpoint_vectors: Sequence[np.ndarray] = (),
     overwrite: bool = False,
 ) -> Path:
     """Write a complete index to a temporary sibling directory, then rename it into place."""
@@ -196,6 +215,8 @@ def write_index(
         np.save(tmp / DATAINF_FILE, datainf_matrices(vectors, n_layers, manifest.dims // max(1, n_layers)))
         if token_ids is not None:
             BM25.build(list(token_ids)).save(tmp / BM25_DIR)
+        for i, extra in enumerate(checkpoint_vectors):
+            np.save(tmp / checkpoint_file(i), np.ascontiguousarray(extra, dtype=np.float32))
         index = faiss.IndexFlatIP(manifest.dims)
         index.add(vectors)
         faiss.write_index(index, str(tmp / FAISS_INDEX))
@@ -274,6 +295,17 @@ class FaissGradientStore:
                 self._estimators[name] = GradCos()
             elif name == "datainf":
                 self._estimators[name] = DataInf(np.load(self.path / DATAINF_FILE))
+            elif name == "tracin":
+                if not self.manifest.checkpoints:
+                    raise InvalidInputError(
+                        "tracin needs an index built from several checkpoints "
+                        "(index-builder build --checkpoint DIR=LR ...); this one has none"
+                    )
+                vectors = [
+                    np.load(self.path / checkpoint_file(i), mmap_mode="r")
+                    for i in range(len(self.manifest.checkpoints))
+                ]
+                self._estimators[name] = TracIn(vectors, [c.lr for c in self.manifest.checkpoints])
             elif name == "bm25":
                 if not (self.path / BM25_DIR).exists():
                     raise InvalidInputError("this index has no BM25 index; rebuild it with index-builder")

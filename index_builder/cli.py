@@ -57,6 +57,12 @@ def build(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores)")] = None,
     skip_bad_rows: Annotated[bool, typer.Option(help="skip invalid rows (reported) instead of failing")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing index at --out")] = False,
+    checkpoint: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="DIR=LR, repeatable: also index gradients under this checkpoint (model or adapter dir) for TracIn"
+        ),
+    ] = None,
 ) -> None:
     """Featurise every training example and publish the index at --out."""
     import torch
@@ -82,6 +88,16 @@ def build(
         if errors and not skip_bad_rows:
             fail(f"{len(errors)} bad row(s) in {data}; fix them or pass --skip-bad-rows")
         config = ProjectionConfig(params=params or default_params(loaded), proj_dim=proj_dim, seed=seed)
+        checkpoints = []
+        for spec in checkpoint or []:
+            path, sep, lr = spec.rpartition("=")
+            try:
+                rate = float(lr)
+            except ValueError:
+                rate = float("nan")
+            if not sep or not rate > 0:
+                fail(f"--checkpoint must be DIR=LR with a learning rate > 0; got {spec!r}")
+            checkpoints.append((load_model(path, task), rate))
         default_len = 128 if task == "classification" else 256
         manifest = build_index(
             loaded,
@@ -91,6 +107,7 @@ def build(
             max_length=max_length or default_len,
             batch_size=batch_size,
             overwrite=overwrite,
+            checkpoints=checkpoints,
             progress=TqdmProgress(),
         )
     except ExemplarError as exc:

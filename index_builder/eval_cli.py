@@ -13,12 +13,13 @@ from typing import Annotated
 import typer
 
 from exemplar.errors import ExemplarError
+from exemplar.tasks import Example
 from index_builder.cli import TqdmProgress, fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-def _queries(path: Path, task: str, n: int) -> list:  # type: ignore[type-arg]
+def _queries(path: Path, task: str, n: int) -> list[Example]:
     from exemplar.build import read_examples_jsonl
 
     examples, errors = read_examples_jsonl(path, task)
@@ -27,8 +28,16 @@ def _queries(path: Path, task: str, n: int) -> list:  # type: ignore[type-arg]
     return examples[:n]
 
 
-def _csv(value: str, cast: type = str) -> list:  # type: ignore[type-arg]
-    return [cast(v.strip()) for v in value.split(",") if v.strip()]
+def _strs(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _strs(value)]
+    except ValueError:
+        fail(f"expected comma-separated integers, got {value!r}")
+        return []
 
 
 @app.command()
@@ -36,7 +45,9 @@ def validate(
     index: Annotated[Path, typer.Option(help="index directory")],
     queries: Annotated[Path, typer.Option(help="JSONL test instances (same format as the training data)")],
     n: Annotated[int, typer.Option(help="how many test instances")] = 50,
-    strategies: Annotated[str, typer.Option(help="comma-separated strategies to validate")] = "topk,balanced,reconstruct",
+    strategies: Annotated[
+        str, typer.Option(help="comma-separated strategies to validate")
+    ] = "topk,balanced,reconstruct",
     ks: Annotated[str, typer.Option("--k", help="comma-separated k values")] = "5,10",
     estimator: Annotated[str, typer.Option(help="estimator of the influence-based strategies")] = "grad_dot",
     out: Annotated[Path | None, typer.Option(help="write per-pair records as JSON here")] = None,
@@ -49,10 +60,15 @@ def validate(
     try:
         explainer = Explainer.from_index(index)
         test = _queries(queries, explainer.store.manifest.task, n)
-        configs = [Config("-" if s in ("random", "reconstruct") else estimator, s) for s in _csv(strategies)]
+        configs = [Config("-" if s in ("random", "reconstruct") else estimator, s) for s in _strs(strategies)]
         result = run_grid(
-            explainer, test, estimators=(estimator,), ks=_csv(ks, int), validate_configs=configs,
-            validate_ks=_csv(ks, int), progress=TqdmProgress(),
+            explainer,
+            test,
+            estimators=(estimator,),
+            ks=_ints(ks),
+            validate_configs=configs,
+            validate_ks=_ints(ks),
+            progress=TqdmProgress(),
         )
     except ExemplarError as exc:
         fail(str(exc))
@@ -60,14 +76,18 @@ def validate(
     recs = result.validation
     pos = [r for r in recs if r.srs_db > 0]
     typer.echo(f"{len(recs)} validated selections over {len(test)} test instances")
-    typer.echo(f"Spearman(SRS, xi_plus): all {spearman([r.srs_ratio for r in recs], [r.xi_plus for r in recs]):.3f}, "
-               f"SRS > 0 dB {spearman([r.srs_ratio for r in pos], [r.xi_plus for r in pos]):.3f} (n={len(pos)})")
+    typer.echo(
+        f"Spearman(SRS, xi_plus): all {spearman([r.srs_ratio for r in recs], [r.xi_plus for r in recs]):.3f}, "
+        f"SRS > 0 dB {spearman([r.srs_ratio for r in pos], [r.xi_plus for r in pos]):.3f} (n={len(pos)})"
+    )
     typer.echo(f"Spearman(SRS, xi_jsd): all {spearman([r.srs_ratio for r in recs], [r.xi_jsd for r in recs]):.3f}")
     for strategy in sorted({r.strategy for r in recs}):
         xs = [r.xi_plus for r in recs if r.strategy == strategy]
         typer.echo(f"  {strategy:<32} mean xi_plus {sum(xs) / len(xs):+.3e}  (n={len(xs)})")
     for b in reliability(recs):
-        typer.echo(f"  reliability bin ratio [{b['ratio_lo']:.3g}, {b['ratio_hi']:.3g}): n={b['n']:.0f} accuracy {b['accuracy']:.2f}")
+        typer.echo(
+            f"  reliability bin ratio [{b['ratio_lo']:.3g}, {b['ratio_hi']:.3g}): n={b['n']:.0f} accuracy {b['accuracy']:.2f}"
+        )
     if out is not None:
         out.write_text(json.dumps([asdict(r) for r in recs], indent=1))
 
@@ -79,7 +99,9 @@ def reproduce(
     root: Annotated[Path, typer.Option(help="demo cache directory")] = Path(".cache/demos"),
     out: Annotated[Path, typer.Option(help="report directory")] = Path("docs/results"),
     estimators: Annotated[str, typer.Option(help="comma-separated estimators")] = "grad_dot,grad_cos,datainf,bm25",
-    validate_queries: Annotated[int, typer.Option(help="how many of the queries also get the fine-tuning validation")] = 100,
+    validate_queries: Annotated[
+        int, typer.Option(help="how many of the queries also get the fine-tuning validation")
+    ] = 100,
 ) -> None:
     """Run the grid (estimators x strategies x k) and write docs/results/<demo>.md with plots."""
     from exemplar.demos import prepare
@@ -93,18 +115,31 @@ def reproduce(
         index_dir = prepare(demo, root, TqdmProgress())
         explainer = Explainer.from_index(index_dir)
         test = _queries(index_dir.parent / "test.jsonl", explainer.store.manifest.task, queries)
-        ests = _csv(estimators)
-        validated = [Config("-", "reconstruct"), Config(ests[0], "topk"), Config(ests[0], "balanced"),
-                     Config(ests[0], "divine"), Config(ests[0], "aide"), Config(ests[0], "topk", "least_influential")]
-        first = run_grid(explainer, test[:validate_queries], estimators=ests, validate_configs=validated, progress=TqdmProgress())
-        rest = run_grid(explainer, test[validate_queries:], estimators=ests, progress=TqdmProgress()) if len(test) > validate_queries else GridResult()
+        ests = _strs(estimators)
+        validated = [
+            Config("-", "reconstruct"),
+            Config(ests[0], "topk"),
+            Config(ests[0], "balanced"),
+            Config(ests[0], "divine"),
+            Config(ests[0], "aide"),
+            Config(ests[0], "topk", "least_influential"),
+        ]
+        first = run_grid(
+            explainer, test[:validate_queries], estimators=ests, validate_configs=validated, progress=TqdmProgress()
+        )
+        rest = (
+            run_grid(explainer, test[validate_queries:], estimators=ests, progress=TqdmProgress())
+            if len(test) > validate_queries
+            else GridResult()
+        )
     except ExemplarError as exc:
         fail(str(exc))
         return
     for r in rest.records:
         r.query += first.n_queries
     merged = GridResult(
-        records=first.records + rest.records, validation=first.validation,
+        records=first.records + rest.records,
+        validation=first.validation,
         seconds={k: first.seconds.get(k, 0) + rest.seconds.get(k, 0) for k in {*first.seconds, *rest.seconds}},
         n_queries=first.n_queries + rest.n_queries,
     )

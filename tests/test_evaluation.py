@@ -75,18 +75,47 @@ def test_grid_validation_and_report(clf: Explainer, tmp_path: Path) -> None:
 
 
 def test_validate_cli(classifier_index: Path, tmp_path: Path) -> None:
-    queries = write_jsonl(tmp_path / "q.jsonl", [{"text": "the cat sat", "label": "neutral"}, {"text": "stocks fell", "label": "negative"}, {"text": "what a day", "label": "positive"}])
+    queries = write_jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {"text": "the cat sat", "label": "neutral"},
+            {"text": "stocks fell", "label": "negative"},
+            {"text": "what a day", "label": "positive"},
+        ],
+    )
     out = tmp_path / "v.json"
     run = subprocess.run(
-        [Path(sys.executable).parent / "exemplar-eval", "validate", "--index", str(classifier_index), "--queries", str(queries), "--k", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            Path(sys.executable).parent / "exemplar-eval",
+            "validate",
+            "--index",
+            str(classifier_index),
+            "--queries",
+            str(queries),
+            "--k",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     assert "validated selections over 3 test instances" in run.stdout
     assert len(json.loads(out.read_text())) == 3 * 3
     bad = subprocess.run(
-        [Path(sys.executable).parent / "exemplar-eval", "validate", "--index", str(tmp_path), "--queries", str(queries)],
-        capture_output=True, text=True, timeout=300,
+        [
+            Path(sys.executable).parent / "exemplar-eval",
+            "validate",
+            "--index",
+            str(tmp_path),
+            "--queries",
+            str(queries),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert bad.returncode == 2
     assert "not an index" in bad.stderr

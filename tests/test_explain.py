@@ -178,3 +178,42 @@ def test_causal_lm_explanation(causal_index: Path) -> None:
         assert len({s.example.id for s in result.examples}) == 3
         assert np.isfinite(result.score_db)
     assert result.prediction["response_tokens"] >= 1
+
+
+def test_tracin_sums_checkpoints_with_learning_rates(
+    tmp_path: Path, classifier_dir: Path, classification_data: Path, clf: Explainer
+) -> None:
+    from exemplar.build import build_index, read_examples_jsonl
+    from exemplar.explain import build_featurizer
+    from exemplar.gradients import ProjectionConfig
+    from exemplar.models import load_model
+    from tests.tiny_models import LABELS, save_classifier
+
+    early = save_classifier(tmp_path / "early", seed=7)
+    examples, _ = read_examples_jsonl(classification_data, "classification", LABELS)
+    config = ProjectionConfig(params="linear", proj_dim=16)
+    rates = ((early, 0.5), (classifier_dir, 0.25))
+    checkpoints = [(load_model(path, "classification"), lr) for path, lr in rates]
+    build_index(
+        load_model(classifier_dir, "classification"),
+        examples,
+        tmp_path / "idx",
+        config,
+        max_length=32,
+        checkpoints=checkpoints,
+    )
+    explainer = Explainer.from_index(tmp_path / "idx")
+    query = Example(text="the cat sat", label="neutral")
+    state = explainer.prepare(query)
+    explainer.checkpoint_gradients(state)
+    influence = explainer.store.estimator("tracin").scan(explainer.store, state.query)
+    expected = np.zeros(len(examples))  # brute force: featurise everything under each checkpoint
+    for path, lr in rates:
+        featurizer = build_featurizer(load_model(path, "classification"), config, 32)
+        v = featurizer.featurize(examples).vectors.astype(np.float64)
+        g = featurizer.featurize([query]).vectors[0].astype(np.float64)
+        expected -= lr * (v @ g)
+    np.testing.assert_allclose(influence, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    assert len(explainer.explain(query, k=3, estimator="tracin", strategy="topk").examples) == 3
+    with pytest.raises(InvalidInputError, match="checkpoints"):
+        clf.explain(query, estimator="tracin")
