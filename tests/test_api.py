@@ -95,3 +95,43 @@ def test_health_and_docs(client: TestClient) -> None:
     assert client.get("/openapi.json").status_code == 200
     assert client.get("/docs").status_code == 200
     assert client.get("/v1/index").json()["n_examples"] == 36
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"text": "stocks fell", "estimator": "datainf", "strategy": "divine", "k": 3},
+        {"text": "stocks fell", "estimator": "bm25", "strategy": "aide", "k": 3},
+        {"text": "stocks fell", "estimator": "grad_cos", "ordering": "least_influential", "strategy": "topk", "k": 3},
+        {"text": "stocks fell", "strategy": "reconstruct", "solver": "exact", "k": 3, "pool_size": 20},
+    ],
+)
+def test_estimators_strategies_and_solvers_over_http(client: TestClient, body: dict[str, object]) -> None:
+    r = client.post("/v1/explain", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert len(out["examples"]) == 3
+    assert out["options"]["estimator"] == body.get("estimator", "grad_dot")
+    assert out["options"]["solver"] == body.get("solver", "paper")
+
+
+def test_auto_says_why(client: TestClient) -> None:
+    out = client.post("/v1/explain", json={"text": "stocks fell", "strategy": "auto", "k": 2}).json()
+    assert out["strategy"] in ("topk", "balanced", "reconstruct")
+    assert out["reason"].startswith(out["strategy"])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"text": "x", "estimator": "bm25", "ordering": "most_helpful"}, "similarity without sign"),
+        ({"text": "x", "estimator": "tracin"}, "checkpoints"),
+        ({"text": "a sentence nobody trained on", "strategy": "self"}, "not a training example"),
+        ({"text": "x", "pool_size": 0}, "pool_size"),
+        ({"text": "x", "solver": "magic"}, "solver"),
+    ],
+)
+def test_option_errors_are_422(client: TestClient, body: dict[str, object], message: str) -> None:
+    r = client.post("/v1/explain", json=body)
+    assert r.status_code == 422, r.text
+    assert message in r.json()["error"]
