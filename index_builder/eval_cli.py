@@ -102,6 +102,7 @@ def reproduce(
     validate_queries: Annotated[
         int, typer.Option(help="how many of the queries also get the fine-tuning validation")
     ] = 100,
+    validate_ks: Annotated[str, typer.Option(help="comma-separated k values of the validation")] = "1,5,10,25",
 ) -> None:
     """Run the grid (estimators x strategies x k) and write docs/results/<demo>.md with plots."""
     from exemplar.demos import prepare
@@ -125,7 +126,12 @@ def reproduce(
             Config(ests[0], "topk", "least_influential"),
         ]
         first = run_grid(
-            explainer, test[:validate_queries], estimators=ests, validate_configs=validated, progress=TqdmProgress()
+            explainer,
+            test[:validate_queries],
+            estimators=ests,
+            validate_configs=validated,
+            validate_ks=_ints(validate_ks),
+            progress=TqdmProgress(),
         )
         rest = (
             run_grid(explainer, test[validate_queries:], estimators=ests, progress=TqdmProgress())
