@@ -21,7 +21,8 @@ PAPER_K10 = {  # paper.md section 6, preliminary OLMo-2 numbers at k = 10 (mean-
 }
 PAPER_FL_GAIN = {1: 9.0, 5: 5.6, 10: 4.8, 25: 5.2}  # FL lambda=1 minus top-k, DataInf
 PAPER_SPEARMAN = {"all": 0.093, "positive": 0.575}  # SRS vs xi_plus
-GRADIENT_ESTIMATORS = ("grad_dot", "grad_cos", "datainf")
+GRADIENT_ESTIMATORS = ("grad_dot", "grad_cos", "datainf", "tracin")
+ESTIMATOR_ORDER = (*GRADIENT_ESTIMATORS, "bm25")
 PAPER_STRATEGIES = ("top-k most influential", "FL lambda=1", "divine", "aide", "random")
 
 
@@ -46,7 +47,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     table = result.table()
     ks = sorted({k for (_, _, k) in table})
-    estimators = [e for e in ("grad_dot", "grad_cos", "datainf", "bm25") if any(key[0] == e for key in table)]
+    estimators = [e for e in ESTIMATOR_ORDER if any(key[0] == e for key in table)]
     lines = [
         f"# Reproduction report: `{demo}` demo",
         "",
