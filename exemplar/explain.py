@@ -80,7 +80,7 @@ class ExplainOptions:
 
 @dataclass
 class QueryState:
-    """A featurised query: its gradient, content tokens, prediction, and its row if it is a training example."""
+    """A featurised query: its gradient, content tokens, prediction; `row` once it was found among the training examples."""
 
     example: Example
     grad: np.ndarray
@@ -178,14 +178,14 @@ class Explainer:
         return cls(store, featurizer, config)
 
     def prepare(self, query: Example) -> QueryState:
-        """Featurise the query (one forward/backward) and find it among the training examples."""
+        """Featurise the query (one forward/backward)."""
         with self._model_lock:
             feats = self.featurizer.featurize([query])
             token_ids = self.featurizer.task.lexical_ids(query)
         prediction = dict(feats.predictions[0])
         prediction["loss"] = feats.losses[0]
         prediction["truncated"] = feats.truncated[0]
-        return QueryState(query, feats.vectors[0], token_ids, prediction, self.store.find_row(query))
+        return QueryState(query, feats.vectors[0], token_ids, prediction)
 
     def checkpoint_gradients(self, state: QueryState) -> list[np.ndarray]:
         """The query's gradient under each of the index's checkpoints (TracIn); models load on first use."""
@@ -240,7 +240,7 @@ class Explainer:
 
         d = state.grad.shape[0]
         norms = np.asarray(self.store.norms, dtype=np.float64)
-        means = scan_inner_products(self.store.vectors, np.full(d, 1.0 / d)).astype(np.float64)
+        means = self.store.row_means
         centred_g = state.grad - state.grad.mean()
         dist2 = norms**2 - d * means**2 - 2.0 * scan_inner_products(self.store.vectors, centred_g)
         return np.argsort(dist2, kind="stable")[:m].astype(np.int64)
@@ -258,6 +258,8 @@ class Explainer:
         if strategy == "random":
             rows = selection.random_selection(self.store.n, k, options.seed)
         elif strategy == "self":
+            if state.row is None:
+                state.row = self.store.find_row(state.example)
             rows = selection.self_selection(state.row, k)
         elif strategy == "reconstruct":
             pool = self.nearest(state, m)

@@ -15,6 +15,7 @@ Implementations of `GradientStore`: `FaissGradientStore`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ from exemplar.estimators import (
     GradDot,
     TracIn,
     datainf_matrices,
+    scan_inner_products,
 )
 from exemplar.tasks import Example
 
@@ -274,6 +276,12 @@ class FaissGradientStore:
         self._estimators: dict[str, Estimator] = {}
         self._db = sqlite3.connect(f"file:{self.path / EXAMPLES_DB}?mode=ro", uri=True, check_same_thread=False)
         self._lock = threading.Lock()
+
+    @functools.cached_property
+    def row_means(self) -> np.ndarray:
+        """Mean coordinate of each stored vector `(n,)`, computed by one scan on first use."""
+        d = self.manifest.dims
+        return scan_inner_products(self.vectors, np.full(d, 1.0 / d, dtype=np.float32)).astype(np.float64)
 
     @property
     def n(self) -> int:
