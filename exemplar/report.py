@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +176,17 @@ def write_report(
     path = out_dir / f"{demo}.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def write_records(result: GridResult, path: Path) -> None:
+    """Every per-query score and validation record as JSON lines (the tables only show aggregates)."""
+    with path.open("w") as f:
+        for r in result.records:
+            f.write(
+                json.dumps({"kind": "score", **asdict(r), "config": asdict(r.config), "label": r.config.label}) + "\n"
+            )
+        for v in result.validation:
+            f.write(json.dumps({"kind": "validation", **asdict(v)}) + "\n")
 
 
 def _validation_section(result: GridResult, out_dir: Path, demo: str) -> list[str]:

@@ -103,12 +103,15 @@ def reproduce(
         int, typer.Option(help="how many of the queries also get the fine-tuning validation")
     ] = 100,
     validate_ks: Annotated[str, typer.Option(help="comma-separated k values of the validation")] = "1,5,10,25",
+    records: Annotated[
+        Path | None, typer.Option(help="also write every per-query score and validation record (JSONL)")
+    ] = None,
 ) -> None:
     """Run the grid (estimators x strategies x k) and write docs/results/<demo>.md with plots."""
     from exemplar.demos import prepare
     from exemplar.evaluation import Config, GridResult, run_grid
     from exemplar.explain import Explainer
-    from exemplar.report import write_report
+    from exemplar.report import write_records, write_report
 
     command = "exemplar-eval reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     started = time.perf_counter()
@@ -151,6 +154,8 @@ def reproduce(
     )
     merged.seconds["total"] = time.perf_counter() - started
     path = write_report(merged, out, demo=demo, command=command, index_summary=explainer.store.manifest.summary())
+    if records is not None:
+        write_records(merged, records)
     typer.echo(f"wrote {path} in {merged.seconds['total']:.0f} s")
 
 

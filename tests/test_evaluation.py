@@ -119,3 +119,13 @@ def test_validate_cli(classifier_index: Path, tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "not an index" in bad.stderr
+
+
+def test_records_are_written_per_query(clf: Explainer, tmp_path: Path) -> None:
+    from exemplar.report import write_records
+
+    result = run_grid(clf, [Example(text="the cat sat")], estimators=("grad_dot",), ks=(1,))
+    write_records(result, tmp_path / "r.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(rows) == len(result.records)
+    assert {"query", "k", "ratio", "db", "rows", "label"} <= set(rows[0])
