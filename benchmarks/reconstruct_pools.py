@@ -1,0 +1,73 @@
+"""How far can `reconstruct` go? Candidate pools side by side, against grad_cos top-k.
+
+For held-out queries of a demo: the score (mean of ratios, dB) of `reconstruct` over
+different candidate pools (100 / 500 centred-nearest gradients, the 100 best by cosine, and
+their union) next to plain grad_cos top-k, plus the query vs training gradient norms
+(a convex combination of smaller training gradients cannot reach a larger query gradient).
+
+    .venv/bin/python benchmarks/reconstruct_pools.py --demo tweets --queries 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exemplar import selection
+from exemplar.demos import prepare
+from exemplar.explain import Explainer
+from exemplar.relevance import mean_of_ratios_db, selection_relevance
+from exemplar.tasks import Example
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", default="tweets")
+    parser.add_argument("--root", type=Path, default=Path(".cache/demos"))
+    parser.add_argument("--queries", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    explainer = Explainer.from_index(prepare(args.demo, args.root))
+    rows = [json.loads(line) for line in (explainer.store.path.parent / "test.jsonl").read_text().splitlines()]
+    fields = ("text", "label") if explainer.store.manifest.task == "classification" else ("prompt", "response")
+    ratios: dict[tuple[str, int], list[float]] = {}
+    norms = []
+    started = time.perf_counter()
+    for row in rows[: args.queries]:
+        state = explainer.prepare(Example(**{f: row[f] for f in fields}))
+        norms.append(float(np.linalg.norm(state.grad)))
+        cosine, _ = explainer.candidates(state, explainer.store.estimator("grad_cos"), "most_helpful", 100)
+        near = explainer.nearest(state, 500)
+        pools = {
+            "near100": near[:100],
+            "near500": near,
+            "cos100": cosine,
+            "union": np.unique(np.concatenate([cosine, near[:100]])),
+        }
+        for k in (5, 25):
+            top = explainer.store.vectors_at(cosine[:k])
+            ratios.setdefault(("grad_cos top-k", k), []).append(selection_relevance(state.grad, top).ratio)
+            for name, pool in pools.items():
+                grads = explainer.store.vectors_at(pool)
+                picked = selection.reconstruct(state.grad, grads, k, solver="paper", pool_size=len(pool))
+                ratios.setdefault((f"reconstruct {name}", k), []).append(
+                    selection_relevance(state.grad, grads[picked]).ratio
+                )
+    print(f"{len(norms)} queries of the {args.demo} demo in {time.perf_counter() - started:.0f} s")
+    print(f"{'selection':<24}{'k=5 dB':>9}{'k=25 dB':>9}")
+    for name in sorted({n for n, _ in ratios}):
+        print(f"{name:<24}{mean_of_ratios_db(ratios[(name, 5)]):>9.2f}{mean_of_ratios_db(ratios[(name, 25)]):>9.2f}")
+    train = np.asarray(explainer.store.norms)
+    print(
+        f"gradient norm: queries median {np.median(norms):.2f}, training median {np.median(train):.2f}, training p90 {np.percentile(train, 90):.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
