@@ -232,9 +232,3 @@ class TracIn:
         for v, lr, g in zip(self.vectors, self.lrs, self._grads(query), strict=True):
             total -= lr * (np.asarray(v[idx], dtype=np.float32) @ np.asarray(g, dtype=np.float32))
         return total
-
-
-def check_estimator_name(name: str) -> str:
-    if name not in ESTIMATOR_NAMES:
-        raise InvalidInputError(f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATOR_NAMES)}")
-    return name

@@ -206,11 +206,6 @@ class Explainer:
         config = ProjectionConfig(params=m.params, proj_dim=m.proj_dim, seed=m.seed)
         return build_featurizer(loaded, config, m.max_length, batch_size=self.featurizer.batch_size)
 
-    def query_gradient(self, query: Example) -> tuple[np.ndarray, dict[str, Any]]:
-        """The query's projected gradient `(d,)` and the model's prediction."""
-        state = self.prepare(query)
-        return state.grad, state.prediction
-
     def candidates(
         self, state: QueryState, estimator: Estimator, ordering: str, m: int
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -239,6 +239,3 @@ class ReferenceFeaturizer(_Projected):
             if progress is not None:
                 progress(1)
         return FeatureBatch(np.stack(rows).astype(np.float32), losses, predictions, truncated)
-
-
-FEATURIZERS: dict[str, type[_Projected]] = {"kronecker": KroneckerFeaturizer, "reference": ReferenceFeaturizer}
