@@ -1,0 +1,161 @@
+"""Featurisation throughput and memory, side by side in one run.
+
+Modes, each in its own subprocess so that peak RSS is its own:
+- plain: a batched forward + backward of the same model, batches and threads, with the same
+  parameters requiring grad (the floor: no projection at all);
+- ours: `KroneckerFeaturizer` (per-layer two-sided projection inside the backward pass);
+- naive: per-example autograd gradients of a parameter subset small enough to fit, then
+  TRAK's dense `BasicProjector` (PyPI `traker`) to the same number of dims.
+
+    .venv/bin/python benchmarks/featurize.py --quick          # MiniLM only, < 2 minutes
+    .venv/bin/python benchmarks/featurize.py --model tweets --model chat
+
+The last line is `featurize: vs_plain=<ours/plain> vs_naive=<ours/naive> peak_rss_mb=<ours>`
+(ratios of examples/s) for the first model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from exemplar.demos import prepare
+from exemplar.explain import build_featurizer
+from exemplar.gradients import ProjectionConfig
+from exemplar.models import load_model
+from exemplar.store import read_manifest
+from exemplar.tasks import Example
+
+NAIVE_PARAMS = {  # a subset whose dense projection matrix block fits in memory
+    "classification": r"regex:classifier|pooler|layer\.5\.attention\.output",
+    "causal-lm": r"regex:layers\.(28|29)\..*lora_",
+}
+
+
+def _examples(index_dir: Path, n: int) -> list[Example]:
+    rows = [json.loads(line) for line in (index_dir.parent / "train.jsonl").read_text().splitlines()][:n]
+    return [
+        Example(text=r.get("text"), label=r.get("label"), prompt=r.get("prompt"), response=r.get("response"))
+        for r in rows
+    ]
+
+
+def run_mode(mode: str, demo: str, n: int, threads: int) -> dict[str, float]:
+    torch.set_num_threads(threads)
+    index_dir = prepare(demo, Path(".cache/demos"))
+    m = read_manifest(index_dir)
+    loaded = load_model(m.model_dir, m.task, m.adapter_dir)
+    params = m.params if mode != "naive" else NAIVE_PARAMS[m.task]
+    featurizer = build_featurizer(loaded, ProjectionConfig(params=params, proj_dim=m.proj_dim, seed=0), m.max_length)
+    examples = _examples(index_dir, n)
+    encoded = [featurizer.task.encode(e) for e in examples]
+    tokens = sum(len(e.input_ids) for e in encoded)
+    featurizer.featurize(examples[:4])  # warm-up
+    started = time.perf_counter()
+    if mode == "ours":
+        featurizer.featurize(examples)
+    elif mode == "plain":
+        for group in featurizer.batches(encoded):
+            batch = featurizer.task.collate([encoded[i] for i in group])
+            with torch.enable_grad():
+                loss = featurizer.task.per_example_loss(featurizer.model, batch).losses.sum()
+                torch.autograd.grad(loss, [mod.weight for _, mod in featurizer.layers], allow_unused=True)
+    else:
+        from trak.projectors import BasicProjector, ProjectionType
+
+        weights = [mod.weight for _, mod in featurizer.layers]
+        grad_dim = sum(w.numel() for w in weights)
+        projector = BasicProjector(grad_dim, m.dims, 0, ProjectionType.normal, torch.device("cpu"))
+        chunk: list[torch.Tensor] = []
+        for enc in encoded:
+            batch = featurizer.task.collate([enc])
+            with torch.enable_grad():
+                loss = featurizer.task.per_example_loss(featurizer.model, batch).losses.sum()
+                grads = torch.autograd.grad(loss, weights, allow_unused=True)
+            chunk.append(
+                torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(w)).reshape(-1)
+                        for g, w in zip(grads, weights, strict=True)
+                    ]
+                )
+            )
+            if len(chunk) == 16:
+                projector.project(torch.stack(chunk), model_id=0)
+                chunk = []
+        if chunk:
+            projector.project(torch.stack(chunk), model_id=0)
+    seconds = time.perf_counter() - started
+    return {
+        "examples_per_s": n / seconds,
+        "tokens_per_s": tokens / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "params": float(sum(mod.weight.numel() for _, mod in featurizer.layers)),
+        "dims": float(featurizer.dims if mode != "naive" else m.dims),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", choices=["tweets", "chat"], help="demo model(s) (default tweets)")
+    parser.add_argument("--n", type=int, help="examples per mode (default 256 tweets / 48 chat; --quick: 128)")
+    parser.add_argument("--naive-n", type=int, help="examples for the naive mode (default n/4)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="MiniLM only, small n: under 2 minutes")
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--demo", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode:  # child process
+        print(json.dumps(run_mode(args.mode, args.demo, args.n, args.threads)))
+        return
+    demos = ["tweets"] if args.quick else (args.model or ["tweets"])
+    summary = None
+    for demo in demos:
+        n = args.n or (128 if args.quick else (256 if demo == "tweets" else 48))
+        naive_n = args.naive_n or max(8, n // 4)
+        results = {}
+        for mode in ("plain", "ours", "naive"):
+            count = naive_n if mode == "naive" else n
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--mode",
+                    mode,
+                    "--demo",
+                    demo,
+                    "--n",
+                    str(count),
+                    "--threads",
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            r = results[mode]
+            print(
+                f"{demo:<7}{mode:<6} n={count:<4} {r['examples_per_s']:8.2f} ex/s {r['tokens_per_s']:9.0f} tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
+                f"tracked params {r['params']:,.0f} -> {r['dims']:.0f} dims",
+                flush=True,
+            )
+        vs_plain = results["ours"]["examples_per_s"] / results["plain"]["examples_per_s"]
+        vs_naive = results["ours"]["examples_per_s"] / results["naive"]["examples_per_s"]
+        print(
+            f"{demo}: ours/plain {vs_plain:.2f}, ours/naive {vs_naive:.1f}x (naive projects only {results['naive']['params']:,.0f} params)"
+        )
+        if summary is None:
+            summary = f"featurize: vs_plain={vs_plain:.2f} vs_naive={vs_naive:.1f} peak_rss_mb={results['ours']['peak_rss_mb']:.0f}"
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
