@@ -63,17 +63,22 @@ the screening agrees with ``selection_relevance`` to rounding (about 1e-14 in th
 # ---------------------------------------------------------------- validation
 
 
-def _positive_int(value: int, name: str) -> int:
-    """``value`` as a Python int, refusing bools, non-integers and values below 1."""
+def _int_at_least(value: int, minimum: int, kind: str, below: str) -> int:
+    """``value`` as a Python int, refusing bools and non-integers (``kind``) and values below ``minimum`` (``below``)."""
     if isinstance(value, bool):
-        raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
+        raise InvalidInputError(f"{kind}, got {value!r}")
     try:
         out = operator.index(value)
     except TypeError as exc:
-        raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}") from exc
-    if out < 1:
-        raise InvalidInputError(f"{name} must be >= 1, got {out}")
+        raise InvalidInputError(f"{kind}, got {value!r}") from exc
+    if out < minimum:
+        raise InvalidInputError(f"{below}, got {out}")
     return out
+
+
+def _positive_int(value: int, name: str) -> int:
+    """``value`` as a Python int >= 1."""
+    return _int_at_least(value, 1, f"{name} must be an integer >= 1", f"{name} must be >= 1")
 
 
 def _influence_vector(influence: np.ndarray) -> npt.NDArray[np.float64]:
@@ -201,15 +206,8 @@ def self_selection(query_row: int | None, k: int) -> npt.NDArray[np.int64]:
             "the query is not a training example, so the 'self' strategy has nothing to show; "
             "choose another strategy or query with a training example"
         )
-    if isinstance(query_row, bool):
-        raise InvalidInputError(f"query_row must be a non-negative integer row index, got {query_row!r}")
-    try:
-        row = operator.index(query_row)
-    except TypeError as exc:
-        raise InvalidInputError(f"query_row must be a non-negative integer row index, got {query_row!r}") from exc
-    if row < 0:
-        raise InvalidInputError(f"query_row must be a non-negative integer row index, got {row}")
-    return np.array([row], dtype=np.int64)
+    message = "query_row must be a non-negative integer row index"
+    return np.array([_int_at_least(query_row, 0, message, message)], dtype=np.int64)
 
 
 # ---------------------------------------------------------------- similarities
