@@ -196,13 +196,18 @@ class CausalLMTask:
         return {"input_ids": input_ids, "attention_mask": mask, "targets": labels}
 
     def per_example_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        shift_logits = logits[:, :-1, :].float()
-        shift_labels = batch["targets"][:, 1:]
+        # logits only where some example of the batch has a response token to predict: the
+        # full-vocabulary logits of the prompt positions would dominate memory
+        shift_labels = batch["targets"][:, 1:]  # position p predicts token p + 1
+        positions = (shift_labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (P,)
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions
+        ).logits  # (B, P, V)
+        kept_labels = shift_labels[:, positions]
         token_losses = F.cross_entropy(
-            shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
-        )  # (B, T-1)
-        counts = (shift_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+            logits.float().transpose(1, 2), kept_labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )  # (B, P)
+        counts = (kept_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
         losses = token_losses.sum(dim=1) / counts
         detached, mean_losses = token_losses.detach(), losses.detach()
         predictions = [

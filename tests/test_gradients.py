@@ -87,3 +87,20 @@ def test_bad_configs_are_refused() -> None:
         KroneckerFeaturizer(tiny_classifier(), task, ProjectionConfig(params="lora"))
     with pytest.raises(InvalidInputError, match="unknown label"):
         task.encode(Example(text="x", label="sideways"))
+
+
+def test_causal_loss_equals_full_logits_transcription() -> None:
+    """Logits are computed only at response positions; the loss must equal the full-logits definition."""
+    model = add_lora(tiny_causal_lm())
+    task = CausalLMTask(tiny_tokenizer(chat=True))
+    encoded = [task.encode(Example(prompt=p, response=r)) for p, r in PAIRS]
+    batch = task.collate(encoded)
+    with torch.no_grad():
+        fast = task.per_example_loss(model, batch).losses
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    for i, enc in enumerate(encoded):
+        logp = torch.log_softmax(full[i, : len(enc.input_ids)].double(), dim=-1)
+        labels = enc.target
+        assert isinstance(labels, list)
+        terms = [-logp[t - 1, labels[t]] for t in range(1, len(labels)) if labels[t] != -100]
+        assert float(fast[i]) == pytest.approx(float(sum(terms) / len(terms)), rel=1e-5)
