@@ -126,6 +126,8 @@ def run_grid(
     progress = progress or SilentProgress()
     if not queries:
         raise InvalidInputError("no test queries to evaluate")
+    if validate_configs:  # every validated k must be scored too
+        ks = sorted({*ks, *validate_ks})
     signed = {e: explainer.store.estimator(e).signed for e in estimators}
     configs = default_configs(estimators, signed)
     result = GridResult(n_queries=len(queries))

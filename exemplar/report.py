@@ -272,7 +272,9 @@ def _plots(
             for k in ks
         ]
         ax.plot(ks, gains, marker="o", label=f"{est}: FL lambda=1 - top-k")
-    ax.plot(ks, [PAPER_FL_GAIN[k] for k in ks], marker="x", color="black", label="paper (DataInf, OLMo-2)")
+    ax.plot(
+        ks, [PAPER_FL_GAIN.get(k, math.nan) for k in ks], marker="x", color="black", label="paper (DataInf, OLMo-2)"
+    )
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xticks(ks, [str(k) for k in ks])

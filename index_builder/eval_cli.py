@@ -106,6 +106,8 @@ def reproduce(
     records: Annotated[
         Path | None, typer.Option(help="also write every per-query score and validation record (JSONL)")
     ] = None,
+    index: Annotated[Path | None, typer.Option(help="evaluate this index instead of a demo (needs --test)")] = None,
+    test_file: Annotated[Path | None, typer.Option("--test", help="JSONL test instances for --index")] = None,
 ) -> None:
     """Run the grid (estimators x strategies x k) and write docs/results/<demo>.md with plots."""
     from exemplar.demos import prepare
@@ -116,9 +118,16 @@ def reproduce(
     command = "exemplar-eval reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     started = time.perf_counter()
     try:
-        index_dir = prepare(demo, root, TqdmProgress())
+        if index is not None:
+            if test_file is None:
+                fail("--index needs --test FILE.jsonl with the test instances")
+                return
+            index_dir, test_path = index, test_file
+        else:
+            index_dir = prepare(demo, root, TqdmProgress())
+            test_path = index_dir.parent / "test.jsonl"
         explainer = Explainer.from_index(index_dir)
-        test = _queries(index_dir.parent / "test.jsonl", explainer.store.manifest.task, queries)
+        test = _queries(test_path, explainer.store.manifest.task, queries)
         ests = _strs(estimators)
         validated = [
             Config("-", "reconstruct"),

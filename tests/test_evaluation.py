@@ -129,3 +129,37 @@ def test_records_are_written_per_query(clf: Explainer, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len(rows) == len(result.records)
     assert {"query", "k", "ratio", "db", "rows", "label"} <= set(rows[0])
+
+
+def test_reproduce_cli_on_a_tiny_index(classifier_index: Path, tmp_path: Path) -> None:
+    queries = write_jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {"text": t, "label": lab}
+            for t, lab in (("the cat sat", "neutral"), ("stocks fell", "negative"), ("what a day", "positive"))
+        ],
+    )
+    eval_cli = Path(sys.executable).parent / "exemplar-eval"
+    args = ["reproduce", "--demo", "tiny", "--index", str(classifier_index), "--test", str(queries), "--queries", "3"]
+    args += [
+        "--validate-queries",
+        "1",
+        "--validate-ks",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+        "--records",
+        str(tmp_path / "r.jsonl"),
+    ]
+    run = subprocess.run([eval_cli, *args], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    report = (tmp_path / "out" / "tiny.md").read_text()
+    assert "exemplar-eval reproduce --demo tiny" in report
+    assert "3 held-out test queries" in report
+    assert "Spearman(SRS, xi_plus)" in report
+    assert (tmp_path / "r.jsonl").stat().st_size > 0
+    missing = subprocess.run(
+        [eval_cli, "reproduce", "--index", str(classifier_index)], capture_output=True, text=True, timeout=300
+    )
+    assert missing.returncode == 2
+    assert "--test" in missing.stderr
