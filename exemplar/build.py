@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,17 +111,37 @@ def build_index(
     overwrite: bool = False,
     checkpoints: Sequence[tuple[LoadedModel, float]] = (),
     progress: Progress | None = None,
+    resumed: list[int] | None = None,
 ) -> Manifest:
     """Featurise `examples` with the query-time featuriser and publish the index at `out_dir`.
 
     `checkpoints` (model, learning rate) add TracIn: the same examples featurised under each
     earlier checkpoint with the same projection.
+
+    Work is saved in shards of `chunk_size` examples (`.<out>.shards/` beside the index, each
+    written to a temporary file, renamed, and checked by its sha256). Running the same build
+    again after a crash reuses every finished shard; the index itself is published only when
+    complete, and the shards are removed then. If `resumed` is given, the number of reused
+    shards is appended to it.
     """
     if not examples:
         raise InvalidInputError("the training set is empty: nothing to index")
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise InvalidInputError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    if chunk_size < 1:
+        raise InvalidInputError(f"shard size must be >= 1; got {chunk_size}")
     progress = progress or SilentProgress()
     featurizer = build_featurizer(loaded, config, max_length, batch_size=batch_size)
-    vectors = _featurize_all(featurizer, examples, chunk_size, progress, "gradients")
+    plan = {
+        "dataset": dataset_checksum(examples),
+        "models": [loaded.checksum, *(c.checksum for c, _ in checkpoints)],
+        "projection": [config.params, config.proj_dim, config.seed],
+        "max_length": max_length,
+        "shard_size": chunk_size,
+    }
+    shards = ShardDir.open(out.parent / f".{out.name}.shards", plan)
+    vectors = _featurize_all(featurizer, examples, chunk_size, progress, "gradients", shards, "final")
     checkpoint_vectors = []
     for i, (ckpt, lr) in enumerate(checkpoints):
         if not lr > 0:
@@ -129,7 +153,7 @@ def build_index(
         if ckpt_featurizer.layer_names != featurizer.layer_names or ckpt.task != loaded.task:
             raise InvalidInputError(f"checkpoint {ckpt.model_dir} does not have the same tracked layers as the model")
         checkpoint_vectors.append(
-            _featurize_all(ckpt_featurizer, examples, chunk_size, progress, f"checkpoint {i + 1}")
+            _featurize_all(ckpt_featurizer, examples, chunk_size, progress, f"checkpoint {i + 1}", shards, f"ckpt{i}")
         )
     label2id = loaded.label2id
     manifest = Manifest(
@@ -161,16 +185,85 @@ def build_index(
         checkpoint_vectors=checkpoint_vectors,
         overwrite=overwrite,
     )
+    shards.remove()
+    if resumed is not None:
+        resumed.append(shards.resumed)
     return manifest
 
 
+class ShardDir:
+    """Finished shards of an interrupted build, valid only for the same plan (data, models, projection)."""
+
+    PLAN = "plan.json"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.resumed = 0
+
+    @classmethod
+    def open(cls, path: Path, plan: dict[str, object]) -> ShardDir:
+        text = json.dumps(plan, sort_keys=True)
+        plan_file = path / cls.PLAN
+        if path.exists() and (not plan_file.exists() or plan_file.read_text() != text):
+            shutil.rmtree(path)  # shards of another build: useless here
+        path.mkdir(parents=True, exist_ok=True)
+        if not plan_file.exists():
+            _atomic_write(plan_file, text.encode())
+        return cls(path)
+
+    def load(self, name: str, rows: int, dims: int) -> np.ndarray | None:
+        data, digest = self.path / f"{name}.npy", self.path / f"{name}.sha256"
+        if not (data.exists() and digest.exists()):
+            return None
+        raw = data.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != digest.read_text().strip():
+            return None
+        array = np.load(data)
+        if array.shape != (rows, dims) or array.dtype != np.float32:
+            return None
+        self.resumed += 1
+        return array
+
+    def save(self, name: str, array: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array, dtype=np.float32))
+        raw = buffer.getvalue()
+        _atomic_write(self.path / f"{name}.npy", raw)
+        _atomic_write(self.path / f"{name}.sha256", hashlib.sha256(raw).hexdigest().encode())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _featurize_all(
-    featurizer: KroneckerFeaturizer, examples: list[Example], chunk_size: int, progress: Progress, stage: str
+    featurizer: KroneckerFeaturizer,
+    examples: list[Example],
+    chunk_size: int,
+    progress: Progress,
+    stage: str,
+    shards: ShardDir,
+    prefix: str,
 ) -> np.ndarray:
     progress.start(stage, len(examples))
     vectors = np.zeros((len(examples), featurizer.dims), dtype=np.float32)
-    for start in range(0, len(examples), chunk_size):
+    for number, start in enumerate(range(0, len(examples), chunk_size)):
         chunk = examples[start : start + chunk_size]
-        vectors[start : start + len(chunk)] = featurizer.featurize(chunk, progress.advance).vectors
+        name = f"{prefix}-{number:06d}"
+        done = shards.load(name, len(chunk), featurizer.dims)
+        if done is None:
+            done = featurizer.featurize(chunk, progress.advance).vectors
+            shards.save(name, done)
+        else:
+            progress.advance(len(chunk))
+        vectors[start : start + len(chunk)] = done
     progress.finish()
     return vectors

@@ -54,6 +54,7 @@ def build(
     lora: Annotated[Path | None, typer.Option(help="PEFT LoRA adapter directory to apply on top of --model")] = None,
     max_length: Annotated[int | None, typer.Option(help="max tokens per example (longer inputs are truncated)")] = None,
     batch_size: Annotated[int, typer.Option(help="examples per forward/backward")] = 16,
+    shard_size: Annotated[int, typer.Option(help="examples per saved shard (a crashed build resumes from them)")] = 256,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores)")] = None,
     skip_bad_rows: Annotated[bool, typer.Option(help="skip invalid rows (reported) instead of failing")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing index at --out")] = False,
@@ -88,6 +89,7 @@ def build(
         if errors and not skip_bad_rows:
             fail(f"{len(errors)} bad row(s) in {data}; fix them or pass --skip-bad-rows")
         config = ProjectionConfig(params=params or default_params(loaded), proj_dim=proj_dim, seed=seed)
+        resumed: list[int] = []
         checkpoints = []
         for spec in checkpoint or []:
             path, sep, lr = spec.rpartition("=")
@@ -106,6 +108,8 @@ def build(
             config,
             max_length=max_length or default_len,
             batch_size=batch_size,
+            chunk_size=shard_size,
+            resumed=resumed,
             overwrite=overwrite,
             checkpoints=checkpoints,
             progress=TqdmProgress(),
@@ -118,6 +122,7 @@ def build(
     typer.echo(
         f"built {out}: {manifest.n_examples} examples ({len(errors)} skipped), {manifest.dims} dims "
         f"({len(manifest.layer_names)} layers x {manifest.proj_dim}), {size / 1e6:.1f} MB, {elapsed:.1f} s"
+        + (f", resumed {resumed[0]} finished shard(s) of an interrupted build" if resumed and resumed[0] else "")
     )
 
 

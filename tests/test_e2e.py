@@ -149,3 +149,45 @@ def test_api_refuses_a_missing_index(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "not an index" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_killed_build_resumes_to_identical_vectors(tmp_path: Path, classifier_dir: Path) -> None:
+    import numpy as np
+
+    from tests.conftest import classification_rows
+
+    data = write_jsonl(
+        tmp_path / "big.jsonl", [{**r, "id": f"{r['id']}-{i}"} for i in range(40) for r in classification_rows()]
+    )
+    args = [
+        "--model",
+        classifier_dir,
+        "--task",
+        "classification",
+        "--data",
+        data,
+        "--proj-dim",
+        "16",
+        "--shard-size",
+        "32",
+    ]
+    reference = run_builder(*args, "--out", tmp_path / "ref")
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "idx"
+    shards = tmp_path / ".idx.shards"
+    proc = subprocess.Popen(
+        [BIN / "index-builder", "build", *map(str, args), "--out", str(out)], env=ENV, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(shards.glob("*.sha256"))) < 3:
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL in the middle of the build
+    proc.wait()
+    finished = len(list(shards.glob("*.sha256")))
+    assert 3 <= finished < 45, "the build was not interrupted in the middle"
+    assert not out.exists()  # nothing half-built is published
+    resumed = run_builder(*args, "--out", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed {finished} finished shard(s)" in resumed.stdout
+    np.testing.assert_array_equal(np.load(out / "vectors.npy"), np.load(tmp_path / "ref" / "vectors.npy"))
+    assert not shards.exists()  # cleaned up once published
