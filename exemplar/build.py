@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exemplar.errors import InvalidInputError
+from exemplar.errors import IndexIncompatibleError, InvalidInputError
 from exemplar.explain import build_featurizer
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel
 from exemplar.progress import Progress, SilentProgress
-from exemplar.store import Checkpoint, Manifest, dataset_checksum, write_index
+from exemplar.store import Checkpoint, Manifest, checkpoint_file, dataset_checksum, write_index
 from exemplar.tasks import Example
 
 REQUIRED = {"classification": ("text", "label"), "causal-lm": ("prompt", "response")}
@@ -201,7 +203,7 @@ class ShardDir:
         self.resumed = 0
 
     @classmethod
-    def open(cls, path: Path, plan: dict[str, object]) -> ShardDir:
+    def open(cls, path: Path, plan: Mapping[str, object]) -> ShardDir:
         text = json.dumps(plan, sort_keys=True)
         plan_file = path / cls.PLAN
         if path.exists() and (not plan_file.exists() or plan_file.read_text() != text):
@@ -242,6 +244,86 @@ def _atomic_write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def append_index(
+    index_dir: str | Path,
+    new_examples: list[Example],
+    *,
+    batch_size: int = 16,
+    chunk_size: int = 256,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Add examples to an existing index under its manifest (same model, projection, parameters).
+
+    The model (and any TracIn checkpoints) named by the manifest must be unchanged; ids must be
+    new. Only the new examples are featurised; the norms, DataInf matrices, BM25 and FAISS
+    index are rebuilt over all rows, and the new version replaces the old one in one rename.
+    """
+    from exemplar.models import load_model
+    from exemplar.store import FaissGradientStore
+
+    if not new_examples:
+        raise InvalidInputError("no new examples to append")
+    store = FaissGradientStore(index_dir)
+    m = store.manifest
+    loaded = load_model(m.model_dir, m.task, m.adapter_dir)
+    config = ProjectionConfig(params=m.params, proj_dim=m.proj_dim, seed=m.seed)
+    featurizer = build_featurizer(loaded, config, m.max_length, batch_size=batch_size)
+    m.check_model(
+        task=loaded.task,
+        model_checksum=loaded.checksum,
+        params=m.params,
+        layer_names=featurizer.layer_names,
+        proj_dim=m.proj_dim,
+        seed=m.seed,
+    )
+    old = store.all_examples()
+    taken = {e.id for e in old}
+    clashes = [e.id for e in new_examples if e.id in taken]
+    if clashes:
+        raise InvalidInputError(
+            f"{len(clashes)} id(s) already in the index, e.g. {clashes[0]!r}; give new examples new ids"
+        )
+    progress = progress or SilentProgress()
+    out = Path(index_dir)
+    plan = {"append_to": m.dataset_checksum, "dataset": dataset_checksum(new_examples), "models": [m.model_checksum]}
+    shards = ShardDir.open(out.parent / f".{out.name}.append-shards", plan)
+    added = _featurize_all(featurizer, new_examples, chunk_size, progress, "gradients (new examples)", shards, "final")
+    checkpoint_vectors = []
+    for i, ckpt in enumerate(m.checkpoints):
+        old_vectors = np.load(out / checkpoint_file(i))
+        if ckpt.model_checksum == m.model_checksum:
+            new_part = added
+        else:
+            ckpt_loaded = load_model(ckpt.model_dir, m.task, ckpt.adapter_dir)
+            if ckpt_loaded.checksum != ckpt.model_checksum:
+                raise IndexIncompatibleError(
+                    f"checkpoint {ckpt.model_dir} changed since the index was built; rebuild it"
+                )
+            ckpt_featurizer = build_featurizer(ckpt_loaded, config, m.max_length, batch_size=batch_size)
+            new_part = _featurize_all(
+                ckpt_featurizer,
+                new_examples,
+                chunk_size,
+                progress,
+                f"checkpoint {i + 1} (new examples)",
+                shards,
+                f"ckpt{i}",
+            )
+        checkpoint_vectors.append(np.concatenate([old_vectors, new_part]))
+    vectors = np.concatenate([np.asarray(store.vectors, dtype=np.float32), added])
+    examples = old + new_examples
+    manifest = dataclasses.replace(
+        m, n_examples=len(examples), dataset_checksum=dataset_checksum(examples), created_at=time.time()
+    )
+    token_ids = [featurizer.task.lexical_ids(e) for e in examples]
+    store.close()
+    write_index(
+        out, manifest, vectors, examples, token_ids=token_ids, checkpoint_vectors=checkpoint_vectors, overwrite=True
+    )
+    shards.remove()
+    return manifest
 
 
 def _featurize_all(

@@ -224,9 +224,13 @@ def write_index(
         faiss.write_index(index, str(tmp / FAISS_INDEX))
         _write_examples(tmp / EXAMPLES_DB, examples)
         (tmp / MANIFEST).write_text(manifest.to_json())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if out.exists():  # swap: the old version stays complete until the new one is in place
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -355,6 +359,16 @@ class FaissGradientStore:
             )
         found = self._rows(sql, args)
         return int(found[0][0]) if found else None
+
+    def all_examples(self) -> list[Example]:
+        """Every stored example, in row order (for rebuilding an index with more examples)."""
+        rows = self._rows("SELECT * FROM examples ORDER BY row", [])
+        return [
+            Example(
+                id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response, source=e.source, meta=e.meta
+            )
+            for e in map(self._example, rows)
+        ]
 
     def example_by_id(self, example_id: str) -> StoredExample:
         rows = self._rows("SELECT * FROM examples WHERE id = ?", [example_id])

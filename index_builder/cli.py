@@ -127,6 +127,36 @@ def build(
 
 
 @app.command()
+def append(
+    index: Annotated[Path, typer.Option(help="existing index directory")],
+    data: Annotated[Path, typer.Option(help="JSONL with the new examples (same format as for build)")],
+    batch_size: Annotated[int, typer.Option(help="examples per forward/backward")] = 16,
+    shard_size: Annotated[int, typer.Option(help="examples per saved shard")] = 256,
+    skip_bad_rows: Annotated[bool, typer.Option(help="skip invalid rows (reported) instead of failing")] = False,
+) -> None:
+    """Add examples to an index under its manifest (same model checksum, projection, parameters)."""
+    from exemplar.build import append_index, read_examples_jsonl
+    from exemplar.store import read_manifest
+
+    started = time.perf_counter()
+    try:
+        m = read_manifest(index)
+        examples, errors = read_examples_jsonl(data, m.task, m.labels)
+        for error in errors[:20]:
+            typer.secho(f"{data}:{error}", fg=typer.colors.YELLOW, err=True)
+        if errors and not skip_bad_rows:
+            fail(f"{len(errors)} bad row(s) in {data}; fix them or pass --skip-bad-rows")
+        manifest = append_index(index, examples, batch_size=batch_size, chunk_size=shard_size, progress=TqdmProgress())
+    except ExemplarError as exc:
+        fail(str(exc))
+        return
+    typer.echo(
+        f"appended {len(examples)} examples to {index}: now {manifest.n_examples} examples, "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+
+
+@app.command()
 def demo(
     name: Annotated[str, typer.Argument(help="tweets | chat")] = "tweets",
     root: Annotated[Path, typer.Option(help="cache directory of the demos")] = Path(".cache/demos"),

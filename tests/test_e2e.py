@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -191,3 +192,28 @@ def test_killed_build_resumes_to_identical_vectors(tmp_path: Path, classifier_di
     assert f"resumed {finished} finished shard(s)" in resumed.stdout
     np.testing.assert_array_equal(np.load(out / "vectors.npy"), np.load(tmp_path / "ref" / "vectors.npy"))
     assert not shards.exists()  # cleaned up once published
+
+
+def test_append_matches_a_full_build_and_refuses_clashes(tmp_path: Path, classifier_dir: Path) -> None:
+    import numpy as np
+
+    from tests.conftest import classification_rows
+
+    rows = classification_rows()
+    first, second = write_jsonl(tmp_path / "a.jsonl", rows[:20]), write_jsonl(tmp_path / "b.jsonl", rows[20:])
+    both = write_jsonl(tmp_path / "all.jsonl", rows)
+    common = ["--model", classifier_dir, "--task", "classification", "--proj-dim", "16"]
+    assert run_builder(*common, "--data", both, "--out", tmp_path / "full").returncode == 0
+    assert run_builder(*common, "--data", first, "--out", tmp_path / "grown").returncode == 0
+    cli = [BIN / "index-builder", "append", "--index", str(tmp_path / "grown")]
+    added = subprocess.run([*cli, "--data", str(second)], capture_output=True, text=True, env=ENV, timeout=240)
+    assert added.returncode == 0, added.stderr
+    assert f"now {len(rows)} examples" in added.stdout
+    full, grown = tmp_path / "full", tmp_path / "grown"
+    np.testing.assert_allclose(np.load(grown / "vectors.npy"), np.load(full / "vectors.npy"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(grown / "datainf.npy"), np.load(full / "datainf.npy"), rtol=1e-4)
+    manifest = json.loads((grown / "manifest.json").read_text())
+    assert manifest["dataset_checksum"] == json.loads((full / "manifest.json").read_text())["dataset_checksum"]
+    again = subprocess.run([*cli, "--data", str(second)], capture_output=True, text=True, env=ENV, timeout=240)
+    assert again.returncode == 2
+    assert "already in the index" in again.stderr
