@@ -114,6 +114,7 @@ def build_index(
     checkpoints: Sequence[tuple[LoadedModel, float]] = (),
     progress: Progress | None = None,
     resumed: list[int] | None = None,
+    vector_dtype: str = "float32",
 ) -> Manifest:
     """Featurise `examples` with the query-time featuriser and publish the index at `out_dir`.
 
@@ -176,6 +177,7 @@ def build_index(
             Checkpoint(str(c.model_dir), str(c.adapter_dir) if c.adapter_dir else None, c.checksum, float(lr))
             for c, lr in checkpoints
         ],
+        vector_dtype=vector_dtype,
     )
     token_ids = [featurizer.task.lexical_ids(e) for e in examples]
     write_index(

@@ -52,6 +52,7 @@ from exemplar.tasks import Example
 FORMAT_VERSION = 2
 MANIFEST, VECTORS, FAISS_INDEX, EXAMPLES_DB = "manifest.json", "vectors.npy", "index.faiss", "examples.sqlite"
 NORMS = "norms.npy"
+VECTOR_DTYPES = ("float32", "float16")
 
 
 def checkpoint_file(i: int) -> str:
@@ -87,6 +88,7 @@ class Manifest:
     labels: list[str] | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
     index_type: str = "Flat"
+    vector_dtype: str = "float32"  # "float16" halves vectors.npy and stores the FAISS index as fp16
     format_version: int = FORMAT_VERSION
     code_version: str = __version__
     created_at: float = field(default_factory=time.time)
@@ -120,6 +122,7 @@ class Manifest:
             "labels": self.labels,
             "checkpoints": len(self.checkpoints),
             "index_type": self.index_type,
+            "vector_dtype": self.vector_dtype,
             "code_version": self.code_version,
         }
 
@@ -211,7 +214,11 @@ def write_index(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        np.save(tmp / VECTORS, vectors)
+        if manifest.vector_dtype not in VECTOR_DTYPES:
+            raise InvalidInputError(
+                f"vector dtype must be one of {', '.join(VECTOR_DTYPES)}; got {manifest.vector_dtype!r}"
+            )
+        np.save(tmp / VECTORS, vectors.astype(manifest.vector_dtype))
         np.save(tmp / NORMS, np.linalg.norm(vectors, axis=1).astype(np.float32))
         n_layers = len(manifest.layer_names)
         np.save(tmp / DATAINF_FILE, datainf_matrices(vectors, n_layers, manifest.dims // max(1, n_layers)))
@@ -219,7 +226,11 @@ def write_index(
             BM25.build(list(token_ids)).save(tmp / BM25_DIR)
         for i, extra in enumerate(checkpoint_vectors):
             np.save(tmp / checkpoint_file(i), np.ascontiguousarray(extra, dtype=np.float32))
-        index = faiss.IndexFlatIP(manifest.dims)
+        index: faiss.Index
+        if manifest.vector_dtype == "float16":  # exact inner products on fp16-rounded vectors
+            index = faiss.IndexScalarQuantizer(manifest.dims, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexFlatIP(manifest.dims)
         index.add(vectors)
         faiss.write_index(index, str(tmp / FAISS_INDEX))
         _write_examples(tmp / EXAMPLES_DB, examples)

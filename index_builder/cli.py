@@ -55,6 +55,9 @@ def build(
     max_length: Annotated[int | None, typer.Option(help="max tokens per example (longer inputs are truncated)")] = None,
     batch_size: Annotated[int, typer.Option(help="examples per forward/backward")] = 16,
     shard_size: Annotated[int, typer.Option(help="examples per saved shard (a crashed build resumes from them)")] = 256,
+    vector_dtype: Annotated[
+        str, typer.Option(help="float32 | float16 (half the memory for vectors and index)")
+    ] = "float32",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores)")] = None,
     skip_bad_rows: Annotated[bool, typer.Option(help="skip invalid rows (reported) instead of failing")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing index at --out")] = False,
@@ -110,6 +113,7 @@ def build(
             batch_size=batch_size,
             chunk_size=shard_size,
             resumed=resumed,
+            vector_dtype=vector_dtype,
             overwrite=overwrite,
             checkpoints=checkpoints,
             progress=TqdmProgress(),

@@ -217,3 +217,28 @@ def test_tracin_sums_checkpoints_with_learning_rates(
     assert len(explainer.explain(query, k=3, estimator="tracin", strategy="topk").examples) == 3
     with pytest.raises(InvalidInputError, match="checkpoints"):
         clf.explain(query, estimator="tracin")
+
+
+def test_float16_index_explains_like_float32(
+    tmp_path: Path, classifier_dir: Path, classification_data: Path, clf: Explainer
+) -> None:
+    from exemplar.build import build_index, read_examples_jsonl
+    from exemplar.gradients import ProjectionConfig
+    from exemplar.models import load_model
+    from tests.tiny_models import LABELS
+
+    examples, _ = read_examples_jsonl(classification_data, "classification", LABELS)
+    config = ProjectionConfig(params="linear", proj_dim=16)
+    build_index(
+        load_model(classifier_dir, "classification"),
+        examples,
+        tmp_path / "h",
+        config,
+        max_length=32,
+        vector_dtype="float16",
+    )
+    half = Explainer.from_index(tmp_path / "h")
+    query = Example(text="i love this movie", label="positive")
+    a, b = half.explain(query, k=4, strategy="topk"), clf.explain(query, k=4, strategy="topk")
+    assert [s.example.id for s in a.examples] == [s.example.id for s in b.examples]
+    assert a.score_db == pytest.approx(b.score_db, abs=0.05)

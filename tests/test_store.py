@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +96,23 @@ def test_jsonl_reader_reports_every_bad_row(tmp_path: Path) -> None:
     assert [e.line for e in errors] == [2, 3, 4, 5, 6]
     assert "unknown label 'sideways'" in errors[2].message
     assert "duplicate id" in errors[3].message
+
+
+def test_float16_storage_halves_vectors_and_keeps_search_exact(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((300, 32)).astype(np.float32)
+    examples = [Example(id=f"e{i}", text=f"t{i}", label="neutral") for i in range(300)]
+    half = replace(_manifest(300, 32), vector_dtype="float16")
+    store = FaissGradientStore(write_index(tmp_path / "h", half, vectors, examples))
+    full = FaissGradientStore(write_index(tmp_path / "f", _manifest(300, 32), vectors, examples))
+    assert store.vectors.dtype == np.float16
+    assert (tmp_path / "h" / "vectors.npy").stat().st_size < 0.55 * (tmp_path / "f" / "vectors.npy").stat().st_size
+    query = rng.standard_normal(32).astype(np.float32)
+    rounded = vectors.astype(np.float16).astype(np.float32)
+    scores, rows = store.search(query, 10)
+    np.testing.assert_array_equal(rows, np.argsort(-(rounded @ query))[:10])
+    np.testing.assert_allclose(scores, (rounded @ query)[rows], rtol=1e-4)
+    assert store.vectors_at(rows).dtype == np.float32
+    np.testing.assert_allclose(store.vectors_at(rows), full.vectors_at(rows), rtol=1e-3, atol=1e-3)
+    with pytest.raises(InvalidInputError, match="vector dtype"):
+        write_index(tmp_path / "x", replace(half, vector_dtype="int8"), vectors, examples)
