@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel
 from exemplar.progress import Progress, SilentProgress
 from exemplar.store import Checkpoint, Manifest, checkpoint_file, dataset_checksum, write_index
-from exemplar.tasks import Example
+from exemplar.tasks import Example, Task
 
 REQUIRED = {"classification": ("text", "label"), "causal-lm": ("prompt", "response")}
 
@@ -39,9 +39,14 @@ class RowError:
 
 
 def read_examples_jsonl(
-    path: str | Path, task: str, labels: list[str] | None = None
+    path: str | Path,
+    task: str,
+    labels: list[str] | None = None,
+    check: Callable[[Example], str | None] | None = None,
 ) -> tuple[list[Example], list[RowError]]:
     """Parse a JSONL training set; every bad row is returned as an error, none is dropped silently.
+
+    `check(example)` may add a problem of its own (e.g. too many tokens for the model).
 
     Rows: classification `{"id"?, "text", "label"}`, causal-lm `{"id"?, "prompt", "response"}`;
     optional `"source"` (str) and `"meta"` (object). Missing ids become `line-<n>`.
@@ -81,10 +86,25 @@ def read_examples_jsonl(
         seen[example_id] = number
         meta = row.get("meta", {})
         fields = {f: row[f] for f in REQUIRED[task]}
-        examples.append(
-            Example(id=example_id, source=str(row.get("source", f"{p.name}:{number}")), meta=meta, **fields)
-        )
+        example = Example(id=example_id, source=str(row.get("source", f"{p.name}:{number}")), meta=meta, **fields)
+        problem = check(example) if check is not None else None
+        if problem:
+            errors.append(RowError(number, problem))
+            continue
+        examples.append(example)
     return examples, errors
+
+
+def too_long_check(task: Task) -> Callable[[Example], str | None]:
+    """A `check` for `read_examples_jsonl`: the example must fit the task's max_length in tokens."""
+
+    def check(example: Example) -> str | None:
+        encoded = task.encode(example)
+        if encoded.truncated:
+            return f"input is longer than --max-length {task.max_length} tokens (pass --truncate to cut it instead)"
+        return None
+
+    return check
 
 
 def _row_problem(row: dict[str, Any], task: str, labels: list[str] | None) -> str | None:

@@ -52,7 +52,12 @@ def build(
     proj_dim: Annotated[int, typer.Option(help="projected dims per tracked layer (a perfect square)")] = 64,
     seed: Annotated[int, typer.Option(help="projection seed")] = 0,
     lora: Annotated[Path | None, typer.Option(help="PEFT LoRA adapter directory to apply on top of --model")] = None,
-    max_length: Annotated[int | None, typer.Option(help="max tokens per example (longer inputs are truncated)")] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="max tokens per example (default 128 classification, 256 causal-lm)")
+    ] = None,
+    truncate: Annotated[
+        bool, typer.Option(help="cut over-long inputs to --max-length instead of reporting them as bad rows")
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="examples per forward/backward")] = 16,
     shard_size: Annotated[int, typer.Option(help="examples per saved shard (a crashed build resumes from them)")] = 256,
     vector_dtype: Annotated[
@@ -71,10 +76,11 @@ def build(
     """Featurise every training example and publish the index at --out."""
     import torch
 
-    from exemplar.build import build_index, read_examples_jsonl
+    from exemplar.build import build_index, read_examples_jsonl, too_long_check
     from exemplar.explain import default_params
     from exemplar.gradients import ProjectionConfig
     from exemplar.models import load_model
+    from exemplar.tasks import make_task
 
     if threads:
         torch.set_num_threads(threads)
@@ -84,7 +90,14 @@ def build(
         if out.exists() and not overwrite:
             fail(f"{out} already exists; choose another --out or pass --overwrite")
         loaded = load_model(model, task, lora)
-        examples, errors = read_examples_jsonl(data, task, list(loaded.label2id) if loaded.label2id else None)
+        max_length = max_length or (128 if task == "classification" else 256)
+        task_obj = make_task(task, loaded.tokenizer, label2id=loaded.label2id, max_length=max_length)
+        examples, errors = read_examples_jsonl(
+            data,
+            task,
+            list(loaded.label2id) if loaded.label2id else None,
+            check=None if truncate else too_long_check(task_obj),
+        )
         for error in errors[:20]:
             typer.secho(f"{data}:{error}", fg=typer.colors.YELLOW, err=True)
         if len(errors) > 20:
@@ -103,13 +116,12 @@ def build(
             if not sep or not rate > 0:
                 fail(f"--checkpoint must be DIR=LR with a learning rate > 0; got {spec!r}")
             checkpoints.append((load_model(path, task), rate))
-        default_len = 128 if task == "classification" else 256
         manifest = build_index(
             loaded,
             examples,
             out,
             config,
-            max_length=max_length or default_len,
+            max_length=max_length,
             batch_size=batch_size,
             chunk_size=shard_size,
             resumed=resumed,

@@ -217,3 +217,17 @@ def test_append_matches_a_full_build_and_refuses_clashes(tmp_path: Path, classif
     again = subprocess.run([*cli, "--data", str(second)], capture_output=True, text=True, env=ENV, timeout=240)
     assert again.returncode == 2
     assert "already in the index" in again.stderr
+
+
+def test_over_long_rows_are_bad_rows_unless_truncated(tmp_path: Path, classifier_dir: Path) -> None:
+    long_text = " ".join(["the cat sat on the mat"] * 40)
+    data = write_jsonl(
+        tmp_path / "long.jsonl", [{"text": "fine", "label": "neutral"}, {"text": long_text, "label": "neutral"}]
+    )
+    common = ["--model", classifier_dir, "--task", "classification", "--data", data, "--max-length", "32"]
+    failed = run_builder(*common, "--out", tmp_path / "a")
+    assert failed.returncode == 2
+    assert "line 2: input is longer than --max-length 32 tokens" in failed.stderr
+    truncated = run_builder(*common, "--out", tmp_path / "b", "--truncate")
+    assert truncated.returncode == 0, truncated.stderr
+    assert "2 examples (0 skipped)" in truncated.stdout
