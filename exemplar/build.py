@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from exemplar.errors import IndexIncompatibleError, InvalidInputError
-from exemplar.explain import build_featurizer
+from exemplar.explain import build_featurizer, open_index
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel
 from exemplar.progress import Progress, SilentProgress
@@ -283,23 +283,12 @@ def append_index(
     index are rebuilt over all rows, and the new version replaces the old one in one rename.
     """
     from exemplar.models import load_model
-    from exemplar.store import FaissGradientStore
 
     if not new_examples:
         raise InvalidInputError("no new examples to append")
-    store = FaissGradientStore(index_dir)
+    store, featurizer = open_index(index_dir, batch_size=batch_size)
     m = store.manifest
-    loaded = load_model(m.model_dir, m.task, m.adapter_dir)
     config = ProjectionConfig(params=m.params, proj_dim=m.proj_dim, seed=m.seed)
-    featurizer = build_featurizer(loaded, config, m.max_length, batch_size=batch_size)
-    m.check_model(
-        task=loaded.task,
-        model_checksum=loaded.checksum,
-        params=m.params,
-        layer_names=featurizer.layer_names,
-        proj_dim=m.proj_dim,
-        seed=m.seed,
-    )
     old = store.all_examples()
     taken = {e.id for e in old}
     clashes = [e.id for e in new_examples if e.id in taken]

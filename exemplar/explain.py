@@ -158,23 +158,7 @@ class Explainer:
         cls, index_dir: str | Path, config: ExplainConfig | None = None, *, batch_size: int = 16
     ) -> Explainer:
         """Open an index and the model it was built from; refuse any mismatch."""
-        store = FaissGradientStore(index_dir)
-        m = store.manifest
-        loaded = load_model(m.model_dir, m.task, m.adapter_dir)
-        featurizer = build_featurizer(
-            loaded,
-            ProjectionConfig(params=m.params, proj_dim=m.proj_dim, seed=m.seed),
-            m.max_length,
-            batch_size=batch_size,
-        )
-        m.check_model(
-            task=loaded.task,
-            model_checksum=loaded.checksum,
-            params=m.params,
-            layer_names=featurizer.layer_names,
-            proj_dim=m.proj_dim,
-            seed=m.seed,
-        )
+        store, featurizer = open_index(index_dir, batch_size=batch_size)
         return cls(store, featurizer, config)
 
     def prepare(self, query: Example) -> QueryState:
@@ -312,6 +296,24 @@ class Explainer:
         return Explanation(
             state.prediction, selected, float(relevance.db), float(relevance.ratio), strategy, options, reason, timings
         )
+
+
+def open_index(index_dir: str | Path, *, batch_size: int = 16) -> tuple[FaissGradientStore, KroneckerFeaturizer]:
+    """The store and the featuriser of the model named by its manifest, checked against each other."""
+    store = FaissGradientStore(index_dir)
+    m = store.manifest
+    loaded = load_model(m.model_dir, m.task, m.adapter_dir)
+    config = ProjectionConfig(params=m.params, proj_dim=m.proj_dim, seed=m.seed)
+    featurizer = build_featurizer(loaded, config, m.max_length, batch_size=batch_size)
+    m.check_model(
+        task=loaded.task,
+        model_checksum=loaded.checksum,
+        params=m.params,
+        layer_names=featurizer.layer_names,
+        proj_dim=m.proj_dim,
+        seed=m.seed,
+    )
+    return store, featurizer
 
 
 def build_featurizer(
