@@ -161,8 +161,6 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         """Explain one output with k training examples, their simplex weights and the score in dB."""
         explainer = get_explainer(request)
         manifest = explainer.store.manifest
-        if body.k > settings.max_k:
-            raise InvalidInputError(f"k: must be at most {settings.max_k}")
         for name in ("text", "prompt", "response"):
             value = getattr(body, name)
             if value is not None and len(value) > settings.max_text_chars:

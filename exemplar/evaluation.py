@@ -20,7 +20,7 @@ import numpy as np
 from exemplar.errors import InvalidInputError
 from exemplar.explain import Explainer, ExplainOptions, QueryState
 from exemplar.progress import Progress, SilentProgress
-from exemplar.relevance import mean_of_ratios_db, ratio_of_expectations_db
+from exemplar.relevance import Relevance, mean_of_ratios_db, ratio_of_expectations_db
 from exemplar.tasks import Example
 from exemplar.validation import StepValidator, ValidationRecord
 
@@ -138,7 +138,7 @@ def run_grid(
         t0 = time.perf_counter()
         state = explainer.prepare(query)
         seconds["gradient"] += time.perf_counter() - t0
-        chosen: dict[tuple[Config, int], np.ndarray] = {}
+        chosen: dict[tuple[Config, int], tuple[np.ndarray, Relevance]] = {}
         for config in configs:
             for k in ks:
                 t1 = time.perf_counter()
@@ -149,7 +149,7 @@ def run_grid(
                     result.records.append(
                         ScoreRecord(qi, config, k, rel.ratio, rel.db, rel.var_g, rel.var_r, [int(r) for r in rows])
                     )
-                    chosen[(config, k)] = rows
+                    chosen[(config, k)] = (rows, rel)
                 seconds[config.strategy] += time.perf_counter() - t1
         if validator is not None:
             t2 = time.perf_counter()
@@ -176,7 +176,7 @@ def _validate_query(
     qi: int,
     query: Example,
     state: QueryState,
-    chosen: dict[tuple[Config, int], np.ndarray],
+    chosen: dict[tuple[Config, int], tuple[np.ndarray, Relevance]],
     configs: Sequence[Config],
     ks: Sequence[int],
 ) -> list[ValidationRecord]:
@@ -193,11 +193,10 @@ def _validate_query(
         base_logp = float(np.mean([b.delta_logp for b in baselines]))
         base_jsd = float(np.mean([b.jsd for b in baselines]))
         for config in configs:
-            rows = chosen.get((config, k))
-            if rows is None:
+            if (config, k) not in chosen:
                 continue
+            rows, rel = chosen[(config, k)]  # scored by the grid already
             effect = validator.effect(target, _examples(explainer, rows))
-            rel = explainer.score(state, rows)
             out.append(
                 ValidationRecord(
                     qi,

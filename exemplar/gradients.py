@@ -231,7 +231,7 @@ class ReferenceFeaturizer(_Projected):
             parts = []
             for (name, layer), g in zip(self.layers, grads, strict=True):
                 full = torch.zeros_like(layer.weight) if g is None else g
-                parts.append((self.p_out[name] @ full.double().float() @ self.p_in[name].T).reshape(-1))
+                parts.append((self.p_out[name] @ full @ self.p_in[name].T).reshape(-1))
             rows.append(torch.cat(parts).detach().numpy())
             losses.append(float(out.losses[0].detach()))
             predictions.append(out.predictions[0])

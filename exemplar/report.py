@@ -32,6 +32,11 @@ def _fmt(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.1f}"
 
 
+def _cell(table: dict[tuple[str, str, int], dict[str, float]], est: str, label: str, k: int, metric: str) -> float:
+    """One aggregate of the table, nan where the grid has no such (estimator, strategy, k)."""
+    return table.get((est, label, k), {}).get(metric, math.nan)
+
+
 def _best_paper(table: dict[tuple[str, str, int], dict[str, float]], est: str, k: int) -> tuple[str, float]:
     """The best of the paper's strategies (any ordering / lambda) for this estimator and k."""
     candidates = [
@@ -77,9 +82,7 @@ def write_report(
             e = est if label not in ("random", "reconstruct") else "-"
             name = label if e == est else f"{label} (estimator-independent)"
             lines.append(
-                f"| {name} | "
-                + " | ".join(_fmt(table.get((e, label, k), {}).get("mean_of_ratios_db", math.nan)) for k in ks)
-                + " |"
+                f"| {name} | " + " | ".join(_fmt(_cell(table, e, label, k, "mean_of_ratios_db")) for k in ks) + " |"
             )
         lines.append("")
     lines += [
@@ -92,13 +95,13 @@ def write_report(
         for label in ("top-k most influential", "FL lambda=1"):
             lines.append(
                 f"| {est} | {label} | "
-                + " | ".join(_fmt(table.get((est, label, k), {}).get("ratio_of_expectations_db", math.nan)) for k in ks)
+                + " | ".join(_fmt(_cell(table, est, label, k, "ratio_of_expectations_db")) for k in ks)
                 + " |"
             )
     for label in ("random", "reconstruct"):
         lines.append(
             f"| - | {label} | "
-            + " | ".join(_fmt(table.get(("-", label, k), {}).get("ratio_of_expectations_db", math.nan)) for k in ks)
+            + " | ".join(_fmt(_cell(table, "-", label, k, "ratio_of_expectations_db")) for k in ks)
             + " |"
         )
     lines.append("")
@@ -112,8 +115,8 @@ def write_report(
     gains: dict[str, list[float]] = {}
     for est in estimators:
         gains[est] = [
-            table.get((est, "FL lambda=1", k), {}).get("mean_of_ratios_db", math.nan)
-            - table.get((est, "top-k most influential", k), {}).get("mean_of_ratios_db", math.nan)
+            _cell(table, est, "FL lambda=1", k, "mean_of_ratios_db")
+            - _cell(table, est, "top-k most influential", k, "mean_of_ratios_db")
             for k in ks
         ]
         lines.append(f"| {est} | " + " | ".join(_fmt(g) for g in gains[est]) + " |")
@@ -127,7 +130,7 @@ def write_report(
         "|---|---|---|---|",
     ]
     for (est, label), paper in PAPER_K10.items():
-        ours = table.get((est, label, 10), {}).get("mean_of_ratios_db", math.nan)
+        ours = _cell(table, est, label, 10, "mean_of_ratios_db")
         lines.append(f"| {est} | {label} | {paper:+.1f} | {_fmt(ours)} |")
     lines.append("")
 
@@ -247,7 +250,7 @@ def _plots(
     shown = ["top-k most influential", "top-k least influential", "FL lambda=1", "divine", "aide"]
     for ax, est in zip(axes[0], estimators, strict=True):
         for label in shown:
-            ys = [table.get((est, label, k), {}).get("mean_of_ratios_db", math.nan) for k in ks]
+            ys = [_cell(table, est, label, k, "mean_of_ratios_db") for k in ks]
             ax.plot(ks, ys, marker="o", label=label)
         for label in ("random", "reconstruct"):
             ax.plot(
