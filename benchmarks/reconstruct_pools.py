@@ -3,7 +3,9 @@
 For held-out queries of a demo: the score (mean of ratios, dB) of `reconstruct` over
 different candidate pools (100 / 500 centred-nearest gradients, the 100 best by cosine, and
 their union) next to plain grad_cos top-k, plus the query vs training gradient norms
-(a convex combination of smaller training gradients cannot reach a larger query gradient).
+(a convex combination of smaller training gradients cannot reach a larger query gradient)
+and, per query, a certified upper bound on the score of ANY selection of the whole index
+(``relevance.ratio_upper_bound``: the optimum over the simplex of all n examples).
 
     .venv/bin/python benchmarks/reconstruct_pools.py --demo tweets --queries 30
 """
@@ -21,7 +23,7 @@ import torch
 from exemplar import selection
 from exemplar.demos import prepare
 from exemplar.explain import Explainer
-from exemplar.relevance import mean_of_ratios_db, selection_relevance
+from exemplar.relevance import mean_of_ratios_db, ratio_upper_bound, selection_relevance
 from exemplar.tasks import Example
 
 
@@ -38,10 +40,13 @@ def main() -> None:
     fields = ("text", "label") if explainer.store.manifest.task == "classification" else ("prompt", "response")
     ratios: dict[tuple[str, int], list[float]] = {}
     norms = []
+    bounds = []
+    everything = explainer.store.vectors_at(np.arange(explainer.store.n))  # (n, d)
     started = time.perf_counter()
     for row in rows[: args.queries]:
         state = explainer.prepare(Example(**{f: row[f] for f in fields}))
         norms.append(float(np.linalg.norm(state.grad)))
+        bounds.append(ratio_upper_bound(state.grad, everything))
         cosine, _ = explainer.candidates(state, explainer.store.estimator("grad_cos"), "most_helpful", 100)
         near = explainer.nearest(state, 500)
         pools = {
@@ -63,6 +68,10 @@ def main() -> None:
     print(f"{'selection':<24}{'k=5 dB':>9}{'k=25 dB':>9}")
     for name in sorted({n for n, _ in ratios}):
         print(f"{name:<24}{mean_of_ratios_db(ratios[(name, 5)]):>9.2f}{mean_of_ratios_db(ratios[(name, 25)]):>9.2f}")
+    bound = mean_of_ratios_db(bounds)
+    print(f"{'bound: any selection, any k':<24}{bound:>9.2f}{bound:>9.2f}")
+    cos = {k: mean_of_ratios_db(ratios[("grad_cos top-k", k)]) for k in (5, 25)}
+    print(f"bound - grad_cos top-k: k=5 {bound - cos[5]:+.2f} dB, k=25 {bound - cos[25]:+.2f} dB")
     train = np.asarray(explainer.store.norms)
     print(
         f"gradient norm: queries median {np.median(norms):.2f}, training median {np.median(train):.2f}, training p90 {np.percentile(train, 90):.2f}"

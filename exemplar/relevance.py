@@ -323,6 +323,29 @@ def selection_relevance(test_grad: np.ndarray, train_grads: np.ndarray, solver: 
     return Relevance(weights=weights, ratio=ratio, db=db, var_g=var_g, var_r=var_r)
 
 
+def ratio_upper_bound(test_grad: np.ndarray, train_grads: np.ndarray) -> float:
+    """A certified upper bound on the SRS ratio of ANY selection from ``train_grads: (n, d)``.
+
+    Every selection ``S`` (any ``k``, either solver) weights its examples on the simplex, so
+    its residual is ``g - A.T @ t`` for some ``t`` on the simplex of all ``n`` examples (zero
+    off ``S``) and ``Var(r) >= min_t Var(g - A.T @ t)``. That minimum is a QP on the centred
+    vectors (``Var(r) = ||r - mean(r)||^2 / d``), solved with the exact solver; its
+    Frank-Wolfe duality gap turns the solution into a lower bound on the minimum that holds
+    whatever the solver's accuracy. Returns ``Var(g) / (lower bound + EPS)``: no selection
+    from these examples can score above it (inputs are cast to float32 as in
+    ``selection_relevance``).
+    """
+    g, a = _checked_pair(test_grad, train_grads, np.float32)
+    g_c = g - g.mean()  # (d,)
+    a_c = a - a.mean(axis=1, keepdims=True)  # (n, d)
+    t = _simplex_least_squares(g_c, a_c)  # (n,)
+    r = g_c - a_c.T @ t  # (d,)
+    grad = -2.0 * (a_c @ r)  # (n,) gradient of ||g_c - A_c.T t||^2 at t
+    gap = float(grad @ t - grad.min())  # f(t) - f* <= gap (convexity, linear minimum at a vertex)
+    lower = max(float(r @ r) - gap, 0.0) / g.shape[0]
+    return float(np.var(g)) / (lower + EPS)
+
+
 def mean_of_ratios_db(ratios: Sequence[float]) -> float:
     """The paper's aggregate: mean of the LINEAR ratios, then converted to dB.
 

@@ -19,6 +19,7 @@ from exemplar.relevance import (
     mean_of_ratios_db,
     project_onto_simplex,
     ratio_of_expectations_db,
+    ratio_upper_bound,
     selection_relevance,
 )
 
@@ -716,3 +717,30 @@ def test_projection_of_huge_values_stays_on_simplex() -> None:
     np.testing.assert_allclose(t, [0.5, 0.5], atol=1e-5)
     np.testing.assert_array_equal(project_onto_simplex(np.array([1e300, 1e290, 1e300])), [0.5, 0, 0.5])
     np.testing.assert_array_equal(project_onto_simplex(np.array([-1e300, -1e301])), [1.0, 0.0])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ratio_upper_bound_dominates_every_subset_under_both_solvers(seed: int) -> None:
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    n, d = 7, 5 + seed
+    train = rng.normal(size=(n, d)) * rng.uniform(0.2, 3.0, size=(n, 1)) + rng.normal() * (seed % 2)
+    test = rng.normal(size=d) * 2.0 + rng.normal() * (seed % 2)
+    bound = ratio_upper_bound(test, train)
+    best = 0.0
+    for k in range(1, n + 1):
+        for subset in itertools.combinations(range(n), k):
+            for solver in ("paper", "exact"):
+                best = max(best, selection_relevance(test, train[list(subset)], solver=solver).ratio)
+    assert best <= bound * (1 + 1e-9)
+    # and it is tight: the minimum of Var(r) over the whole simplex, found by SLSQP on the variance
+    g, a = test.astype(np.float32).astype(np.float64), train.astype(np.float32).astype(np.float64)
+    cons = ({"type": "eq", "fun": lambda t: t.sum() - 1.0},)
+    res = minimize(lambda t: np.var(g - a.T @ t), np.full(n, 1 / n), bounds=[(0, 1)] * n, constraints=cons, tol=1e-14)
+    assert bound == pytest.approx(np.var(g) / (res.fun + relevance_module.EPS), rel=1e-4)
+
+
+def test_ratio_upper_bound_rejects_bad_input() -> None:
+    with pytest.raises(InvalidInputError, match="d=3 columns"):
+        ratio_upper_bound(np.ones(4), np.ones((2, 3)))
