@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 
 from exemplar import datasets
-from exemplar.build import build_index
+from exemplar.build import build_index, write_jsonl
 from exemplar.errors import IndexIncompatibleError, InvalidInputError
 from exemplar.finetune import finetune
 from exemplar.gradients import ProjectionConfig
@@ -69,25 +68,6 @@ DEMOS = {
 }
 
 
-def write_jsonl(path: Path, examples: Sequence[Example]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for e in examples:
-            row = {
-                k: v
-                for k, v in (
-                    ("id", e.id),
-                    ("text", e.text),
-                    ("label", e.label),
-                    ("prompt", e.prompt),
-                    ("response", e.response),
-                )
-                if v is not None
-            }
-            f.write(json.dumps({**row, "source": e.source, "meta": e.meta}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
 def prepare(name: str, root: str | Path, progress: Progress | None = None) -> Path:
     """Fine-tune (if needed) and index (if needed) demo `name` under `root`; returns the index dir."""
     if name not in DEMOS:
@@ -120,6 +100,49 @@ def prepare(name: str, root: str | Path, progress: Progress | None = None) -> Pa
         checkpoints=_checkpoints(spec, demo_dir, task, loaded),
     )
     return index_dir
+
+
+def heldout(name: str, root: str | Path, n: int) -> Path:
+    """A JSONL file of ``n`` held-out test instances of a prepared demo, disjoint from its training set.
+
+    The demo's own test split comes first; when ``n`` is larger, more rows are drawn
+    (deterministically, with another seed) from the same corpora and kept only if neither
+    their id nor their text occurs in the training or test split. The training split, and so
+    the model and index, never change.
+    """
+    if name not in DEMOS:
+        raise InvalidInputError(f"unknown demo {name!r}; choose one of: {', '.join(DEMOS)}")
+    spec, demo_dir = DEMOS[name], Path(root) / name
+    test_path = demo_dir / "test.jsonl"
+    rows = [json.loads(line) for line in test_path.read_text(encoding="utf-8").splitlines()]
+    if n <= len(rows):
+        return test_path
+    train = [json.loads(line) for line in (demo_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    field = "text" if name == "tweets" else "prompt"
+    seen_ids = {r["id"] for r in [*train, *rows]}
+    seen_texts = {r[field] for r in [*train, *rows]}
+    extra: list[Example] = []
+    for e in _more_examples(spec, 2 * (spec.n_train + n)):
+        if len(rows) + len(extra) == n:
+            break
+        if e.id not in seen_ids and getattr(e, field) not in seen_texts:
+            seen_ids.add(e.id)
+            seen_texts.add(getattr(e, field))
+            extra.append(e)
+    if len(rows) + len(extra) < n:
+        raise InvalidInputError(f"demo {name!r} has only {len(rows) + len(extra)} held-out instances, asked for {n}")
+    out = demo_dir / f"heldout-{n}.jsonl"
+    write_jsonl(out, extra, prefix=test_path.read_text(encoding="utf-8"))  # the demo's test split first
+    return out
+
+
+def _more_examples(spec: DemoSpec, n: int) -> list[Example]:
+    """Up to ``n`` further instances of a demo's corpora, drawn with a seed its splits never used."""
+    if spec.name == "tweets":
+        rows = datasets.sample_stratified(datasets.load_tweets(), n, key=lambda r: r.label, seed=spec.seed + 1)
+        return [Example(id=r.id, text=r.text, label=r.label, source=r.source) for r in rows]
+    mixture = datasets.instruction_mixture(n, seed=spec.seed + 1)
+    return [Example(id=m.id, prompt=m.prompt, response=m.response, source=m.source) for m in mixture]
 
 
 def _current(index_dir: Path) -> bool:

@@ -95,7 +95,9 @@ def validate(
 @app.command()
 def reproduce(
     demo: Annotated[str, typer.Option(help="tweets | chat")] = "tweets",
-    queries: Annotated[int, typer.Option(help="held-out test instances")] = 200,
+    queries: Annotated[
+        int, typer.Option(help="held-out test instances (the demo's test split, then more unseen rows)")
+    ] = 200,
     root: Annotated[Path, typer.Option(help="demo cache directory")] = Path(".cache/demos"),
     out: Annotated[Path, typer.Option(help="report directory")] = Path("docs/results"),
     estimators: Annotated[str, typer.Option(help="comma-separated estimators")] = "grad_dot,grad_cos,datainf,bm25",
@@ -110,7 +112,7 @@ def reproduce(
     test_file: Annotated[Path | None, typer.Option("--test", help="JSONL test instances for --index")] = None,
 ) -> None:
     """Run the grid (estimators x strategies x k) and write docs/results/<demo>.md with plots."""
-    from exemplar.demos import prepare
+    from exemplar.demos import heldout, prepare
     from exemplar.evaluation import Config, GridResult, run_grid
     from exemplar.explain import Explainer
     from exemplar.report import write_records, write_report
@@ -125,7 +127,7 @@ def reproduce(
             index_dir, test_path = index, test_file
         else:
             index_dir = prepare(demo, root, TqdmProgress())
-            test_path = index_dir.parent / "test.jsonl"
+            test_path = heldout(demo, root, queries)
         explainer = Explainer.from_index(index_dir)
         test = _queries(test_path, explainer.store.manifest.task, queries)
         ests = _strs(estimators)

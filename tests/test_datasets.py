@@ -156,3 +156,29 @@ def test_instruction_mixture() -> None:
         assert 0 < len(text) <= 300
     assert instruction_mixture(0, seed=0) == []
     assert len(instruction_mixture(7, seed=0)) == 7
+
+
+@pytest.mark.parametrize(("demo", "field"), [("tweets", "text"), ("chat", "prompt")])
+def test_heldout_extends_the_test_split_without_touching_training(tmp_path, demo: str, field: str) -> None:
+    import json
+
+    from exemplar.build import write_jsonl
+    from exemplar.demos import DEMOS, _more_examples, heldout
+
+    pool = _more_examples(DEMOS[demo], 60)
+    demo_dir = tmp_path / demo
+    demo_dir.mkdir()
+    # the "training" split holds rows the extra draw would otherwise pick first
+    write_jsonl(demo_dir / "train.jsonl", pool[:20])
+    write_jsonl(demo_dir / "test.jsonl", pool[20:25])
+    assert heldout(demo, tmp_path, 5) == demo_dir / "test.jsonl"
+    path = heldout(demo, tmp_path, 30)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 30
+    assert path.read_text().startswith((demo_dir / "test.jsonl").read_text())
+    train = {e.id for e in pool[:20]} | {getattr(e, field) for e in pool[:20]}
+    assert not any(r["id"] in train or r[field] in train for r in rows)
+    assert len({r["id"] for r in rows}) == 30
+    assert heldout(demo, tmp_path, 30).read_text() == path.read_text()  # deterministic
+    with pytest.raises(InvalidInputError, match="unknown demo"):
+        heldout("nope", tmp_path, 3)
