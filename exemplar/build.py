@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,27 @@ def read_examples_jsonl(
     return examples, errors
 
 
+def write_jsonl(path: Path, examples: Sequence[Example], prefix: str = "") -> None:
+    """Write examples as JSONL (after the lines in ``prefix``), atomically."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(prefix)
+        for e in examples:
+            row = {
+                k: v
+                for k, v in (
+                    ("id", e.id),
+                    ("text", e.text),
+                    ("label", e.label),
+                    ("prompt", e.prompt),
+                    ("response", e.response),
+                )
+                if v is not None
+            }
+            f.write(json.dumps({**row, "source": e.source, "meta": e.meta}, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
 def too_long_check(task: Task) -> Callable[[Example], str | None]:
     """A `check` for `read_examples_jsonl`: the example must fit the task's max_length in tokens."""
 
@@ -135,6 +157,7 @@ def build_index(
     progress: Progress | None = None,
     resumed: list[int] | None = None,
     vector_dtype: str = "float32",
+    runner: ShardRunner | None = None,
 ) -> Manifest:
     """Featurise `examples` with the query-time featuriser and publish the index at `out_dir`.
 
@@ -146,6 +169,10 @@ def build_index(
     again after a crash reuses every finished shard; the index itself is published only when
     complete, and the shards are removed then. If `resumed` is given, the number of reused
     shards is appended to it.
+
+    `runner` hands the missing shards to other processes first (`exemplar.distributed`):
+    it gets the shard directory, a JSON job spec and the shard tasks, and returns once they
+    are saved; whatever it left missing is then computed here.
     """
     if not examples:
         raise InvalidInputError("the training set is empty: nothing to index")
@@ -164,6 +191,9 @@ def build_index(
         "shard_size": chunk_size,
     }
     shards = ShardDir.open(out.parent / f".{out.name}.shards", plan)
+    if runner is not None:
+        spec, tasks = _shard_jobs(shards, loaded, examples, config, max_length, batch_size, chunk_size, checkpoints)
+        runner(shards, spec, [t for t in tasks if not shards.has(t.name)])
     vectors = _featurize_all(featurizer, examples, chunk_size, progress, "gradients", shards, "final")
     checkpoint_vectors = []
     for i, (ckpt, lr) in enumerate(checkpoints):
@@ -215,6 +245,105 @@ def build_index(
     return manifest
 
 
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard of a build: rows ``[start, start + count)`` featurised under one model, saved as ``name``."""
+
+    name: str
+    start: int
+    count: int
+    model_dir: str
+    adapter_dir: str | None
+    model_checksum: str
+
+
+ShardRunner = Callable[["ShardDir", dict[str, Any], list[ShardTask]], None]
+"""Computes shard tasks elsewhere (``build_index(runner=...)``): (shards, job spec, tasks) -> None."""
+
+EXAMPLES_FILE = "examples.jsonl"
+
+
+def _shard_jobs(
+    shards: ShardDir,
+    loaded: LoadedModel,
+    examples: list[Example],
+    config: ProjectionConfig,
+    max_length: int,
+    batch_size: int,
+    chunk_size: int,
+    checkpoints: Sequence[tuple[LoadedModel, float]],
+) -> tuple[dict[str, Any], list[ShardTask]]:
+    """The JSON job spec other processes need (examples are written into the shard dir) and every shard task."""
+    examples_path = shards.path / EXAMPLES_FILE
+    if not examples_path.exists():
+        write_jsonl(examples_path, examples)
+    spec = {
+        "shards_dir": str(shards.path.resolve()),
+        "plan": shards.plan_checksum(),
+        "examples": str(examples_path.resolve()),
+        "dataset": dataset_checksum(examples),
+        "task": loaded.task,
+        "projection": [config.params, config.proj_dim, config.seed],
+        "max_length": max_length,
+        "batch_size": batch_size,
+    }
+    models = [(loaded, "final")] + [
+        (ckpt, f"ckpt{i}") for i, (ckpt, _) in enumerate(checkpoints) if ckpt.checksum != loaded.checksum
+    ]
+    tasks = [
+        ShardTask(
+            f"{prefix}-{number:06d}",
+            start,
+            min(chunk_size, len(examples) - start),
+            str(model.model_dir),
+            str(model.adapter_dir) if model.adapter_dir else None,
+            model.checksum,
+        )
+        for model, prefix in models
+        for number, start in enumerate(range(0, len(examples), chunk_size))
+    ]
+    return spec, tasks
+
+
+_worker_cache: dict[tuple[str, ...], Any] = {}
+
+
+def run_shard(spec: Mapping[str, Any], task: ShardTask) -> bool:
+    """Compute and save one shard of a distributed build (what a worker runs); False if it was already there.
+
+    The worker must see the same model (checksum), examples (dataset checksum) and shard
+    plan as the builder, through a shared directory; anything else is refused. The model
+    and examples are cached per process.
+    """
+    from exemplar.models import load_model
+
+    shards = ShardDir(Path(spec["shards_dir"]))
+    if shards.plan_checksum() != spec["plan"]:
+        raise IndexIncompatibleError(f"the shard directory {shards.path} now belongs to another build")
+    if shards.has(task.name):
+        return False
+    key = ("model", task.model_dir, task.adapter_dir or "", spec["task"])
+    if key not in _worker_cache:
+        _worker_cache[key] = load_model(task.model_dir, spec["task"], task.adapter_dir)
+    loaded = _worker_cache[key]
+    if loaded.checksum != task.model_checksum:
+        raise IndexIncompatibleError(
+            f"this worker sees a different model at {task.model_dir} than the builder (checksum mismatch)"
+        )
+    data_key = ("examples", spec["examples"], spec["dataset"])
+    if data_key not in _worker_cache:
+        examples, errors = read_examples_jsonl(spec["examples"], spec["task"])
+        if errors or dataset_checksum(examples) != spec["dataset"]:
+            raise IndexIncompatibleError(f"{spec['examples']} is not the builder's training set")
+        _worker_cache[data_key] = examples
+    params, proj_dim, seed = spec["projection"]
+    config = ProjectionConfig(params=params, proj_dim=proj_dim, seed=seed)
+    featurizer = build_featurizer(loaded, config, spec["max_length"], batch_size=spec["batch_size"])
+    chunk = _worker_cache[data_key][task.start : task.start + task.count]
+    shards.save(task.name, featurizer.featurize(chunk).vectors)
+    return True
+
+
 class ShardDir:
     """Finished shards of an interrupted build, valid only for the same plan (data, models, projection)."""
 
@@ -234,6 +363,14 @@ class ShardDir:
         if not plan_file.exists():
             _atomic_write(plan_file, text.encode())
         return cls(path)
+
+    def plan_checksum(self) -> str:
+        """sha256 of the plan this directory's shards belong to."""
+        return hashlib.sha256((self.path / self.PLAN).read_bytes()).hexdigest()
+
+    def has(self, name: str) -> bool:
+        """A shard of this name was saved (its checksum file is written last)."""
+        return (self.path / f"{name}.sha256").exists()
 
     def load(self, name: str, rows: int, dims: int) -> np.ndarray | None:
         data, digest = self.path / f"{name}.npy", self.path / f"{name}.sha256"
@@ -260,7 +397,7 @@ class ShardDir:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique across processes and machines
     with tmp.open("wb") as f:
         f.write(data)
         f.flush()

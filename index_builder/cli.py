@@ -72,6 +72,13 @@ def build(
             help="DIR=LR, repeatable: also index gradients under this checkpoint (model or adapter dir) for TracIn"
         ),
     ] = None,
+    distributed: Annotated[
+        bool,
+        typer.Option(help="compute shards on exemplar-worker processes through Redis (shared --out and --model)"),
+    ] = False,
+    redis: Annotated[str, typer.Option(help="Redis URL of the --distributed queue")] = "redis://127.0.0.1:6379/0",
+    queue: Annotated[str, typer.Option(help="RQ queue of the --distributed shard jobs")] = "exemplar",
+    retries: Annotated[int, typer.Option(help="--distributed: re-runs of a shard that failed or lost its worker")] = 3,
 ) -> None:
     """Featurise every training example and publish the index at --out."""
     import torch
@@ -116,6 +123,13 @@ def build(
             if not sep or not rate > 0:
                 fail(f"--checkpoint must be DIR=LR with a learning rate > 0; got {spec!r}")
             checkpoints.append((load_model(path, task), rate))
+        runner = None
+        if distributed:
+            from exemplar.distributed import RQShardRunner
+
+            runner = RQShardRunner(
+                redis, queue=queue, retries=retries, progress=TqdmProgress(), notify=lambda m: typer.echo(m, err=True)
+            )
         manifest = build_index(
             loaded,
             examples,
@@ -129,6 +143,7 @@ def build(
             overwrite=overwrite,
             checkpoints=checkpoints,
             progress=TqdmProgress(),
+            runner=runner,
         )
     except ExemplarError as exc:
         fail(str(exc))

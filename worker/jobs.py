@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from exemplar.errors import ExemplarError, InvalidInputError
@@ -41,3 +42,12 @@ def explain_batch(
         except ExemplarError as exc:
             results.append({"error": str(exc), "error_type": type(exc).__name__})
     return results
+
+
+def build_shard(spec: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    """Compute one shard of a distributed index build (`index-builder build --distributed`)."""
+    from exemplar.build import ShardTask, run_shard
+
+    started = time.perf_counter()
+    computed = run_shard(spec, ShardTask(**task))
+    return {"shard": task["name"], "computed": computed, "seconds": round(time.perf_counter() - started, 3)}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-QUEUE = "exemplar"
+from exemplar.distributed import DEFAULT_QUEUE as QUEUE
 
 
 class WorkerSettings(BaseSettings):
@@ -20,6 +21,9 @@ class WorkerSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue: str = QUEUE
     index_dir: Path | None = Field(None, description="index to load at start-up (jobs name their own)")
+    heartbeat: int = Field(
+        30, ge=1, description="seconds between heartbeats; a job is abandoned (and retried) after 3 missed"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,10 +39,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queue", help=f"queue name (default {QUEUE})")
     parser.add_argument("--index", type=Path, help="index to load once at start-up")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    parser.add_argument(
+        "--heartbeat", type=int, help="seconds between heartbeats (default 30); 3 missed = job abandoned"
+    )
     args = parser.parse_args(argv)
     overrides = {
         k: v
-        for k, v in {"redis_url": args.redis, "queue": args.queue, "index_dir": args.index}.items()
+        for k, v in {
+            "redis_url": args.redis,
+            "queue": args.queue,
+            "index_dir": args.index,
+            "heartbeat": args.heartbeat,
+        }.items()
         if v is not None
     }
     settings = WorkerSettings(**overrides)
@@ -50,4 +62,24 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(2, f"exemplar-worker: error: {exc}\n")
     connection = Redis.from_url(settings.redis_url)
     queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
-    Worker([queue], connection=connection, serializer=JSONSerializer).work(burst=args.burst)
+    worker = _worker_class(Worker)(
+        [queue], connection=connection, serializer=JSONSerializer, job_monitoring_interval=settings.heartbeat
+    )
+    worker.work(burst=args.burst)
+
+
+def _worker_class(base: type) -> type:
+    """RQ's forking Worker whose job heartbeats expire after 3 intervals (RQ: interval + 60 s).
+
+    A worker killed mid-job (`kill -9`, a lost machine) stops heartbeating; once its job's
+    entry in the started-job registry expires, RQ's registry cleanup retries the job.
+    """
+
+    class ExemplarWorker(base):
+        def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
+            interval = self.job_monitoring_interval
+            if job.timeout and job.timeout > 0:
+                interval = min(interval, max(int(job.timeout - working_time), 1))
+            return int(3 * interval)
+
+    return ExemplarWorker
