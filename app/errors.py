@@ -9,7 +9,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from exemplar.errors import CapacityError, ExemplarError, IndexIncompatibleError, InvalidInputError, NotFoundError
+from exemplar.errors import (
+    AuthenticationError,
+    CapacityError,
+    ExemplarError,
+    IndexIncompatibleError,
+    InvalidInputError,
+    NotFoundError,
+)
 
 log = logging.getLogger("exemplar.api")
 
@@ -18,6 +25,7 @@ STATUS: dict[type[ExemplarError], tuple[int, str]] = {
     NotFoundError: (404, "not_found"),
     CapacityError: (413, "capacity"),
     IndexIncompatibleError: (409, "index_incompatible"),
+    AuthenticationError: (401, "unauthorized"),
 }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import logging
 import math
 import re
@@ -26,13 +28,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import error_response, install_error_handlers
 from app.schemas import ErrorBody, ExampleOut, ExplainRequest, ExplainResponse, Health
 from app.settings import ApiSettings
-from exemplar.errors import ExemplarError, InvalidInputError
+from exemplar.errors import AuthenticationError, ExemplarError, InvalidInputError
 from exemplar.explain import ExplainConfig, Explainer, ExplainOptions, Explanation
 from exemplar.store import StoredExample
 from exemplar.tasks import Example
 
 log = logging.getLogger("exemplar.api")
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 409, 413, 422, 500, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422, 500, 503)}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -198,6 +200,27 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
     async def describe_index(request: Request) -> dict[str, Any]:
         """The served index's manifest summary."""
         return get_explainer(request).store.manifest.summary()
+
+    @app.post("/v1/admin/reload", responses=ERRORS, tags=["admin"])
+    async def reload_index(request: Request) -> dict[str, Any]:
+        """Serve the index directory's current version (e.g. after `index-builder append`), without a restart.
+
+        The new version is opened on the model thread, between requests; requests already
+        running finish on the old one. If it cannot be opened, the old one stays served.
+        """
+        if settings.admin_key_sha256 is not None:
+            given = request.headers.get("x-admin-key", "")
+            digest = hashlib.sha256(given.encode()).hexdigest()
+            if not hmac.compare_digest(digest, settings.admin_key_sha256.lower()):
+                raise AuthenticationError("reloading needs the admin key in the X-Admin-Key header")
+        previous: Explainer = request.app.state.explainer
+        config = ExplainConfig(pool_size=settings.pool_size, max_k=settings.max_k)
+        fresh = await in_executor(
+            request, lambda: Explainer.from_index(previous.store.path, config, batch_size=settings.batch_size)
+        )
+        request.app.state.explainer = fresh
+        log.info("reloaded index %s: %d -> %d examples", fresh.store.path, previous.store.n, fresh.store.n)
+        return {"previous": previous.store.manifest.summary(), "index": fresh.store.manifest.summary()}
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

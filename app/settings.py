@@ -22,6 +22,11 @@ class ApiSettings(BaseSettings):
     pool_size: int = Field(100, ge=1, description="candidate pool m of the selection strategies")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     batch_size: int = Field(16, ge=1, description="examples per forward/backward")
+    admin_key_sha256: str | None = Field(
+        None,
+        description="sha256 hex of the admin key that POST /v1/admin/reload requires in X-Admin-Key "
+        "(unset: reload is open, as for the other routes of the embedded default)",
+    )
 
 
 def get_settings() -> ApiSettings:

@@ -19,3 +19,7 @@ class IndexIncompatibleError(ExemplarError):
 
 class CapacityError(ExemplarError):
     """A request exceeds a configured limit."""
+
+
+class AuthenticationError(ExemplarError):
+    """Missing or wrong credentials for a protected operation."""

@@ -124,6 +124,7 @@ class Manifest:
             "index_type": self.index_type,
             "vector_dtype": self.vector_dtype,
             "code_version": self.code_version,
+            "created_at": self.created_at,
         }
 
     def check_model(

@@ -183,7 +183,7 @@ def append(
         return
     typer.echo(
         f"appended {len(examples)} examples to {index}: now {manifest.n_examples} examples, "
-        f"{time.perf_counter() - started:.1f} s"
+        f"{time.perf_counter() - started:.1f} s; a running exemplar-api serves it after POST /v1/admin/reload"
     )
 
 

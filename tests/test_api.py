@@ -135,3 +135,33 @@ def test_option_errors_are_422(client: TestClient, body: dict[str, object], mess
     r = client.post("/v1/explain", json=body)
     assert r.status_code == 422, r.text
     assert message in r.json()["error"]
+
+
+def test_reload_serves_an_appended_index_and_needs_the_admin_key(tmp_path: Path, classifier_index: Path) -> None:
+    import hashlib
+    import shutil
+
+    from exemplar.build import append_index
+    from exemplar.tasks import Example
+
+    index = tmp_path / "index"
+    shutil.copytree(classifier_index, index)
+    settings = ApiSettings(index_dir=index, admin_key_sha256=hashlib.sha256(b"s3cret").hexdigest())
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        before = c.get("/v1/index").json()
+        assert c.post("/v1/admin/reload").status_code == 401
+        wrong = c.post("/v1/admin/reload", headers={"X-Admin-Key": "nope"})
+        assert wrong.status_code == 401
+        assert "X-Admin-Key" in wrong.json()["error"]
+        append_index(index, [Example(id="new-1", text="a brand new example", label=before["labels"][0])])
+        r = c.post("/v1/admin/reload", headers={"X-Admin-Key": "s3cret"})
+        assert r.status_code == 200, r.text
+        assert r.json()["previous"]["n_examples"] == before["n_examples"]
+        assert r.json()["index"]["n_examples"] == before["n_examples"] + 1
+        assert c.get("/v1/index").json()["n_examples"] == before["n_examples"] + 1
+        assert c.get("/v1/examples/new-1").status_code == 200
+        assert c.post("/v1/explain", json={"text": "a brand new example", "k": 3}).status_code == 200
+        shutil.rmtree(index)  # a broken directory: the old version stays served
+        broken = c.post("/v1/admin/reload", headers={"X-Admin-Key": "s3cret"})
+        assert 400 <= broken.status_code < 500, broken.text
+        assert c.post("/v1/explain", json={"text": "still served", "k": 3}).status_code == 200

@@ -47,3 +47,20 @@ def test_batch_job_round_trip(redis: Redis, classifier_index: Path) -> None:
     assert stored is not None
     payload = json.loads(zlib.decompress(stored))  # JSON, not pickle
     assert payload[2][1] == queries
+
+
+def test_worker_reopens_an_index_replaced_by_a_new_version(tmp_path: Path, classifier_index: Path) -> None:
+    import shutil
+
+    from exemplar.build import append_index
+    from exemplar.tasks import Example
+    from worker.jobs import load_explainer
+
+    index = tmp_path / "index"
+    shutil.copytree(classifier_index, index)
+    first = load_explainer(str(index))
+    assert load_explainer(str(index)) is first  # opened once
+    append_index(index, [Example(id="fresh", text="a fresh example", label=first.store.manifest.labels[0])])
+    second = load_explainer(str(index))
+    assert second is not first
+    assert second.store.n == first.store.n + 1

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from exemplar.errors import ExemplarError, InvalidInputError
 from exemplar.explain import Explainer, ExplainOptions
 from exemplar.tasks import Example
 
-_explainers: dict[str, Explainer] = {}
+_explainers: dict[str, tuple[int, Explainer]] = {}
 
 
 def load_explainer(index_dir: str) -> Explainer:
-    """Open an index once per worker process."""
-    if index_dir not in _explainers:
-        _explainers[index_dir] = Explainer.from_index(index_dir)
-    return _explainers[index_dir]
+    """Open an index once per worker process, and again when a new version replaced it (append, rebuild)."""
+    from exemplar.store import MANIFEST
+
+    try:
+        version = (Path(index_dir) / MANIFEST).stat().st_mtime_ns
+    except OSError:
+        version = -1  # let from_index report what is wrong
+    cached = _explainers.get(index_dir)
+    if cached is None or cached[0] != version:
+        _explainers[index_dir] = (version, Explainer.from_index(index_dir))
+    return _explainers[index_dir][1]
 
 
 def explain_batch(
