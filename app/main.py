@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.cache import ExplanationCache, index_version, request_key
 from app.errors import error_response, install_error_handlers
 from app.schemas import ErrorBody, ExampleOut, ExplainRequest, ExplainResponse, Health
 from app.settings import ApiSettings
@@ -122,6 +124,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             import torch
 
             await asyncio.get_running_loop().run_in_executor(executor, torch.set_num_threads, settings.torch_threads)
+        app.state.cache = ExplanationCache(settings.redis_url, settings.cache_ttl_s)
         app.state.explainer = explainer
         if app.state.explainer is None:
             config = ExplainConfig(pool_size=settings.pool_size, max_k=settings.max_k)
@@ -159,10 +162,21 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         return await asyncio.get_running_loop().run_in_executor(request.app.state.executor, fn)
 
     @app.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS, tags=["explain"])
-    async def explain(body: ExplainRequest, request: Request) -> ExplainResponse:
-        """Explain one output with k training examples, their simplex weights and the score in dB."""
+    async def explain(body: ExplainRequest, request: Request, response: Response) -> Any:
+        """Explain one output with k training examples, their simplex weights and the score in dB.
+
+        With a Redis cache configured, an identical request (defaults filled in) to the same
+        index version is answered from the cache (`X-Cache: hit`).
+        """
         explainer = get_explainer(request)
         manifest = explainer.store.manifest
+        cache: ExplanationCache = request.app.state.cache
+        key = request_key(index_version(manifest), body.model_dump(mode="json"))
+        if cache.enabled:
+            cached = await asyncio.to_thread(cache.get, key)
+            if cached is not None:
+                return JSONResponse(cached, headers={"X-Cache": "hit"})
+        response.headers["X-Cache"] = "miss" if cache.enabled else "off"
         for name in ("text", "prompt", "response"):
             value = getattr(body, name)
             if value is not None and len(value) > settings.max_text_chars:
@@ -188,7 +202,10 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             solver=body.solver,
         )
         result = await in_executor(request, lambda: explainer.explain(query, options))
-        return to_response(result, body.k, manifest.summary())
+        out = to_response(result, body.k, manifest.summary())
+        if cache.enabled:
+            await asyncio.to_thread(cache.set, key, out.model_dump(mode="json"))
+        return out
 
     @app.get("/v1/examples/{example_id:path}", response_model=ExampleOut, responses=ERRORS, tags=["examples"])
     async def get_example(example_id: str, request: Request) -> ExampleOut:
@@ -233,7 +250,15 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         explainer = getattr(request.app.state, "explainer", None)
         if explainer is None:
             return Health(status="loading")
-        return Health(status="ready", details={"index": str(explainer.store.path), "n_examples": explainer.store.n})
+        cache: ExplanationCache = request.app.state.cache
+        return Health(
+            status="ready",
+            details={
+                "index": str(explainer.store.path),
+                "n_examples": explainer.store.n,
+                "cache": await asyncio.to_thread(cache.check),  # "off", "ok" or "down: ..." (never unready)
+            },
+        )
 
     return app
 

@@ -22,6 +22,10 @@ class ApiSettings(BaseSettings):
     pool_size: int = Field(100, ge=1, description="candidate pool m of the selection strategies")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     batch_size: int = Field(16, ge=1, description="examples per forward/backward")
+    redis_url: str | None = Field(
+        None, description="Redis for the explanation cache (unset: no cache; the service never needs it)"
+    )
+    cache_ttl_s: int = Field(3600, ge=1, description="seconds a cached explanation is kept")
     admin_key_sha256: str | None = Field(
         None,
         description="sha256 hex of the admin key that POST /v1/admin/reload requires in X-Admin-Key "
