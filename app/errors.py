@@ -16,6 +16,7 @@ from exemplar.errors import (
     IndexIncompatibleError,
     InvalidInputError,
     NotFoundError,
+    UnavailableError,
 )
 
 log = logging.getLogger("exemplar.api")
@@ -26,6 +27,7 @@ STATUS: dict[type[ExemplarError], tuple[int, str]] = {
     CapacityError: (413, "capacity"),
     IndexIncompatibleError: (409, "index_incompatible"),
     AuthenticationError: (401, "unauthorized"),
+    UnavailableError: (503, "unavailable"),
 }
 
 

@@ -28,7 +28,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.cache import ExplanationCache, index_version, request_key
 from app.errors import error_response, install_error_handlers
-from app.schemas import ErrorBody, ExampleOut, ExplainRequest, ExplainResponse, Health
+from app.jobs import JobQueue
+from app.schemas import (
+    ErrorBody,
+    ExampleOut,
+    ExplainRequest,
+    ExplainResponse,
+    Health,
+    JobRequest,
+    JobStatus,
+    QueryFields,
+)
 from app.settings import ApiSettings
 from exemplar.errors import AuthenticationError, ExemplarError, InvalidInputError
 from exemplar.explain import ExplainConfig, Explainer, ExplainOptions, Explanation
@@ -125,6 +135,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
 
             await asyncio.get_running_loop().run_in_executor(executor, torch.set_num_threads, settings.torch_threads)
         app.state.cache = ExplanationCache(settings.redis_url, settings.cache_ttl_s)
+        app.state.jobs = JobQueue(settings.redis_url, settings.queue, settings.job_result_ttl_s, settings.job_retries)
         app.state.explainer = explainer
         if app.state.explainer is None:
             config = ExplainConfig(pool_size=settings.pool_size, max_k=settings.max_k)
@@ -161,6 +172,24 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
     async def in_executor(request: Request, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(request.app.state.executor, fn)
 
+    def to_query(body: QueryFields, task: str, where: str = "") -> Example:
+        """The query as an Example, checked against the served index's task and the length limit."""
+        for name in ("text", "prompt", "response"):
+            value = getattr(body, name)
+            if value is not None and len(value) > settings.max_text_chars:
+                raise InvalidInputError(f"{where}{name}: longer than {settings.max_text_chars} characters; shorten it")
+        if task == "classification":
+            if body.text is None:
+                raise InvalidInputError(
+                    f"{where}this index serves a classifier: send 'text' (and optionally 'label'), not prompt/response"
+                )
+            return Example(text=body.text, label=body.label)
+        if body.prompt is None:
+            raise InvalidInputError(
+                f"{where}this index serves a causal LM: send 'prompt' and 'response', not text/label"
+            )
+        return Example(prompt=body.prompt, response=body.response)
+
     @app.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS, tags=["explain"])
     async def explain(body: ExplainRequest, request: Request, response: Response) -> Any:
         """Explain one output with k training examples, their simplex weights and the score in dB.
@@ -177,20 +206,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             if cached is not None:
                 return JSONResponse(cached, headers={"X-Cache": "hit"})
         response.headers["X-Cache"] = "miss" if cache.enabled else "off"
-        for name in ("text", "prompt", "response"):
-            value = getattr(body, name)
-            if value is not None and len(value) > settings.max_text_chars:
-                raise InvalidInputError(f"{name}: longer than {settings.max_text_chars} characters; shorten it")
-        if manifest.task == "classification":
-            if body.text is None:
-                raise InvalidInputError(
-                    "this index serves a classifier: send 'text' (and optionally 'label'), not prompt/response"
-                )
-            query = Example(text=body.text, label=body.label)
-        else:
-            if body.prompt is None:
-                raise InvalidInputError("this index serves a causal LM: send 'prompt' and 'response', not text/label")
-            query = Example(prompt=body.prompt, response=body.response)
+        query = to_query(body, manifest.task)
         options = ExplainOptions(
             k=body.k,
             strategy=body.strategy,
@@ -217,6 +233,35 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
     async def describe_index(request: Request) -> dict[str, Any]:
         """The served index's manifest summary."""
         return get_explainer(request).store.manifest.summary()
+
+    @app.post("/v1/jobs", response_model=JobStatus, status_code=202, responses=ERRORS, tags=["jobs"])
+    async def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
+        """Explain up to 1000 queries with the same options on a worker; returns the job at once.
+
+        Poll `GET /v1/jobs/{id}` for progress and results (kept `EXEMPLAR_JOB_RESULT_TTL_S`
+        seconds, default one day). Needs Redis (`EXEMPLAR_REDIS_URL`) and a running
+        `exemplar-worker`; a worker that dies mid-job does not lose it (it is retried).
+        """
+        explainer = get_explainer(request)
+        task = explainer.store.manifest.task
+        for i, q in enumerate(body.queries):
+            to_query(q, task, where=f"queries.{i}: ")
+        queries = [q.model_dump(exclude_none=True) for q in body.queries]
+        jobs: JobQueue = request.app.state.jobs
+        index_dir = str(explainer.store.path.resolve())
+        return await asyncio.to_thread(jobs.submit, index_dir, queries, body.options.model_dump())
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS, tags=["jobs"])
+    async def job_status(job_id: str, request: Request) -> dict[str, Any]:
+        """A batch job's status and progress, with its results once finished."""
+        jobs: JobQueue = request.app.state.jobs
+        return await asyncio.to_thread(jobs.status, job_id)
+
+    @app.delete("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS, tags=["jobs"])
+    async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
+        """Cancel a queued job or stop a running one (a finished job is returned unchanged)."""
+        jobs: JobQueue = request.app.state.jobs
+        return await asyncio.to_thread(jobs.cancel, job_id)
 
     @app.post("/v1/admin/reload", responses=ERRORS, tags=["admin"])
     async def reload_index(request: Request) -> dict[str, Any]:

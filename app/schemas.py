@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
@@ -12,7 +12,7 @@ Ordering = Literal["most_influential", "least_influential", "most_helpful", "mos
 Solver = Literal["paper", "exact"]
 
 
-class ExplainRequest(BaseModel):
+class QueryFields(BaseModel):
     """A query: `text` (+ optional `label`) for a classifier index, `prompt` + `response` for a causal LM."""
 
     model_config = ConfigDict(extra="forbid")
@@ -23,6 +23,25 @@ class ExplainRequest(BaseModel):
     )
     prompt: str | None = Field(None, min_length=1, description="causal LM: the prompt")
     response: str | None = Field(None, min_length=1, description="causal LM: the response to explain (teacher-forced)")
+
+    @model_validator(mode="after")
+    def one_query_form(self) -> Self:
+        has_text = self.text is not None
+        has_pair = self.prompt is not None or self.response is not None
+        if has_text == has_pair:
+            raise ValueError("send either 'text' (and optionally 'label') or both 'prompt' and 'response'")
+        if has_pair and (self.prompt is None or self.response is None):
+            raise ValueError("'prompt' and 'response' must both be given")
+        if self.label is not None and not has_text:
+            raise ValueError("'label' goes with 'text' (classification); causal-LM queries use 'prompt' and 'response'")
+        return self
+
+
+class OptionFields(BaseModel):
+    """How to explain: k, strategy, estimator and their parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
     k: int = Field(5, ge=1, le=50, description="number of training examples to return")
     strategy: Strategy = Field(
         "balanced",
@@ -53,17 +72,36 @@ class ExplainRequest(BaseModel):
     lam: float = Field(1.0, ge=0.0, le=1.0, description="balanced only: 1 = pure coverage of the pool, 0 = top-k")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random only: the seed")
 
-    @model_validator(mode="after")
-    def one_query_form(self) -> ExplainRequest:
-        has_text = self.text is not None
-        has_pair = self.prompt is not None or self.response is not None
-        if has_text == has_pair:
-            raise ValueError("send either 'text' (and optionally 'label') or both 'prompt' and 'response'")
-        if has_pair and (self.prompt is None or self.response is None):
-            raise ValueError("'prompt' and 'response' must both be given")
-        if self.label is not None and not has_text:
-            raise ValueError("'label' goes with 'text' (classification); causal-LM queries use 'prompt' and 'response'")
-        return self
+
+class ExplainRequest(QueryFields, OptionFields):
+    """A query and how to explain it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+MAX_JOB_QUERIES = 1000
+
+
+class JobRequest(BaseModel):
+    """A batch of queries explained with the same options by a worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[QueryFields] = Field(min_length=1, max_length=MAX_JOB_QUERIES, description="1..1000 queries")
+    options: OptionFields = Field(default_factory=OptionFields, description="explanation options for every query")
+
+
+class JobStatus(BaseModel):
+    """A batch job: its state, progress and, once finished, one result (or error) per query."""
+
+    id: str
+    status: str = Field(description="queued | started | finished | failed | canceled | stopped | scheduled | deferred")
+    done: int = Field(0, description="queries explained so far")
+    total: int
+    results: list[dict[str, Any]] | None = Field(None, description="when finished: per query, an explanation or error")
+    error: str | None = Field(None, description="when failed: why")
+    created_at: str | None = None
+    ended_at: str | None = None
 
 
 class ExampleOut(BaseModel):

@@ -26,6 +26,9 @@ class ApiSettings(BaseSettings):
         None, description="Redis for the explanation cache (unset: no cache; the service never needs it)"
     )
     cache_ttl_s: int = Field(3600, ge=1, description="seconds a cached explanation is kept")
+    queue: str = Field("exemplar", description="RQ queue of batch jobs (exemplar-worker --queue)")
+    job_result_ttl_s: int = Field(86_400, ge=60, description="seconds a batch job's results are kept")
+    job_retries: int = Field(2, ge=0, description="re-runs of a batch job that failed or lost its worker")
     admin_key_sha256: str | None = Field(
         None,
         description="sha256 hex of the admin key that POST /v1/admin/reload requires in X-Admin-Key "

@@ -23,3 +23,7 @@ class CapacityError(ExemplarError):
 
 class AuthenticationError(ExemplarError):
     """Missing or wrong credentials for a protected operation."""
+
+
+class UnavailableError(ExemplarError):
+    """A backing service the operation needs (e.g. Redis for batch jobs) is not configured or not reachable."""

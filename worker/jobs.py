@@ -38,7 +38,11 @@ def explain_batch(
         raise InvalidInputError(f"unknown explanation option: {exc}") from exc
     fields = ("text", "label") if explainer.store.manifest.task == "classification" else ("prompt", "response")
     results: list[dict[str, Any]] = []
+    job = _current_job()
     for i, query in enumerate(queries):
+        if job is not None:  # progress for GET /v1/jobs/{id}
+            job.meta.update(done=i, total=len(queries))
+            job.save_meta()
         try:
             if not isinstance(query, dict) or set(query) - set(fields):
                 raise InvalidInputError(f"query {i}: expected an object with fields {', '.join(fields)}")
@@ -50,6 +54,13 @@ def explain_batch(
         except ExemplarError as exc:
             results.append({"error": str(exc), "error_type": type(exc).__name__})
     return results
+
+
+def _current_job() -> Any:
+    """The RQ job being run, or None when called directly."""
+    from rq import get_current_job
+
+    return get_current_job()
 
 
 def build_shard(spec: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:

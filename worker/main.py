@@ -63,7 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     connection = Redis.from_url(settings.redis_url)
     queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
     worker = _worker_class(Worker)(
-        [queue], connection=connection, serializer=JSONSerializer, job_monitoring_interval=settings.heartbeat
+        [queue],
+        connection=connection,
+        serializer=JSONSerializer,
+        job_monitoring_interval=settings.heartbeat,
+        maintenance_interval=settings.heartbeat,  # retries abandoned jobs soon after their heartbeat expires
     )
     worker.work(burst=args.burst)
 

@@ -1,0 +1,114 @@
+"""Batch jobs over RQ (JSON payloads): submit, poll with progress, cancel. Run by `exemplar-worker`.
+
+A job is `worker.jobs.explain_batch(index_dir, queries, options)` with `Retry(max=retries)`:
+a worker killed mid-job stops heartbeating, and RQ's started-job registry cleanup (run by
+workers' maintenance and on every status poll here) puts the job back on the queue, so an
+accepted job is never lost. Results (and failures) are kept `result_ttl_s` seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exemplar.errors import NotFoundError, UnavailableError
+
+JOB_FUNCTION = "worker.jobs.explain_batch"
+
+
+class JobQueue:
+    """The API's side of batch jobs; every method is blocking (run it in a thread)."""
+
+    def __init__(self, redis_url: str | None, queue: str, result_ttl_s: int, retries: int = 2) -> None:
+        self.redis_url = redis_url
+        self.queue_name = queue
+        self.result_ttl_s = result_ttl_s
+        self.retries = retries
+
+    def _queue(self) -> Any:
+        from redis import Redis
+        from redis.exceptions import RedisError
+        from rq import Queue
+        from rq.serializers import JSONSerializer
+
+        if not self.redis_url:
+            raise UnavailableError("batch jobs need Redis: set EXEMPLAR_REDIS_URL and run exemplar-worker")
+        try:
+            connection = Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=5)
+            connection.ping()
+        except RedisError as exc:
+            raise UnavailableError(
+                f"Redis for batch jobs is unreachable ({type(exc).__name__}); try again later"
+            ) from exc
+        return Queue(self.queue_name, connection=connection, serializer=JSONSerializer)
+
+    def submit(self, index_dir: str, queries: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
+        from rq import Retry
+
+        queue = self._queue()
+        job = queue.enqueue(
+            JOB_FUNCTION,
+            index_dir,
+            queries,
+            options,
+            retry=Retry(max=self.retries) if self.retries > 0 else None,
+            result_ttl=self.result_ttl_s,
+            failure_ttl=self.result_ttl_s,
+            ttl=self.result_ttl_s,  # longest wait in the queue
+            meta={"done": 0, "total": len(queries)},
+            description=f"explain {len(queries)} queries",
+        )
+        return self._describe(job)
+
+    def _fetch(self, job_id: str) -> Any:
+        queue = self._queue()
+        queue.started_job_registry.cleanup()  # re-enqueue jobs whose worker died (heartbeat expired)
+        job = queue.fetch_job(job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r} (unknown, or its results expired after {self.result_ttl_s} s)")
+        return job
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._describe(self._fetch(job_id))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued job or stop a running one; a finished job is left as it is."""
+        from rq.command import send_stop_job_command
+        from rq.exceptions import InvalidJobOperation
+        from rq.job import JobStatus
+
+        job = self._fetch(job_id)
+        status = job.get_status()
+        try:
+            if status == JobStatus.STARTED:
+                send_stop_job_command(job.connection, job.id, serializer=job.serializer)
+            elif status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+                job.cancel()
+        except InvalidJobOperation:
+            pass  # it finished in between
+        return self._describe(job)
+
+    @staticmethod
+    def _describe(job: Any) -> dict[str, Any]:
+        from rq.job import JobStatus
+
+        job.refresh()
+        status = job.get_status()
+        meta = job.meta or {}
+        out: dict[str, Any] = {
+            "id": job.id,
+            "status": str(status.value if status is not None else "expired"),
+            "done": int(meta.get("done", 0)),
+            "total": int(meta.get("total", 0)),
+            "results": None,
+            "error": None,
+            "created_at": job.created_at.isoformat() if job.created_at else None,
+            "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+        }
+        if status == JobStatus.FINISHED:
+            out["results"] = job.return_value()
+            out["done"] = out["total"]
+        elif status == JobStatus.FAILED:
+            result = job.latest_result()
+            lines = (result.exc_string or "").strip().splitlines() if result else []
+            out["error"] = lines[-1] if lines else "the job failed"
+        return out
