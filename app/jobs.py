@@ -59,6 +59,13 @@ class JobQueue:
         )
         return self._describe(job)
 
+    def depth(self) -> int | None:
+        """Jobs waiting in the queue; None without Redis (metrics must not fail)."""
+        try:
+            return int(self._queue().count)
+        except UnavailableError:
+            return None
+
     def _fetch(self, job_id: str) -> Any:
         queue = self._queue()
         queue.started_job_registry.cleanup()  # re-enqueue jobs whose worker died (heartbeat expired)

@@ -14,6 +14,7 @@ import hmac
 import logging
 import math
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.cache import ExplanationCache, index_version, request_key
 from app.errors import error_response, install_error_handlers
 from app.jobs import JobQueue
+from app.observability import REQUEST_ID, Metrics, configure_logging
 from app.schemas import (
     ErrorBody,
     ExampleOut,
@@ -154,14 +157,35 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    metrics = Metrics()
+    app.state.metrics = metrics
 
     @app.middleware("http")
     async def add_request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         given = request.headers.get("x-request-id", "")
         request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request.state.request_id
-        return response
+        token = REQUEST_ID.set(request.state.request_id)
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+            response.headers["X-Request-ID"] = request.state.request_id
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            seconds = time.perf_counter() - started
+            metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+            metrics.latency.labels(route).observe(seconds)
+            log.info(
+                "request",
+                extra={
+                    "request_id": request.state.request_id,
+                    "method": request.method,
+                    "route": route,
+                    "status": response.status_code,
+                    "ms": round(seconds * 1e3, 3),
+                },
+            )
+            return response
+        finally:
+            REQUEST_ID.reset(token)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
@@ -203,6 +227,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         key = request_key(index_version(manifest), body.model_dump(mode="json"))
         if cache.enabled:
             cached = await asyncio.to_thread(cache.get, key)
+            metrics.cache.labels("miss" if cached is None else "hit").inc()
             if cached is not None:
                 return JSONResponse(cached, headers={"X-Cache": "hit"})
         response.headers["X-Cache"] = "miss" if cache.enabled else "off"
@@ -218,6 +243,9 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             solver=body.solver,
         )
         result = await in_executor(request, lambda: explainer.explain(query, options))
+        metrics.batch_size.observe(1)
+        for stage, ms in result.timings_ms.items():
+            metrics.stage.labels(stage).observe(ms / 1e3)
         out = to_response(result, body.k, manifest.summary())
         if cache.enabled:
             await asyncio.to_thread(cache.set, key, out.model_dump(mode="json"))
@@ -284,6 +312,17 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         log.info("reloaded index %s: %d -> %d examples", fresh.store.path, previous.store.n, fresh.store.n)
         return {"previous": previous.store.manifest.summary(), "index": fresh.store.manifest.summary()}
 
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def prometheus_metrics(request: Request) -> Response:
+        """Prometheus metrics: requests by route and status, latencies per route and stage, cache, job queue."""
+        cache: ExplanationCache = request.app.state.cache
+        metrics.cache_up.set(1 if cache.state == "ok" else 0)
+        jobs: JobQueue = request.app.state.jobs
+        depth = await asyncio.to_thread(jobs.depth)
+        if depth is not None:
+            metrics.queue_depth.set(depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:
         """Liveness: the process answers."""
@@ -329,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         if v is not None
     }
     settings = ApiSettings(**overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     if settings.torch_threads:
         import torch
 
@@ -339,4 +378,6 @@ def main(argv: list[str] | None = None) -> None:
         explainer = Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size)
     except ExemplarError as exc:
         parser.exit(2, f"exemplar-api: error: {exc}\n")
-    uvicorn.run(create_app(settings, explainer), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings, explainer), host=settings.host, port=settings.port, log_level="info", log_config=None
+    )

@@ -165,3 +165,26 @@ def test_reload_serves_an_appended_index_and_needs_the_admin_key(tmp_path: Path,
         broken = c.post("/v1/admin/reload", headers={"X-Admin-Key": "s3cret"})
         assert 400 <= broken.status_code < 500, broken.text
         assert c.post("/v1/explain", json={"text": "still served", "k": 3}).status_code == 200
+
+
+def test_metrics_count_requests_by_route_and_stage(client: TestClient) -> None:
+    assert client.post("/v1/explain", json={"text": "the cat sat", "k": 2}).status_code == 200
+    assert client.get("/v1/examples/does-not-exist").status_code == 404
+    text = client.get("/metrics").text
+    assert 'exemplar_requests_total{method="POST",route="/v1/explain",status="200"}' in text
+    assert 'exemplar_requests_total{method="GET",route="/v1/examples/{example_id:path}",status="404"}' in text
+    assert 'exemplar_stage_seconds_count{stage="gradient"}' in text
+    assert "exemplar_cache_up 0.0" in text  # no Redis configured
+
+
+def test_json_logs_carry_the_request_id(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import logging
+
+    from app.observability import JsonFormatter
+
+    with caplog.at_level(logging.INFO, logger="exemplar.api"):
+        r = client.get("/v1/examples/nope", headers={"X-Request-ID": "trace-123"})
+    assert r.json()["request_id"] == "trace-123"
+    lines = [json.loads(JsonFormatter().format(rec)) for rec in caplog.records if rec.getMessage() == "request"]
+    assert any(line["request_id"] == "trace-123" and line["status"] == 404 for line in lines)
