@@ -8,11 +8,13 @@ accepted job is never lost. Results (and failures) are kept `result_ttl_s` secon
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from exemplar.errors import NotFoundError, UnavailableError
 
 JOB_FUNCTION = "worker.jobs.explain_batch"
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what RQ accepts as a job id
 
 
 class JobQueue:
@@ -67,6 +69,8 @@ class JobQueue:
             return None
 
     def _fetch(self, job_id: str) -> Any:
+        if not _JOB_ID.fullmatch(job_id):
+            raise NotFoundError(f"no job {job_id!r}: job ids are the 'id' POST /v1/jobs returned")
         queue = self._queue()
         queue.started_job_registry.cleanup()  # re-enqueue jobs whose worker died (heartbeat expired)
         job = queue.fetch_job(job_id)

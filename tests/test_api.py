@@ -188,3 +188,14 @@ def test_json_logs_carry_the_request_id(client: TestClient, caplog: pytest.LogCa
     assert r.json()["request_id"] == "trace-123"
     lines = [json.loads(JsonFormatter().format(rec)) for rec in caplog.records if rec.getMessage() == "request"]
     assert any(line["request_id"] == "trace-123" and line["status"] == 404 for line in lines)
+
+
+def test_committed_openapi_matches_the_live_spec() -> None:
+    import json
+
+    from app.openapi import spec
+
+    committed = json.loads((Path(__file__).resolve().parent.parent / "docs" / "openapi.json").read_text())
+    assert committed == json.loads(json.dumps(spec())), (
+        "the API changed: regenerate with `.venv/bin/python -m app.openapi > docs/openapi.json`"
+    )

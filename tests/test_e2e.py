@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -33,6 +34,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def serve(index: Path, log: Path, **env: str) -> Iterator[str]:
+    """A real `exemplar-api` process on a free loopback port; its log must hold no traceback."""
+    port = free_port()
+    with log.open("w") as log_file:
+        proc = subprocess.Popen(
+            [BIN / "exemplar-api", "--index", str(index), "--port", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**ENV, **env},
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    pytest.fail(f"server exited: {log.read_text()}")
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.3)
+            else:
+                pytest.fail("server not ready within 120 s")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert "Traceback" not in log.read_text()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, causal_adapter_dir: Path, causal_data: Path) -> Iterator[str]:
     out = tmp_path_factory.mktemp("e2e") / "index"
@@ -41,34 +73,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, causal_adapter_dir: Path, c
     )
     assert built.returncode == 0, built.stderr
     assert "24 examples" in built.stdout
-    port = free_port()
-    log = out.parent / "server.log"
-    log_file = log.open("w")
-    proc = subprocess.Popen(
-        [BIN / "exemplar-api", "--index", str(out), "--port", str(port)],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env=ENV,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {log.read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
-        else:
-            pytest.fail("server not ready within 120 s")
+    with serve(out, out.parent / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log_file.close()
-        assert "Traceback" not in log.read_text()
 
 
 def test_explain_over_http(server: str) -> None:
