@@ -16,6 +16,7 @@ from exemplar.errors import (
     IndexIncompatibleError,
     InvalidInputError,
     NotFoundError,
+    RateLimitedError,
     UnavailableError,
 )
 
@@ -28,6 +29,7 @@ STATUS: dict[type[ExemplarError], tuple[int, str]] = {
     IndexIncompatibleError: (409, "index_incompatible"),
     AuthenticationError: (401, "unauthorized"),
     UnavailableError: (503, "unavailable"),
+    RateLimitedError: (429, "rate_limited"),
 }
 
 
@@ -53,7 +55,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ExemplarError)
     async def exemplar_error(request: Request, exc: ExemplarError) -> JSONResponse:
         status, error_type = next((v for cls, v in STATUS.items() if isinstance(exc, cls)), (500, "internal"))
-        return error_response(request, status, error_type, str(exc))
+        response = error_response(request, status, error_type, str(exc))
+        if isinstance(exc, RateLimitedError):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

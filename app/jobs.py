@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from exemplar.errors import NotFoundError, UnavailableError
+from exemplar.errors import NotFoundError, RateLimitedError, UnavailableError
 
 JOB_FUNCTION = "worker.jobs.explain_batch"
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what RQ accepts as a job id
@@ -20,11 +20,21 @@ _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what RQ accepts as a job id
 class JobQueue:
     """The API's side of batch jobs; every method is blocking (run it in a thread)."""
 
-    def __init__(self, redis_url: str | None, queue: str, result_ttl_s: int, retries: int = 2) -> None:
+    def __init__(
+        self,
+        redis_url: str | None,
+        queue: str,
+        result_ttl_s: int,
+        retries: int = 2,
+        max_active_per_owner: int = 4,
+        check_owner: bool = False,
+    ) -> None:
         self.redis_url = redis_url
         self.queue_name = queue
         self.result_ttl_s = result_ttl_s
         self.retries = retries
+        self.max_active_per_owner = max_active_per_owner
+        self.check_owner = check_owner  # with API keys, a key sees only its own jobs
 
     def _queue(self) -> Any:
         from redis import Redis
@@ -43,10 +53,26 @@ class JobQueue:
             ) from exc
         return Queue(self.queue_name, connection=connection, serializer=JSONSerializer)
 
-    def submit(self, index_dir: str, queries: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
+    def submit(
+        self, index_dir: str, queries: list[dict[str, Any]], options: dict[str, Any], owner: str = "anonymous"
+    ) -> dict[str, Any]:
         from rq import Retry
+        from rq.job import JobStatus
 
         queue = self._queue()
+        active_key = f"exemplar:jobs:active:{owner}"
+        members = [m.decode() for m in queue.connection.smembers(active_key)]
+        for job_id in members:
+            old = queue.fetch_job(job_id)
+            status = old.get_status() if old is not None else None
+            if status not in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+                queue.connection.srem(active_key, job_id)
+        if queue.connection.scard(active_key) >= self.max_active_per_owner:
+            raise RateLimitedError(
+                f"{self.max_active_per_owner} batch jobs of this client are queued or running; "
+                "wait for one to finish or cancel one",
+                retry_after=10,
+            )
         job = queue.enqueue(
             JOB_FUNCTION,
             index_dir,
@@ -56,9 +82,11 @@ class JobQueue:
             result_ttl=self.result_ttl_s,
             failure_ttl=self.result_ttl_s,
             ttl=self.result_ttl_s,  # longest wait in the queue
-            meta={"done": 0, "total": len(queries)},
+            meta={"done": 0, "total": len(queries), "owner": owner},
             description=f"explain {len(queries)} queries",
         )
+        queue.connection.sadd(active_key, job.id)
+        queue.connection.expire(active_key, self.result_ttl_s)
         return self._describe(job)
 
     def depth(self) -> int | None:
@@ -68,26 +96,28 @@ class JobQueue:
         except UnavailableError:
             return None
 
-    def _fetch(self, job_id: str) -> Any:
+    def _fetch(self, job_id: str, owner: str) -> Any:
         if not _JOB_ID.fullmatch(job_id):
             raise NotFoundError(f"no job {job_id!r}: job ids are the 'id' POST /v1/jobs returned")
         queue = self._queue()
         queue.started_job_registry.cleanup()  # re-enqueue jobs whose worker died (heartbeat expired)
         job = queue.fetch_job(job_id)
+        if job is not None and self.check_owner and (job.meta or {}).get("owner") != owner:
+            job = None  # another key's job: do not reveal that it exists
         if job is None:
             raise NotFoundError(f"no job {job_id!r} (unknown, or its results expired after {self.result_ttl_s} s)")
         return job
 
-    def status(self, job_id: str) -> dict[str, Any]:
-        return self._describe(self._fetch(job_id))
+    def status(self, job_id: str, owner: str = "anonymous") -> dict[str, Any]:
+        return self._describe(self._fetch(job_id, owner))
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str, owner: str = "anonymous") -> dict[str, Any]:
         """Cancel a queued job or stop a running one; a finished job is left as it is."""
         from rq.command import send_stop_job_command
         from rq.exceptions import InvalidJobOperation
         from rq.job import JobStatus
 
-        job = self._fetch(job_id)
+        job = self._fetch(job_id, owner)
         status = job.get_status()
         try:
             if status == JobStatus.STARTED:

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,6 +42,7 @@ from app.schemas import (
     JobStatus,
     QueryFields,
 )
+from app.security import RateLimiter, authenticate
 from app.settings import ApiSettings
 from exemplar.errors import AuthenticationError, ExemplarError, InvalidInputError
 from exemplar.explain import ExplainConfig, Explainer, ExplainOptions, Explanation
@@ -50,7 +51,7 @@ from exemplar.tasks import Example
 
 log = logging.getLogger("exemplar.api")
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 500, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429, 500, 503)
 }
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -140,7 +141,15 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
 
             await asyncio.get_running_loop().run_in_executor(executor, torch.set_num_threads, settings.torch_threads)
         app.state.cache = ExplanationCache(settings.redis_url, settings.cache_ttl_s)
-        app.state.jobs = JobQueue(settings.redis_url, settings.queue, settings.job_result_ttl_s, settings.job_retries)
+        app.state.jobs = JobQueue(
+            settings.redis_url,
+            settings.queue,
+            settings.job_result_ttl_s,
+            settings.job_retries,
+            max_active_per_owner=settings.max_jobs_per_key,
+            check_owner=bool(settings.api_keys),
+        )
+        app.state.limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_minute)
         app.state.explainer = explainer
         if app.state.explainer is None:
             config = ExplainConfig(pool_size=settings.pool_size, max_k=settings.max_k)
@@ -191,6 +200,15 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
+    async def guard(request: Request) -> str:
+        """API key (when configured) and the key's rate limit; the key's name is the client."""
+        name = authenticate(request.headers, settings.api_keys)
+        request.state.client = name
+        await asyncio.to_thread(request.app.state.limiter.check, name)
+        return name
+
+    protected = [Depends(guard)]
+
     def get_explainer(request: Request) -> Explainer:
         explainer: Explainer = request.app.state.explainer
         return explainer
@@ -216,7 +234,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             )
         return Example(prompt=body.prompt, response=body.response)
 
-    @app.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS, tags=["explain"])
+    @app.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS, tags=["explain"], dependencies=protected)
     async def explain(body: ExplainRequest, request: Request, response: Response) -> Any:
         """Explain one output with k training examples, their simplex weights and the score in dB.
 
@@ -253,18 +271,26 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             await asyncio.to_thread(cache.set, key, out.model_dump(mode="json"))
         return out
 
-    @app.get("/v1/examples/{example_id:path}", response_model=ExampleOut, responses=ERRORS, tags=["examples"])
+    @app.get(
+        "/v1/examples/{example_id:path}",
+        response_model=ExampleOut,
+        responses=ERRORS,
+        tags=["examples"],
+        dependencies=protected,
+    )
     async def get_example(example_id: str, request: Request) -> ExampleOut:
         """One training example of the served index, by id."""
         explainer = get_explainer(request)
         return to_example_out(await in_executor(request, lambda: explainer.store.example_by_id(example_id)))
 
-    @app.get("/v1/index", tags=["index"])
+    @app.get("/v1/index", tags=["index"], dependencies=protected)
     async def describe_index(request: Request) -> dict[str, Any]:
         """The served index's manifest summary."""
         return get_explainer(request).store.manifest.summary()
 
-    @app.post("/v1/jobs", response_model=JobStatus, status_code=202, responses=ERRORS, tags=["jobs"])
+    @app.post(
+        "/v1/jobs", response_model=JobStatus, status_code=202, responses=ERRORS, tags=["jobs"], dependencies=protected
+    )
     async def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
         """Explain up to 1000 queries with the same options on a worker; returns the job at once.
 
@@ -279,19 +305,20 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         queries = [q.model_dump(exclude_none=True) for q in body.queries]
         jobs: JobQueue = request.app.state.jobs
         index_dir = str(explainer.store.path.resolve())
-        return await asyncio.to_thread(jobs.submit, index_dir, queries, body.options.model_dump())
+        owner = request.state.client
+        return await asyncio.to_thread(jobs.submit, index_dir, queries, body.options.model_dump(), owner)
 
-    @app.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS, tags=["jobs"])
+    @app.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS, tags=["jobs"], dependencies=protected)
     async def job_status(job_id: str, request: Request) -> dict[str, Any]:
         """A batch job's status and progress, with its results once finished."""
         jobs: JobQueue = request.app.state.jobs
-        return await asyncio.to_thread(jobs.status, job_id)
+        return await asyncio.to_thread(jobs.status, job_id, request.state.client)
 
-    @app.delete("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS, tags=["jobs"])
+    @app.delete("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS, tags=["jobs"], dependencies=protected)
     async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
         """Cancel a queued job or stop a running one (a finished job is returned unchanged)."""
         jobs: JobQueue = request.app.state.jobs
-        return await asyncio.to_thread(jobs.cancel, job_id)
+        return await asyncio.to_thread(jobs.cancel, job_id, request.state.client)
 
     @app.post("/v1/admin/reload", responses=ERRORS, tags=["admin"])
     async def reload_index(request: Request) -> dict[str, Any]:

@@ -29,6 +29,13 @@ class ApiSettings(BaseSettings):
     queue: str = Field("exemplar", description="RQ queue of batch jobs (exemplar-worker --queue)")
     job_result_ttl_s: int = Field(86_400, ge=60, description="seconds a batch job's results are kept")
     job_retries: int = Field(2, ge=0, description="re-runs of a batch job that failed or lost its worker")
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="API key name -> sha256 hex of the key, as JSON (empty: no key needed). "
+        "Clients send 'Authorization: Bearer <key>' or 'X-API-Key'",
+    )
+    rate_limit_per_minute: int = Field(600, ge=0, description="requests per key per minute (Redis; 0: no limit)")
+    max_jobs_per_key: int = Field(4, ge=1, description="queued + running batch jobs one key may have")
     admin_key_sha256: str | None = Field(
         None,
         description="sha256 hex of the admin key that POST /v1/admin/reload requires in X-Admin-Key "

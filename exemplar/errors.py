@@ -27,3 +27,11 @@ class AuthenticationError(ExemplarError):
 
 class UnavailableError(ExemplarError):
     """A backing service the operation needs (e.g. Redis for batch jobs) is not configured or not reachable."""
+
+
+class RateLimitedError(ExemplarError):
+    """Too many requests or jobs for a client right now; ``retry_after`` says when to come back."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
