@@ -4,8 +4,12 @@ Modes, each in its own subprocess so that peak RSS is its own:
 - plain: a batched forward + backward of the same model, batches and threads, with the same
   parameters requiring grad (the floor: no projection at all);
 - ours: `KroneckerFeaturizer` (per-layer two-sided projection inside the backward pass);
-- naive: per-example autograd gradients of a parameter subset small enough to fit, then
-  TRAK's dense `BasicProjector` (PyPI `traker`) to the same number of dims;
+- naive: per-example autograd gradients of the SAME parameters as ours, then TRAK's dense
+  `BasicProjector` (PyPI `traker`) to the same number of dims. The dense matrix
+  (params x dims) does not fit in memory, so BasicProjector generates it block by block at
+  every `project` call; all naive examples are projected in one call to amortise that;
+- naive-subset: the same route on a parameter subset small enough for a quick run (the
+  `--quick` comparison; 2.7 % of MiniLM's tracked parameters, 2 of SmolLM2's 30 LoRA layers);
 - bergson: EleutherAI Bergson's in-memory projected per-example gradient collection
   (`benchmarks/bergson_featurize.py`), in its own virtual environment `.venv-bergson`
   (`make bergson`); skipped when that is not installed.
@@ -14,7 +18,7 @@ Modes, each in its own subprocess so that peak RSS is its own:
     .venv/bin/python benchmarks/featurize.py --model tweets --model chat
 
 The last line is `featurize: vs_plain=<ours/plain> vs_naive=<ours/naive> peak_rss_mb=<ours>`
-(ratios of examples/s) for the first model, with ` vs_bergson=<ours/bergson>` appended when
+(ratios of examples/s) for the first model (naive = naive-subset with --quick), with ` vs_bergson=<ours/bergson>` appended when
 Bergson ran.
 """
 
@@ -65,7 +69,7 @@ def run_mode(mode: str, demo: str, n: int, threads: int) -> dict[str, float]:
     index_dir = prepare(demo, Path(".cache/demos"))
     m = read_manifest(index_dir)
     loaded = load_model(m.model_dir, m.task, m.adapter_dir)
-    params = m.params if mode != "naive" else NAIVE_PARAMS[m.task]
+    params = NAIVE_PARAMS[m.task] if mode == "naive-subset" else m.params
     featurizer = build_featurizer(loaded, ProjectionConfig(params=params, proj_dim=m.proj_dim, seed=0), m.max_length)
     examples = _examples(index_dir, n)
     encoded = [featurizer.task.encode(e) for e in examples]
@@ -85,7 +89,8 @@ def run_mode(mode: str, demo: str, n: int, threads: int) -> dict[str, float]:
 
         weights = [mod.weight for _, mod in featurizer.layers]
         grad_dim = sum(w.numel() for w in weights)
-        projector = BasicProjector(grad_dim, m.dims, 0, ProjectionType.normal, torch.device("cpu"))
+        block = max(1, min(100, int(2e9 / 4 / grad_dim)))  # a generated block of <= 2 GB
+        projector = BasicProjector(grad_dim, m.dims, 0, ProjectionType.normal, torch.device("cpu"), block_size=block)
         chunk: list[torch.Tensor] = []
         for enc in encoded:
             batch = featurizer.task.collate([enc])
@@ -100,9 +105,6 @@ def run_mode(mode: str, demo: str, n: int, threads: int) -> dict[str, float]:
                     ]
                 )
             )
-            if len(chunk) == 16:
-                projector.project(torch.stack(chunk), model_id=0)
-                chunk = []
         if chunk:
             projector.project(torch.stack(chunk), model_id=0)
     seconds = time.perf_counter() - started
@@ -111,7 +113,7 @@ def run_mode(mode: str, demo: str, n: int, threads: int) -> dict[str, float]:
         "tokens_per_s": tokens / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "params": float(sum(mod.weight.numel() for _, mod in featurizer.layers)),
-        "dims": float(featurizer.dims if mode != "naive" else m.dims),
+        "dims": float(featurizer.dims if mode in ("ours", "plain") else m.dims),
     }
 
 
@@ -147,7 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", choices=["tweets", "chat"], help="demo model(s) (default tweets)")
     parser.add_argument("--n", type=int, help="examples per mode (default 256 tweets / 48 chat; --quick: 128)")
-    parser.add_argument("--naive-n", type=int, help="examples for the naive mode (default n/4)")
+    parser.add_argument("--naive-n", type=int, help="examples for the naive modes (default 16; --quick: 32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="MiniLM only, small n: under 2 minutes")
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -160,10 +162,12 @@ def main() -> None:
     summary = None
     for demo in demos:
         n = args.n or (128 if args.quick else (256 if demo == "tweets" else 48))
-        naive_n = args.naive_n or max(8, n // 4)
+        naive_n = args.naive_n or (32 if args.quick else 16)
         results = {}
-        for mode in ("plain", "ours", "naive"):
-            count = naive_n if mode == "naive" else n
+        naive = "naive-subset" if args.quick else "naive"
+        modes = ("plain", "ours", "naive-subset") if args.quick else ("plain", "ours", "naive", "naive-subset")
+        for mode in modes:
+            count = naive_n if mode.startswith("naive") else n
             out = subprocess.run(
                 [
                     sys.executable,
@@ -193,12 +197,19 @@ def main() -> None:
             vs_bergson = results["ours"]["examples_per_s"] / bergson["examples_per_s"]
             print(f"{demo}: ours/bergson {vs_bergson:.2f}", flush=True)
         vs_plain = results["ours"]["examples_per_s"] / results["plain"]["examples_per_s"]
-        vs_naive = results["ours"]["examples_per_s"] / results["naive"]["examples_per_s"]
-        print(
-            f"{demo}: ours/plain {vs_plain:.2f}, ours/naive {vs_naive:.1f}x (naive projects only {results['naive']['params']:,.0f} params)"
+        vs_naive = results["ours"]["examples_per_s"] / results[naive]["examples_per_s"]
+        ratios = ", ".join(
+            f"ours/{mode} {results['ours']['examples_per_s'] / results[mode]['examples_per_s']:.1f}x "
+            f"({results[mode]['params']:,.0f} params)"
+            for mode in modes
+            if mode.startswith("naive")
         )
+        print(f"{demo}: ours/plain {vs_plain:.2f}, {ratios}")
         if summary is None:
-            summary = f"featurize: vs_plain={vs_plain:.2f} vs_naive={vs_naive:.1f} peak_rss_mb={results['ours']['peak_rss_mb']:.0f}"
+            summary = (
+                f"featurize: vs_plain={vs_plain:.2f} vs_naive={vs_naive:.1f} "
+                f"peak_rss_mb={results['ours']['peak_rss_mb']:.0f}"
+            )
             if vs_bergson is not None:
                 summary += f" vs_bergson={vs_bergson:.2f}"
     print(summary)
