@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.batching import MicroBatcher
 from app.cache import ExplanationCache, index_version, request_key
 from app.errors import error_response, install_error_handlers
 from app.jobs import JobQueue
@@ -157,7 +158,19 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
                 executor, lambda: Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size)
             )
         log.info("serving index %s (%d examples)", settings.index_dir, app.state.explainer.store.n)
+        app.state.batcher = None
+        if settings.batch_max > 1:
+            app.state.batcher = MicroBatcher(
+                lambda requests: app.state.explainer.explain_many(requests),
+                executor,
+                settings.batch_max,
+                settings.batch_wait_ms,
+                on_batch=metrics.batch_size.observe,
+            )
+            app.state.batcher.start()
         yield
+        if app.state.batcher is not None:
+            await app.state.batcher.stop()
         executor.shutdown(wait=True)
 
     app = FastAPI(
@@ -262,8 +275,12 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             pool_size=body.pool_size,
             solver=body.solver,
         )
-        result = await in_executor(request, lambda: explainer.explain(query, options))
-        metrics.batch_size.observe(1)
+        batcher: MicroBatcher | None = request.app.state.batcher
+        if batcher is not None:
+            result = await batcher.submit(query, options)
+        else:
+            result = await in_executor(request, lambda: explainer.explain(query, options))
+            metrics.batch_size.observe(1)
         for stage, ms in result.timings_ms.items():
             metrics.stage.labels(stage).observe(ms / 1e3)
         out = to_response(result, body.k, manifest.summary())

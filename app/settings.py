@@ -22,6 +22,12 @@ class ApiSettings(BaseSettings):
     pool_size: int = Field(100, ge=1, description="candidate pool m of the selection strategies")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     batch_size: int = Field(16, ge=1, description="examples per forward/backward")
+    batch_max: int = Field(
+        8, ge=1, le=64, description="micro-batching: at most this many concurrent queries per forward/backward (1: off)"
+    )
+    batch_wait_ms: float = Field(
+        2.0, ge=0.0, le=1000.0, description="micro-batching: how long a query waits for others to join its batch"
+    )
     redis_url: str | None = Field(
         None, description="Redis for the explanation cache (unset: no cache; the service never needs it)"
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from exemplar import selection
-from exemplar.errors import IndexIncompatibleError, InvalidInputError
+from exemplar.errors import ExemplarError, IndexIncompatibleError, InvalidInputError
 from exemplar.estimators import ESTIMATOR_NAMES, Estimator, Query
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
@@ -163,13 +164,20 @@ class Explainer:
 
     def prepare(self, query: Example) -> QueryState:
         """Featurise the query (one forward/backward)."""
+        return self.prepare_many([query])[0]
+
+    def prepare_many(self, queries: Sequence[Example]) -> list[QueryState]:
+        """Featurise several queries in shared batched forward/backward passes."""
         with self._model_lock:
-            feats = self.featurizer.featurize([query])
-            token_ids = self.featurizer.task.lexical_ids(query)
-        prediction = dict(feats.predictions[0])
-        prediction["loss"] = feats.losses[0]
-        prediction["truncated"] = feats.truncated[0]
-        return QueryState(query, feats.vectors[0], token_ids, prediction)
+            feats = self.featurizer.featurize(queries)
+            token_ids = [self.featurizer.task.lexical_ids(q) for q in queries]
+        states = []
+        for i, query in enumerate(queries):
+            prediction = dict(feats.predictions[i])
+            prediction["loss"] = feats.losses[i]
+            prediction["truncated"] = feats.truncated[i]
+            states.append(QueryState(query, feats.vectors[i], token_ids[i], prediction))
+        return states
 
     def checkpoint_gradients(self, state: QueryState) -> list[np.ndarray]:
         """The query's gradient under each of the index's checkpoints (TracIn); models load on first use."""
@@ -278,17 +286,51 @@ class Explainer:
     def explain(self, query: Example, options: ExplainOptions | None = None, **kwargs: Any) -> Explanation:
         """Explain one output: options as an `ExplainOptions` or as keyword arguments."""
         options = options or ExplainOptions(**kwargs)
-        timings: dict[str, float] = {}
         t0 = time.perf_counter()
         state = self.prepare(query)
+        return self._finish(state, options, (time.perf_counter() - t0) * 1e3)
+
+    def explain_many(self, requests: Sequence[tuple[Example, ExplainOptions]]) -> list[Explanation | ExemplarError]:
+        """Explain several outputs with ONE batched featurisation (micro-batching); per-request results.
+
+        A request that fails (bad label, unknown option, ...) gets its `ExemplarError` in its
+        place and does not fail the others: if the batched featurisation fails, each query is
+        featurised on its own to find the culprit. Every explanation reports the batch's
+        gradient time.
+        """
+        t0 = time.perf_counter()
+        states: list[QueryState | ExemplarError]
+        try:
+            states = list(self.prepare_many([q for q, _ in requests]))
+        except ExemplarError:
+            states = []
+            for query, _ in requests:
+                try:
+                    states.append(self.prepare(query))
+                except ExemplarError as exc:
+                    states.append(exc)
+        gradient_ms = (time.perf_counter() - t0) * 1e3
+        out: list[Explanation | ExemplarError] = []
+        for state, (_, options) in zip(states, requests, strict=True):
+            if isinstance(state, ExemplarError):
+                out.append(state)
+                continue
+            try:
+                out.append(self._finish(state, options, gradient_ms))
+            except ExemplarError as exc:
+                out.append(exc)
+        return out
+
+    def _finish(self, state: QueryState, options: ExplainOptions, gradient_ms: float) -> Explanation:
+        """Selection, weights and score for a featurised query."""
         t1 = time.perf_counter()
         rows, influence, reason = self.select(state, options)
         t2 = time.perf_counter()
         relevance = self.score(state, rows, options.solver)
         t3 = time.perf_counter()
         examples = self.store.examples_at(rows.tolist())
-        timings = {"gradient": (t1 - t0) * 1e3, "selection": (t2 - t1) * 1e3, "score": (t3 - t2) * 1e3}
-        timings["total"] = (time.perf_counter() - t0) * 1e3
+        timings = {"gradient": gradient_ms, "selection": (t2 - t1) * 1e3, "score": (t3 - t2) * 1e3}
+        timings["total"] = gradient_ms + (time.perf_counter() - t1) * 1e3
         selected = [
             Selected(ex, float(w), float(i)) for ex, w, i in zip(examples, relevance.weights, influence, strict=True)
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -113,6 +114,10 @@ def test_concurrent_requests_are_safe(server: str) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert list(pool.map(one, range(16))) == [200] * 16
+    metrics = httpx.get(f"{server}/metrics", timeout=10).text
+    singles = float(re.search(r'exemplar_model_batch_size_bucket\{le="1.0"\} (\S+)', metrics).group(1))
+    batches = float(re.search(r"exemplar_model_batch_size_count (\S+)", metrics).group(1))
+    assert singles < batches, "concurrent requests should have been micro-batched"
 
 
 def test_builder_reports_bad_rows(tmp_path: Path, classifier_dir: Path) -> None:

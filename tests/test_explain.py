@@ -242,3 +242,25 @@ def test_float16_index_explains_like_float32(
     a, b = half.explain(query, k=4, strategy="topk"), clf.explain(query, k=4, strategy="topk")
     assert [s.example.id for s in a.examples] == [s.example.id for s in b.examples]
     assert a.score_db == pytest.approx(b.score_db, abs=0.05)
+
+
+def test_explain_many_matches_one_by_one_and_isolates_bad_queries(clf: Explainer) -> None:
+    from exemplar.errors import ExemplarError
+    from exemplar.explain import ExplainOptions
+
+    queries = [
+        (Example(text="the market crashed today"), ExplainOptions(k=3, strategy="topk")),
+        (Example(text="lovely sunny weather", label="no-such-label"), ExplainOptions(k=3)),
+        (Example(text="a short one"), ExplainOptions(k=4, strategy="balanced")),
+        (Example(text="the market crashed today"), ExplainOptions(k=2, strategy="reconstruct")),
+    ]
+    batched = clf.explain_many(queries)
+    assert isinstance(batched[1], ExemplarError)
+    assert "no-such-label" in str(batched[1])
+    for i in (0, 2, 3):
+        one = clf.explain(*queries[i])
+        many = batched[i]
+        assert not isinstance(many, ExemplarError)
+        assert [s.example.id for s in many.examples] == [s.example.id for s in one.examples]
+        np.testing.assert_allclose([s.weight for s in many.examples], [s.weight for s in one.examples], atol=1e-4)
+        assert many.score_db == pytest.approx(one.score_db, abs=1e-3)
