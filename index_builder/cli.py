@@ -189,7 +189,7 @@ def append(
 
 @app.command()
 def demo(
-    name: Annotated[str, typer.Argument(help="tweets | chat")] = "tweets",
+    name: Annotated[str, typer.Argument(help="tweets | chat | tiny")] = "tweets",
     root: Annotated[Path, typer.Option(help="cache directory of the demos")] = Path(".cache/demos"),
 ) -> None:
     """Prepare a demo (fine-tune + index build, cached) and print its index directory."""

@@ -94,7 +94,7 @@ def validate(
 
 @app.command()
 def reproduce(
-    demo: Annotated[str, typer.Option(help="tweets | chat")] = "tweets",
+    demo: Annotated[str, typer.Option(help="tweets | chat | tiny")] = "tweets",
     queries: Annotated[
         int, typer.Option(help="held-out test instances (the demo's test split, then more unseen rows)")
     ] = 200,
