@@ -17,57 +17,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
+from app.process import BIN, ENV, running_api
 from exemplar.demos import prepare
-
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def api(index: Path, log: Path, **env: str) -> Iterator[str]:
-    port = free_port()
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [BIN / "exemplar-api", "--index", str(index), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**ENV, **env},
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while proc.poll() is None and time.monotonic() < deadline:
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                time.sleep(0.2)
-            else:
-                raise SystemExit(f"exemplar-api did not become ready; see {log}")
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 def queries(index: Path) -> list[dict[str, Any]]:
@@ -114,7 +77,7 @@ def benchmark(index: Path, levels: list[int], seconds: float, workdir: Path) -> 
     bodies = queries(index)
     results: dict[tuple[str, int], dict[str, float]] = {}
     for batching, env in (("off", {"EXEMPLAR_BATCH_MAX": "1"}), ("on", {})):
-        with api(index, workdir / f"api-batching-{batching}.log", **env) as url:
+        with running_api(index, workdir / f"api-batching-{batching}.log", **env) as url:
             asyncio.run(drive(url, bodies, 2, 2.0))  # warm-up
             for c in levels:
                 r = results[(batching, c)] = asyncio.run(drive(url, bodies, c, seconds))
@@ -146,7 +109,7 @@ def ci(index: Path, seconds: float, workdir: Path, redis_url: str) -> int:
         )
     failures = []
     try:
-        with api(index, workdir / "api.log", **env) as url:
+        with running_api(index, workdir / "api.log", **env) as url:
             bodies = queries(index)
             job = httpx.post(f"{url}/v1/jobs", json={"queries": bodies[:50], "options": {"k": 3}}, timeout=30)
             if job.status_code != 202:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from exemplar.build import build_index, read_examples_jsonl
 from exemplar.gradients import ProjectionConfig
@@ -67,3 +70,15 @@ def causal_index(tmp_path_factory: pytest.TempPathFactory, causal_adapter_dir: P
     out = tmp_path_factory.mktemp("idx") / "lm"
     build_index(loaded, examples, out, ProjectionConfig(params="lora", proj_dim=16, seed=0), max_length=64)
     return out
+
+
+@pytest.fixture
+def redis() -> Iterator[Redis]:
+    """The Redis that integration tests need on 127.0.0.1:6379 (database 15; `.ci/run` starts one)."""
+    connection = Redis.from_url("redis://127.0.0.1:6379/15")
+    try:
+        connection.ping()
+    except RedisConnectionError:
+        pytest.fail("integration tests need Redis on 127.0.0.1:6379 (.ci/run starts one)")
+    yield connection
+    connection.close()

@@ -8,13 +8,11 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, SimpleWorker
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -26,17 +24,6 @@ from tests.test_e2e import BIN, ENV, run_builder
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS_URL = "redis://127.0.0.1:6379/15"
-
-
-@pytest.fixture
-def redis() -> Iterator[Redis]:
-    connection = Redis.from_url(REDIS_URL)
-    try:
-        connection.ping()
-    except RedisConnectionError:
-        pytest.fail("integration tests need Redis on 127.0.0.1:6379 (.ci/run starts one)")
-    yield connection
-    connection.close()
 
 
 @pytest.fixture

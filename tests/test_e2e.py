@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.process import BIN, ENV, running_api
 from tests.conftest import write_jsonl
 
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 pytestmark = pytest.mark.slow
 
 
@@ -29,40 +25,14 @@ def run_builder(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serve(index: Path, log: Path, **env: str) -> Iterator[str]:
     """A real `exemplar-api` process on a free loopback port; its log must hold no traceback."""
-    port = free_port()
-    with log.open("w") as log_file:
-        proc = subprocess.Popen(
-            [BIN / "exemplar-api", "--index", str(index), "--port", str(port)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**ENV, **env},
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    pytest.fail(f"server exited: {log.read_text()}")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.3)
-            else:
-                pytest.fail("server not ready within 120 s")
+    try:
+        with running_api(index, log, **env) as url:
             yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     assert "Traceback" not in log.read_text()
 
 

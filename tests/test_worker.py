@@ -5,29 +5,16 @@ from __future__ import annotations
 import json
 import uuid
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
 from worker.jobs import explain_batch
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def redis() -> Iterator[Redis]:
-    connection = Redis.from_url("redis://127.0.0.1:6379/15")
-    try:
-        connection.ping()
-    except RedisConnectionError:
-        pytest.fail("integration tests need Redis on 127.0.0.1:6379 (.ci/run starts one)")
-    yield connection
-    connection.close()
 
 
 def test_batch_job_round_trip(redis: Redis, classifier_index: Path) -> None:
