@@ -153,7 +153,9 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         app.state.limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_minute)
         app.state.explainer = explainer
         if app.state.explainer is None:
-            config = ExplainConfig(pool_size=settings.pool_size, max_k=settings.max_k)
+            config = ExplainConfig(
+                pool_size=settings.pool_size, max_k=settings.max_k, truncate_queries=settings.truncate_queries
+            )
             app.state.explainer = await asyncio.get_running_loop().run_in_executor(
                 executor, lambda: Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size)
             )
@@ -350,7 +352,9 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             if not hmac.compare_digest(digest, settings.admin_key_sha256.lower()):
                 raise AuthenticationError("reloading needs the admin key in the X-Admin-Key header")
         previous: Explainer = request.app.state.explainer
-        config = ExplainConfig(pool_size=settings.pool_size, max_k=settings.max_k)
+        config = ExplainConfig(
+            pool_size=settings.pool_size, max_k=settings.max_k, truncate_queries=settings.truncate_queries
+        )
         fresh = await in_executor(
             request, lambda: Explainer.from_index(previous.store.path, config, batch_size=settings.batch_size)
         )
@@ -420,7 +424,9 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(settings.torch_threads)
     try:
-        config = ExplainConfig(pool_size=settings.pool_size, max_k=settings.max_k)
+        config = ExplainConfig(
+            pool_size=settings.pool_size, max_k=settings.max_k, truncate_queries=settings.truncate_queries
+        )
         explainer = Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size)
     except ExemplarError as exc:
         parser.exit(2, f"exemplar-api: error: {exc}\n")

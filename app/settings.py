@@ -19,6 +19,11 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
     max_text_chars: int = Field(20_000, ge=1, description="longest text/prompt/response accepted")
     max_k: int = Field(50, ge=1)
+    truncate_queries: bool = Field(
+        False,
+        description="cut queries longer than the index's max_length tokens (and say so) instead of refusing them "
+        "with 422",
+    )
     pool_size: int = Field(100, ge=1, description="candidate pool m of the selection strategies")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     batch_size: int = Field(16, ge=1, description="examples per forward/backward")

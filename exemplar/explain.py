@@ -39,6 +39,7 @@ class ExplainConfig:
 
     pool_size: int = 100
     max_k: int = 50
+    truncate_queries: bool = True  # False: a query longer than the index's max_length is refused
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,19 @@ class Explainer:
         return self.prepare_many([query])[0]
 
     def prepare_many(self, queries: Sequence[Example]) -> list[QueryState]:
-        """Featurise several queries in shared batched forward/backward passes."""
+        """Featurise several queries in shared batched forward/backward passes.
+
+        With `config.truncate_queries` off, a query longer than the index's `max_length`
+        tokens is refused (`InvalidInputError`) instead of being cut.
+        """
         with self._model_lock:
+            if not self.config.truncate_queries:
+                task = self.featurizer.task
+                for query in queries:
+                    if task.encode(query).truncated:
+                        raise InvalidInputError(
+                            f"the query is longer than this index's max_length of {task.max_length} tokens; shorten it"
+                        )
             feats = self.featurizer.featurize(queries)
             token_ids = [self.featurizer.task.lexical_ids(q) for q in queries]
         states = []

@@ -199,3 +199,18 @@ def test_committed_openapi_matches_the_live_spec() -> None:
     assert committed == json.loads(json.dumps(spec())), (
         "the API changed: regenerate with `.venv/bin/python -m app.openapi > docs/openapi.json`"
     )
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_over_long_queries_are_refused_unless_truncation_is_on(classifier_index: Path, truncate: bool) -> None:
+    settings = ApiSettings(index_dir=classifier_index, truncate_queries=truncate)
+    long_text = " ".join(["word"] * 200)  # the test index has max_length 32
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        r = c.post("/v1/explain", json={"text": long_text, "k": 2})
+        if truncate:
+            assert r.status_code == 200, r.text
+            assert r.json()["prediction"]["truncated"] is True
+        else:
+            assert r.status_code == 422
+            assert "max_length of 32 tokens" in r.json()["error"]
+        assert c.post("/v1/explain", json={"text": "short and fine", "k": 2}).status_code == 200
