@@ -150,7 +150,10 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             max_active_per_owner=settings.max_jobs_per_key,
             check_owner=bool(settings.api_keys),
         )
-        app.state.limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_minute)
+        # per key: without API keys there are no clients to tell apart, so no limit
+        app.state.limiter = RateLimiter(
+            settings.redis_url if settings.api_keys else None, settings.rate_limit_per_minute
+        )
         app.state.explainer = explainer
         if app.state.explainer is None:
             config = ExplainConfig(

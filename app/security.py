@@ -3,8 +3,8 @@
 Keys are optional: with `EXEMPLAR_API_KEYS` empty (the embedded default) every route is open.
 With keys, `/v1/*` routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`; the key's
 *name* (never the key) identifies the client in logs, limits and job ownership. The rate limit
-is a fixed one-minute window per key name in Redis (`INCR` + `EXPIRE`); without Redis, or
-while Redis is down, requests are not limited (the service keeps answering).
+is a fixed one-minute window per key name in Redis (`INCR` + `EXPIRE`); without keys, without
+Redis, or while Redis is down, requests are not limited (the service keeps answering).
 """
 
 from __future__ import annotations

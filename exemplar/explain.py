@@ -174,13 +174,8 @@ class Explainer:
         tokens is refused (`InvalidInputError`) instead of being cut.
         """
         with self._model_lock:
-            if not self.config.truncate_queries:
-                task = self.featurizer.task
-                for query in queries:
-                    if task.encode(query).truncated:
-                        raise InvalidInputError(
-                            f"the query is longer than this index's max_length of {task.max_length} tokens; shorten it"
-                        )
+            for query in queries:
+                self._check_query(query)
             feats = self.featurizer.featurize(queries)
             token_ids = [self.featurizer.task.lexical_ids(q) for q in queries]
         states = []
@@ -190,6 +185,15 @@ class Explainer:
             prediction["truncated"] = feats.truncated[i]
             states.append(QueryState(query, feats.vectors[i], token_ids[i], prediction))
         return states
+
+    def _check_query(self, query: Example) -> None:
+        """Tokenise the query (the caller holds the model lock): unknown labels and, unless
+        `config.truncate_queries`, over-long queries raise `InvalidInputError`."""
+        task = self.featurizer.task
+        if task.encode(query).truncated and not self.config.truncate_queries:
+            raise InvalidInputError(
+                f"the query is longer than this index's max_length of {task.max_length} tokens; shorten it"
+            )
 
     def checkpoint_gradients(self, state: QueryState) -> list[np.ndarray]:
         """The query's gradient under each of the index's checkpoints (TracIn); models load on first use."""
@@ -311,21 +315,30 @@ class Explainer:
         gradient time.
         """
         t0 = time.perf_counter()
-        states: list[QueryState | ExemplarError]
-        try:
-            states = list(self.prepare_many([q for q, _ in requests]))
-        except ExemplarError:
-            states = []
+        states: list[QueryState | ExemplarError | None] = []
+        with self._model_lock:  # cheap per-query checks first, so one bad query does not split the batch
             for query, _ in requests:
                 try:
-                    states.append(self.prepare(query))
+                    self._check_query(query)
+                    states.append(None)
                 except ExemplarError as exc:
                     states.append(exc)
+        valid = [i for i, st in enumerate(states) if st is None]
+        try:
+            prepared_states = self.prepare_many([requests[i][0] for i in valid]) if valid else []
+            for i, prepared in zip(valid, prepared_states, strict=True):
+                states[i] = prepared
+        except ExemplarError:  # not caught by the checks: find the culprit one by one
+            for i in valid:
+                try:
+                    states[i] = self.prepare(requests[i][0])
+                except ExemplarError as exc:
+                    states[i] = exc
         gradient_ms = (time.perf_counter() - t0) * 1e3
         out: list[Explanation | ExemplarError] = []
         for state, (_, options) in zip(states, requests, strict=True):
-            if isinstance(state, ExemplarError):
-                out.append(state)
+            if state is None or isinstance(state, ExemplarError):
+                out.append(state or InvalidInputError("the query could not be featurised"))
                 continue
             try:
                 out.append(self._finish(state, options, gradient_ms))
