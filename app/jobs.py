@@ -54,7 +54,12 @@ class JobQueue:
         return Queue(self.queue_name, connection=connection, serializer=JSONSerializer)
 
     def submit(
-        self, index_dir: str, queries: list[dict[str, Any]], options: dict[str, Any], owner: str = "anonymous"
+        self,
+        index_dir: str,
+        queries: list[dict[str, Any]],
+        options: dict[str, Any],
+        owner: str = "anonymous",
+        truncate_queries: bool = False,
     ) -> dict[str, Any]:
         from rq import Retry
         from rq.job import JobStatus
@@ -78,6 +83,7 @@ class JobQueue:
             index_dir,
             queries,
             options,
+            truncate_queries,
             retry=Retry(max=self.retries) if self.retries > 0 else None,
             result_ttl=self.result_ttl_s,
             failure_ttl=self.result_ttl_s,

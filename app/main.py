@@ -328,7 +328,8 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         jobs: JobQueue = request.app.state.jobs
         index_dir = str(explainer.store.path.resolve())
         owner = request.state.client
-        return await asyncio.to_thread(jobs.submit, index_dir, queries, body.options.model_dump(), owner)
+        options = body.options.model_dump()
+        return await asyncio.to_thread(jobs.submit, index_dir, queries, options, owner, settings.truncate_queries)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS, tags=["jobs"], dependencies=protected)
     async def job_status(job_id: str, request: Request) -> dict[str, Any]:

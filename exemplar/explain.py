@@ -186,11 +186,18 @@ class Explainer:
             states.append(QueryState(query, feats.vectors[i], token_ids[i], prediction))
         return states
 
-    def _check_query(self, query: Example) -> None:
-        """Tokenise the query (the caller holds the model lock): unknown labels and, unless
-        `config.truncate_queries`, over-long queries raise `InvalidInputError`."""
+    def check_query(self, query: Example, truncate: bool | None = None) -> None:
+        """Raise `InvalidInputError` for a query that cannot be explained as given: an unknown
+        label, or (unless `truncate`, default `config.truncate_queries`) more tokens than the
+        index's max_length."""
+        with self._model_lock:
+            self._check_query(query, truncate)
+
+    def _check_query(self, query: Example, truncate: bool | None = None) -> None:
+        """`check_query` for a caller that holds the model lock (the tokenizer is not thread-safe)."""
         task = self.featurizer.task
-        if task.encode(query).truncated and not self.config.truncate_queries:
+        allowed = self.config.truncate_queries if truncate is None else truncate
+        if task.encode(query).truncated and not allowed:
             raise InvalidInputError(
                 f"the query is longer than this index's max_length of {task.max_length} tokens; shorten it"
             )

@@ -51,3 +51,12 @@ def test_worker_reopens_an_index_replaced_by_a_new_version(tmp_path: Path, class
     second = load_explainer(str(index))
     assert second is not first
     assert second.store.n == first.store.n + 1
+
+
+def test_batch_job_refuses_over_long_queries_unless_truncating(classifier_index: Path) -> None:
+    long_query = {"text": " ".join(["word"] * 200)}  # the test index has max_length 32
+    refused = explain_batch(str(classifier_index), [long_query, {"text": "short"}], {"k": 2}, False)
+    assert "max_length of 32 tokens" in refused[0]["error"]
+    assert len(refused[1]["examples"]) == 2
+    cut = explain_batch(str(classifier_index), [long_query], {"k": 2}, True)
+    assert cut[0]["prediction"]["truncated"] is True

@@ -28,9 +28,16 @@ def load_explainer(index_dir: str) -> Explainer:
 
 
 def explain_batch(
-    index_dir: str, queries: list[dict[str, Any]], options: dict[str, Any] | None = None
+    index_dir: str,
+    queries: list[dict[str, Any]],
+    options: dict[str, Any] | None = None,
+    truncate_queries: bool = True,
 ) -> list[dict[str, Any]]:
-    """Explain each query; a bad query yields an error entry instead of failing the batch."""
+    """Explain each query; a bad query yields an error entry instead of failing the batch.
+
+    With `truncate_queries` off (the API's default), a query longer than the index's
+    max_length tokens gets an error entry instead of being cut.
+    """
     explainer = load_explainer(index_dir)
     try:
         explain_options = ExplainOptions(**(options or {}))
@@ -50,6 +57,7 @@ def explain_batch(
                 example = Example(text=query.get("text"), label=query.get("label"))
             else:
                 example = Example(prompt=query.get("prompt"), response=query.get("response"))
+            explainer.check_query(example, truncate=truncate_queries)
             results.append(explainer.explain(example, explain_options).to_dict())
         except ExemplarError as exc:
             results.append({"error": str(exc), "error_type": type(exc).__name__})
