@@ -176,8 +176,12 @@ class Explainer:
         with self._model_lock:
             for query in queries:
                 self._check_query(query)
-            feats = self.featurizer.featurize(queries)
-            token_ids = [self.featurizer.task.lexical_ids(q) for q in queries]
+            return self._featurize_checked(queries)
+
+    def _featurize_checked(self, queries: Sequence[Example]) -> list[QueryState]:
+        """`prepare_many` without the checks, for a caller that holds the model lock and checked them."""
+        feats = self.featurizer.featurize(queries)
+        token_ids = [self.featurizer.task.lexical_ids(q) for q in queries]
         states = []
         for i, query in enumerate(queries):
             prediction = dict(feats.predictions[i])
@@ -323,16 +327,16 @@ class Explainer:
         """
         t0 = time.perf_counter()
         states: list[QueryState | ExemplarError | None] = []
-        with self._model_lock:  # cheap per-query checks first, so one bad query does not split the batch
-            for query, _ in requests:
-                try:
-                    self._check_query(query)
-                    states.append(None)
-                except ExemplarError as exc:
-                    states.append(exc)
-        valid = [i for i, st in enumerate(states) if st is None]
         try:
-            prepared_states = self.prepare_many([requests[i][0] for i in valid]) if valid else []
+            with self._model_lock:  # cheap per-query checks first, so one bad query does not split the batch
+                for query, _ in requests:
+                    try:
+                        self._check_query(query)
+                        states.append(None)
+                    except ExemplarError as exc:
+                        states.append(exc)
+                valid = [i for i, st in enumerate(states) if st is None]
+                prepared_states = self._featurize_checked([requests[i][0] for i in valid]) if valid else []
             for i, prepared in zip(valid, prepared_states, strict=True):
                 states[i] = prepared
         except ExemplarError:  # not caught by the checks: find the culprit one by one
