@@ -49,8 +49,6 @@ class ExplanationCache:
     def __init__(self, redis_url: str | None, ttl_s: int, retry_after: float = 5.0, timeout_s: float = 0.5) -> None:
         self.ttl_s = ttl_s
         self.retry_after = retry_after
-        self.hits = 0
-        self.misses = 0
         self._lock = threading.Lock()
         self._down_until = 0.0
         self.state = "off"
@@ -89,9 +87,7 @@ class ExplanationCache:
     def get(self, key: str) -> dict[str, Any] | None:
         raw = self._call("get", key)
         if raw is None:
-            self.misses += 1
             return None
-        self.hits += 1
         value: dict[str, Any] = json.loads(raw)
         return value
 

@@ -44,9 +44,9 @@ from app.schemas import (
     QueryFields,
 )
 from app.security import RateLimiter, authenticate
-from app.settings import ApiSettings
+from app.settings import ApiSettings, explain_config
 from exemplar.errors import AuthenticationError, ExemplarError, InvalidInputError
-from exemplar.explain import ExplainConfig, Explainer, ExplainOptions, Explanation
+from exemplar.explain import Explainer, ExplainOptions, Explanation
 from exemplar.store import StoredExample
 from exemplar.tasks import Example
 
@@ -156,9 +156,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         )
         app.state.explainer = explainer
         if app.state.explainer is None:
-            config = ExplainConfig(
-                pool_size=settings.pool_size, max_k=settings.max_k, truncate_queries=settings.truncate_queries
-            )
+            config = explain_config(settings)
             app.state.explainer = await asyncio.get_running_loop().run_in_executor(
                 executor, lambda: Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size)
             )
@@ -356,9 +354,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             if not hmac.compare_digest(digest, settings.admin_key_sha256.lower()):
                 raise AuthenticationError("reloading needs the admin key in the X-Admin-Key header")
         previous: Explainer = request.app.state.explainer
-        config = ExplainConfig(
-            pool_size=settings.pool_size, max_k=settings.max_k, truncate_queries=settings.truncate_queries
-        )
+        config = explain_config(settings)
         fresh = await in_executor(
             request, lambda: Explainer.from_index(previous.store.path, config, batch_size=settings.batch_size)
         )
@@ -428,9 +424,7 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(settings.torch_threads)
     try:
-        config = ExplainConfig(
-            pool_size=settings.pool_size, max_k=settings.max_k, truncate_queries=settings.truncate_queries
-        )
+        config = explain_config(settings)
         explainer = Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size)
     except ExemplarError as exc:
         parser.exit(2, f"exemplar-api: error: {exc}\n")

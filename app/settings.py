@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from exemplar.explain import ExplainConfig
+
 
 class ApiSettings(BaseSettings):
     """Where the index is and the limits the service enforces."""
@@ -52,6 +54,11 @@ class ApiSettings(BaseSettings):
         description="sha256 hex of the admin key that POST /v1/admin/reload requires in X-Admin-Key "
         "(unset: reload is open, as for the other routes of the embedded default)",
     )
+
+
+def explain_config(settings: ApiSettings) -> ExplainConfig:
+    """The explainer limits these settings ask for."""
+    return ExplainConfig(pool_size=settings.pool_size, max_k=settings.max_k, truncate_queries=settings.truncate_queries)
 
 
 def get_settings() -> ApiSettings:
