@@ -35,6 +35,7 @@ class JobQueue:
         self.retries = retries
         self.max_active_per_owner = max_active_per_owner
         self.check_owner = check_owner  # with API keys, a key sees only its own jobs
+        self._connection: Any = None  # one client (and connection pool) for every request
 
     def _queue(self) -> Any:
         from redis import Redis
@@ -44,14 +45,15 @@ class JobQueue:
 
         if not self.redis_url:
             raise UnavailableError("batch jobs need Redis: set EXEMPLAR_REDIS_URL and run exemplar-worker")
+        if self._connection is None:
+            self._connection = Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=5)
         try:
-            connection = Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=5)
-            connection.ping()
+            self._connection.ping()
         except RedisError as exc:
             raise UnavailableError(
                 f"Redis for batch jobs is unreachable ({type(exc).__name__}); try again later"
             ) from exc
-        return Queue(self.queue_name, connection=connection, serializer=JSONSerializer)
+        return Queue(self.queue_name, connection=self._connection, serializer=JSONSerializer)
 
     def submit(
         self,
