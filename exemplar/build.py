@@ -183,8 +183,9 @@ def build_index(
         raise InvalidInputError(f"shard size must be >= 1; got {chunk_size}")
     progress = progress or SilentProgress()
     featurizer = build_featurizer(loaded, config, max_length, batch_size=batch_size)
+    dataset = dataset_checksum(examples)
     plan = {
-        "dataset": dataset_checksum(examples),
+        "dataset": dataset,
         "models": [loaded.checksum, *(c.checksum for c, _ in checkpoints)],
         "projection": [config.params, config.proj_dim, config.seed],
         "max_length": max_length,
@@ -192,7 +193,9 @@ def build_index(
     }
     shards = ShardDir.open(out.parent / f".{out.name}.shards", plan)
     if runner is not None:
-        spec, tasks = _shard_jobs(shards, loaded, examples, config, max_length, batch_size, chunk_size, checkpoints)
+        spec, tasks = _shard_jobs(
+            shards, loaded, examples, dataset, config, max_length, batch_size, chunk_size, checkpoints
+        )
         runner(shards, spec, [t for t in tasks if not shards.has(t.name)])
     vectors = _featurize_all(featurizer, examples, chunk_size, progress, "gradients", shards, "final")
     checkpoint_vectors = []
@@ -220,7 +223,7 @@ def build_index(
         seed=config.seed,
         dims=featurizer.dims,
         n_examples=len(examples),
-        dataset_checksum=dataset_checksum(examples),
+        dataset_checksum=dataset,
         max_length=max_length,
         labels=sorted(label2id, key=label2id.__getitem__) if label2id else None,
         checkpoints=[
@@ -267,6 +270,7 @@ def _shard_jobs(
     shards: ShardDir,
     loaded: LoadedModel,
     examples: list[Example],
+    dataset: str,
     config: ProjectionConfig,
     max_length: int,
     batch_size: int,
@@ -281,7 +285,7 @@ def _shard_jobs(
         "shards_dir": str(shards.path.resolve()),
         "plan": shards.plan_checksum(),
         "examples": str(examples_path.resolve()),
-        "dataset": dataset_checksum(examples),
+        "dataset": dataset,
         "task": loaded.task,
         "projection": [config.params, config.proj_dim, config.seed],
         "max_length": max_length,
