@@ -24,7 +24,7 @@ Strategies (names in ``STRATEGIES``):
 - ``"self"``: ``self_selection``, the test instance itself (a sanity check; only when
   the query is a training example).
 - ``"reconstruct"``: ``reconstruct`` (ours, beyond the paper): greedy forward selection
-  that maximises the selection relevance score itself.
+  that maximises the selection relevance score itself, refined by swaps.
 
 The tests check each strategy against a direct loop transcription of its definition.
 """
@@ -58,6 +58,12 @@ RECONSTRUCT_SCREEN_RTOL = 1e-6
 """``reconstruct`` re-scores with ``selection_relevance`` every candidate whose screened
 ratio is this close (relatively) to the best screened ratio, and lets those scores decide;
 the screening agrees with ``selection_relevance`` to rounding (about 1e-14 in the tests)."""
+
+RECONSTRUCT_SWAP_SWEEPS = 2
+"""Default number of local-search sweeps ``reconstruct`` runs after its greedy selection."""
+
+RECONSTRUCT_SWAP_RTOL = 1e-9
+"""A swap must raise the ratio by more than this (relatively): rounding never swaps."""
 
 
 # ---------------------------------------------------------------- validation
@@ -546,8 +552,9 @@ def reconstruct(
     *,
     solver: str = "exact",
     pool_size: int = 100,
+    swap_sweeps: int = RECONSTRUCT_SWAP_SWEEPS,
 ) -> npt.NDArray[np.int64]:
-    """Greedy forward selection on the relevance score itself ("ours", beyond the paper).
+    """Greedy forward selection on the relevance score itself, then swaps ("ours", beyond the paper).
 
     ``test_grad: (d,)``, ``grads: (n, d)`` (the candidates the caller retrieved). Pool =
     the ``pool_size`` rows with the smallest Euclidean distance ``||g_a - test_grad||``
@@ -555,6 +562,14 @@ def reconstruct(
     ``a`` maximising ``selection_relevance(test_grad, grads[S + [a]], solver).ratio``
     (ties within ``TIE_RTOL`` to the earliest in pool order) until ``min(k, m)`` are
     selected. Distances and scores use the float32-rounded values the score sees.
+
+    Then up to ``swap_sweeps`` sweeps of local search: for each position ``i`` of the
+    selection in turn, the unselected pool row whose swap into position ``i`` gives the
+    best ratio (ties to the earliest in pool order) replaces it if that ratio beats the
+    current one by more than ``RECONSTRUCT_SWAP_RTOL``; the sweeps stop early when one
+    changes nothing. Greedy alone can lose score as ``k`` grows under the "paper" solver
+    (its pinv weights are projected onto the simplex, so an added example can hurt, and
+    greedy must add one); the swaps undo such early choices at the final ``k``.
 
     The first pick: a single example gets weight 1, so its residual is ``g - a`` and the
     ratio ``Var(g) / (Var(g - a) + EPS)`` is largest for the smallest
@@ -571,6 +586,9 @@ def reconstruct(
     """
     k = _positive_int(k, "k")
     pool_size = _positive_int(pool_size, "pool_size")
+    swap_sweeps = _int_at_least(
+        swap_sweeps, 0, "swap_sweeps must be a non-negative integer", "swap_sweeps must be >= 0"
+    )
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise InvalidInputError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     g = _float32_values(test_grad, "test_grad")
@@ -593,16 +611,37 @@ def reconstruct(
 
     grads_in = np.asarray(grads)
     scorer = _ReducedScorer(a[pool], g, solver) if solver in ("paper", "exact") else None
+
+    def best_of(subsets: list[list[int]]) -> tuple[int, float]:
+        """Index into ``subsets`` (pool positions) of the best ratio (ties to the earliest), and that ratio."""
+        keep = np.arange(len(subsets))
+        if scorer is not None:
+            screened = np.array([scorer.ratio(sub) for sub in subsets])
+            keep = np.flatnonzero(screened >= screened.max() * (1.0 - RECONSTRUCT_SCREEN_RTOL))
+        ratios = np.array(
+            [selection_relevance(test_grad, grads_in[pool[subsets[i]]], solver=solver).ratio for i in keep]
+        )
+        best = int(np.argmax(ratios >= ratios.max() * (1.0 - TIE_RTOL)))
+        return int(keep[best]), float(ratios[best])
+
     chosen = np.zeros(m, dtype=bool)
     order: list[int] = []
+    ratio = 0.0
     for _ in range(steps):
         open_idx = np.flatnonzero(~chosen)
-        if scorer is not None:
-            screened = np.array([scorer.ratio([*order, int(j)]) for j in open_idx])
-            open_idx = open_idx[screened >= screened.max() * (1.0 - RECONSTRUCT_SCREEN_RTOL)]
-        rows = [pool[[*order, int(j)]] for j in open_idx]
-        ratios = np.array([selection_relevance(test_grad, grads_in[r], solver=solver).ratio for r in rows])
-        pick = int(open_idx[int(np.argmax(ratios >= ratios.max() * (1.0 - TIE_RTOL)))])
-        chosen[pick] = True
-        order.append(pick)
+        best, ratio = best_of([[*order, int(j)] for j in open_idx])
+        chosen[open_idx[best]] = True
+        order.append(int(open_idx[best]))
+    for _ in range(swap_sweeps):
+        swapped = False
+        for i in range(len(order)):
+            open_idx = np.flatnonzero(~chosen)
+            if open_idx.size == 0:
+                break
+            best, new_ratio = best_of([[*order[:i], int(j), *order[i + 1 :]] for j in open_idx])
+            if new_ratio > ratio * (1.0 + RECONSTRUCT_SWAP_RTOL):
+                chosen[order[i]], chosen[open_idx[best]] = False, True
+                order[i], ratio, swapped = int(open_idx[best]), new_ratio, True
+        if not swapped:
+            break
     return pool[np.asarray(order, dtype=np.int64)]
