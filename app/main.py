@@ -47,7 +47,7 @@ from app.security import RateLimiter, authenticate
 from app.settings import ApiSettings, explain_config
 from exemplar.errors import AuthenticationError, ExemplarError, InvalidInputError
 from exemplar.explain import Explainer, ExplainOptions, Explanation
-from exemplar.store import StoredExample
+from exemplar.store import StoredExample, read_manifest, resolve_index
 from exemplar.tasks import Example
 
 log = logging.getLogger("exemplar.api")
@@ -123,6 +123,7 @@ def to_response(result: Explanation, k: int, index: dict[str, Any]) -> ExplainRe
         score_ratio=result.score_ratio,
         strategy=result.strategy,
         reason=result.reason,
+        preset=result.options.preset,
         options=asdict(result.options),
         k=k,
         index=index,
@@ -160,7 +161,11 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             app.state.explainer = await asyncio.get_running_loop().run_in_executor(
                 executor, lambda: Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size)
             )
-        log.info("serving index %s (%d examples)", settings.index_dir, app.state.explainer.store.n)
+        app.state.served_since = time.time()
+        log.info("serving index %s (%d examples)", app.state.explainer.store.path, app.state.explainer.store.n)
+        watcher = None
+        if settings.watch_interval_s > 0:
+            watcher = asyncio.create_task(watch_index(app))
         app.state.batcher = None
         if settings.batch_max > 1:
             app.state.batcher = MicroBatcher(
@@ -172,6 +177,8 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             )
             app.state.batcher.start()
         yield
+        if watcher is not None:
+            watcher.cancel()
         if app.state.batcher is not None:
             await app.state.batcher.stop()
         executor.shutdown(wait=True)
@@ -229,6 +236,52 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         explainer: Explainer = request.app.state.explainer
         return explainer
 
+    swap_lock = asyncio.Lock()
+
+    async def swap_index(app: FastAPI, why: str) -> tuple[Explainer, Explainer]:
+        """Open the version `settings.index_dir` stands for now and serve it; returns (previous, fresh).
+
+        It is opened on the model thread, between requests: requests already running finish
+        on the old version, later ones (and queued micro-batches) get the new one, none
+        fails. If it cannot be opened, the exception propagates and the old one stays.
+        """
+        async with swap_lock:
+            previous: Explainer = app.state.explainer
+            config = explain_config(settings)
+            fresh = await asyncio.get_running_loop().run_in_executor(
+                app.state.executor,
+                lambda: Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size),
+            )
+            app.state.explainer = fresh
+            app.state.served_since = time.time()
+            metrics.reloads.labels(why).inc()
+            log.info(
+                "%s: now serving %s (%d examples; was %s, %d)",
+                why,
+                fresh.store.path,
+                fresh.store.n,
+                previous.store.path,
+                previous.store.n,
+            )
+            return previous, fresh
+
+    def index_changed(served: Explainer) -> bool:
+        """Whether the index directory now stands for another version than the one served."""
+        path = resolve_index(settings.index_dir)
+        if path.resolve() != served.store.path.resolve():
+            return True
+        return read_manifest(path).created_at != served.store.manifest.created_at
+
+    async def watch_index(app: FastAPI) -> None:
+        """Poll the index directory every `watch_interval_s` and swap in a new version."""
+        while True:
+            await asyncio.sleep(settings.watch_interval_s)
+            try:
+                if await asyncio.to_thread(index_changed, app.state.explainer):
+                    await swap_index(app, "file watch")
+            except ExemplarError as exc:  # a half-written or broken version: keep serving, try again later
+                log.warning("file watch: not swapping to %s: %s", settings.index_dir, exc)
+
     async def in_executor(request: Request, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(request.app.state.executor, fn)
 
@@ -277,6 +330,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             ordering=body.ordering,
             pool_size=body.pool_size,
             solver=body.solver,
+            preset=body.preset,
         )
         batcher: MicroBatcher | None = request.app.state.batcher
         if batcher is not None:
@@ -303,10 +357,15 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         explainer = get_explainer(request)
         return to_example_out(await in_executor(request, lambda: explainer.store.example_by_id(example_id)))
 
+    def describe(explainer: Explainer) -> dict[str, Any]:
+        store = explainer.store
+        return {**store.manifest.summary(), "version": store.path.name, "path": str(store.path)}
+
     @app.get("/v1/index", tags=["index"], dependencies=protected)
     async def describe_index(request: Request) -> dict[str, Any]:
-        """The served index's manifest summary."""
-        return get_explainer(request).store.manifest.summary()
+        """The served index version: manifest summary (task, size, search index type, presets), version
+        directory, and when it started being served."""
+        return {**describe(get_explainer(request)), "served_since": request.app.state.served_since}
 
     @app.post(
         "/v1/jobs", response_model=JobStatus, status_code=202, responses=ERRORS, tags=["jobs"], dependencies=protected
@@ -353,14 +412,8 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             digest = hashlib.sha256(given.encode()).hexdigest()
             if not hmac.compare_digest(digest, settings.admin_key_sha256.lower()):
                 raise AuthenticationError("reloading needs the admin key in the X-Admin-Key header")
-        previous: Explainer = request.app.state.explainer
-        config = explain_config(settings)
-        fresh = await in_executor(
-            request, lambda: Explainer.from_index(previous.store.path, config, batch_size=settings.batch_size)
-        )
-        request.app.state.explainer = fresh
-        log.info("reloaded index %s: %d -> %d examples", fresh.store.path, previous.store.n, fresh.store.n)
-        return {"previous": previous.store.manifest.summary(), "index": fresh.store.manifest.summary()}
+        previous, fresh = await swap_index(request.app, "admin reload")
+        return {"previous": describe(previous), "index": describe(fresh)}
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def prometheus_metrics(request: Request) -> Response:

@@ -51,6 +51,9 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
+        self.reloads = Counter(
+            "exemplar_index_reloads", "index versions swapped in, by trigger", ["trigger"], registry=self.registry
+        )
 
 
 class JsonFormatter(logging.Formatter):

@@ -10,6 +10,7 @@ Strategy = Literal["balanced", "topk", "random", "divine", "aide", "self", "reco
 Estimator = Literal["grad_dot", "grad_cos", "datainf", "bm25", "tracin"]
 Ordering = Literal["most_influential", "least_influential", "most_helpful", "most_harmful"]
 Solver = Literal["paper", "exact"]
+Preset = Literal["exact", "balanced", "fast"]
 
 
 class QueryFields(BaseModel):
@@ -68,6 +69,13 @@ class OptionFields(BaseModel):
         "paper",
         description="score weights: paper = pinv least squares projected onto the simplex (the paper's); exact = the "
         "true simplex-constrained least-squares optimum",
+    )
+    preset: Preset = Field(
+        "balanced",
+        description="search effort on an approximate index (IVF, HNSW, PQ; see GET /v1/index): exact = full scan; "
+        "balanced = recall@100 >= 0.95 in benchmarks/search.py; fast = fewer lists / a narrower beam. Candidates are "
+        "always re-scored exactly, so the preset only changes which candidates are found. An exact (Flat) index "
+        "ignores it",
     )
     lam: float = Field(1.0, ge=0.0, le=1.0, description="balanced only: 1 = pure coverage of the pool, 0 = top-k")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random only: the seed")
@@ -141,6 +149,7 @@ class ExplainResponse(BaseModel):
     score_ratio: float = Field(description="the score as a linear ratio Var(g) / (Var(residual) + 1e-8)")
     strategy: Strategy
     reason: str | None = Field(None, description="auto only: why this strategy was chosen")
+    preset: Preset = Field(description="the search preset used to find the candidates")
     options: dict[str, Any] = Field(description="the options the explanation was computed with")
     k: int
     index: dict[str, Any]

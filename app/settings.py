@@ -15,7 +15,16 @@ class ApiSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EXEMPLAR_", frozen=True)
 
-    index_dir: Path = Field(Path(".cache/demos/tweets/index"), description="index directory to serve")
+    index_dir: Path = Field(
+        Path(".cache/demos/tweets/index"),
+        description="index directory to serve, or a versioned root (index-builder build --version): its CURRENT version",
+    )
+    watch_interval_s: float = Field(
+        5.0,
+        ge=0.0,
+        description="seconds between checks of the index directory for a new version (CURRENT switched, index "
+        "rebuilt or appended); a new one is swapped in without a failed request (0: only POST /v1/admin/reload)",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")

@@ -22,6 +22,7 @@ from exemplar.explain import build_featurizer, open_index
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel
 from exemplar.progress import Progress, SilentProgress
+from exemplar.search import factory_string, shard_bounds
 from exemplar.store import Checkpoint, Manifest, checkpoint_file, dataset_checksum, write_index
 from exemplar.tasks import Example, Task
 
@@ -158,6 +159,8 @@ def build_index(
     resumed: list[int] | None = None,
     vector_dtype: str = "float32",
     runner: ShardRunner | None = None,
+    index_type: str = "flat",
+    search_shards: int = 1,
 ) -> Manifest:
     """Featurise `examples` with the query-time featuriser and publish the index at `out_dir`.
 
@@ -173,6 +176,9 @@ def build_index(
     `runner` hands the missing shards to other processes first (`exemplar.distributed`):
     it gets the shard directory, a JSON job spec and the shard tasks, and returns once they
     are saved; whatever it left missing is then computed here.
+
+    `index_type` (a name in `exemplar.search.INDEX_TYPES` or a FAISS factory string) and
+    `search_shards` choose the search index, checked before any gradient is computed.
     """
     if not examples:
         raise InvalidInputError("the training set is empty: nothing to index")
@@ -183,6 +189,8 @@ def build_index(
         raise InvalidInputError(f"shard size must be >= 1; got {chunk_size}")
     progress = progress or SilentProgress()
     featurizer = build_featurizer(loaded, config, max_length, batch_size=batch_size)
+    index_spec = factory_string(index_type, len(examples), featurizer.dims)
+    shard_bounds(len(examples), search_shards)
     dataset = dataset_checksum(examples)
     plan = {
         "dataset": dataset,
@@ -231,6 +239,8 @@ def build_index(
             for c, lr in checkpoints
         ],
         vector_dtype=vector_dtype,
+        index_type=index_spec,
+        shards=search_shards,
     )
     token_ids = [featurizer.task.lexical_ids(e) for e in examples]
     write_index(
@@ -241,6 +251,7 @@ def build_index(
         token_ids=token_ids,
         checkpoint_vectors=checkpoint_vectors,
         overwrite=overwrite,
+        progress=progress,
     )
     shards.remove()
     if resumed is not None:
@@ -472,7 +483,14 @@ def append_index(
     token_ids = [featurizer.task.lexical_ids(e) for e in examples]
     store.close()
     write_index(
-        out, manifest, vectors, examples, token_ids=token_ids, checkpoint_vectors=checkpoint_vectors, overwrite=True
+        out,
+        manifest,
+        vectors,
+        examples,
+        token_ids=token_ids,
+        checkpoint_vectors=checkpoint_vectors,
+        overwrite=True,
+        progress=progress,
     )
     shards.remove()
     return manifest

@@ -26,7 +26,8 @@ from exemplar.estimators import ESTIMATOR_NAMES, Estimator, Query
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
 from exemplar.relevance import SOLVERS, Relevance, selection_relevance
-from exemplar.store import Checkpoint, FaissGradientStore, StoredExample
+from exemplar.search import DEFAULT_PRESET, check_preset
+from exemplar.store import Checkpoint, FaissGradientStore, StoredExample, resolve_index
 from exemplar.tasks import Example, make_task
 
 STRATEGIES = ("balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto")
@@ -54,6 +55,7 @@ class ExplainOptions:
     ordering: str = "most_influential"
     pool_size: int | None = None
     solver: str = "paper"
+    preset: str = DEFAULT_PRESET  # search effort of approximate indexes (exemplar.search.PRESETS)
 
     def check(self, config: ExplainConfig, signed: bool) -> None:
         if not 1 <= self.k <= config.max_k:
@@ -78,6 +80,7 @@ class ExplainOptions:
             raise InvalidInputError(f"lam must be in [0, 1]; got {self.lam}")
         if self.pool_size is not None and not 1 <= self.pool_size <= 10_000:
             raise InvalidInputError(f"pool_size must be between 1 and 10000; got {self.pool_size}")
+        check_preset(self.preset)
 
 
 @dataclass
@@ -133,6 +136,7 @@ class Explanation:
             "score_db": self.score_db if np.isfinite(self.score_db) else None,
             "score_ratio": self.score_ratio,
             "strategy": self.strategy,
+            "preset": self.options.preset,
             "options": asdict(self.options),
             "reason": self.reason,
             "timings_ms": self.timings_ms,
@@ -226,16 +230,20 @@ class Explainer:
         return build_featurizer(loaded, config, m.max_length, batch_size=self.featurizer.batch_size)
 
     def candidates(
-        self, state: QueryState, estimator: Estimator, ordering: str, m: int
+        self, state: QueryState, estimator: Estimator, ordering: str, m: int, preset: str = DEFAULT_PRESET
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The top-`m` rows under `ordering` and their exact influence, in that order."""
+        """The top-`m` rows under `ordering` and their exact influence, in that order.
+
+        Linear estimators search the index (`preset`: its effort, for approximate index
+        types); whatever rows it finds are re-scored exactly here before they are ranked.
+        """
         q = estimator.search_vector(state.query)
         if q is not None and ordering != "least_influential":
             parts = []
             if ordering in ("most_influential", "most_helpful"):  # largest <v, q>: most negative I
-                parts.append(self.store.search(q, m)[1])
+                parts.append(self.store.search(q, m, preset)[1])
             if ordering in ("most_influential", "most_harmful"):  # largest <v, -q>: most positive I
-                parts.append(self.store.search(-q, m)[1])
+                parts.append(self.store.search(-q, m, preset)[1])
             rows = np.unique(np.concatenate(parts))
             influence = estimator.influence(self.store, state.query, rows)
         else:
@@ -281,7 +289,7 @@ class Explainer:
                 selection.reconstruct(state.grad, self.store.vectors_at(pool), k, solver=options.solver, pool_size=m)
             ]
         else:
-            pool, influence = self.candidates(state, estimator, options.ordering, m)
+            pool, influence = self.candidates(state, estimator, options.ordering, m, options.preset)
             if strategy == "topk":
                 picked = selection.topk(influence, k, ordering=options.ordering)
             elif strategy == "balanced":
@@ -377,8 +385,11 @@ class Explainer:
 
 
 def open_index(index_dir: str | Path, *, batch_size: int = 16) -> tuple[FaissGradientStore, KroneckerFeaturizer]:
-    """The store and the featuriser of the model named by its manifest, checked against each other."""
-    store = FaissGradientStore(index_dir)
+    """The store and the featuriser of the model named by its manifest, checked against each other.
+
+    `index_dir` may be a versioned root: its current version is opened (`store.resolve_index`).
+    """
+    store = FaissGradientStore(resolve_index(index_dir))
     m = store.manifest
     loaded = load_model(m.model_dir, m.task, m.adapter_dir)
     config = ProjectionConfig(params=m.params, proj_dim=m.proj_dim, seed=m.seed)

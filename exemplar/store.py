@@ -2,7 +2,9 @@
 
 Layout (the manifest is written last, so a directory without it is not an index):
 - `vectors.npy`: row-aligned float32 projected gradients `(n, d)`, memory-mapped on open
-- `index.faiss`: FAISS inner-product index over the same rows (exact `IndexFlatIP`)
+- `index-NNNN.faiss`: approximate FAISS inner-product indexes, one per shard of contiguous
+  rows (only for index types other than "Flat", which is searched by scanning the
+  memory-mapped vectors; see `exemplar.search`)
 - `examples.sqlite`: the examples (id, text/label or prompt/response, source, metadata)
 - `norms.npy`: L2 norm of each row (cosine estimator)
 - `datainf.npy`: DataInf's per-layer preconditioner `(L, p, p)` (see `exemplar.estimators`)
@@ -19,6 +21,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -29,7 +32,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import faiss
 import numpy as np
 
 from exemplar import __version__
@@ -47,10 +49,22 @@ from exemplar.estimators import (
     datainf_matrices,
     scan_inner_products,
 )
+from exemplar.progress import Progress, SilentProgress
+from exemplar.search import (
+    DEFAULT_PRESET,
+    PRESETS,
+    ExactSearch,
+    FaissSearch,
+    VectorSearch,
+    build_faiss_shards,
+    factory_string,
+    shard_bounds,
+    shard_file,
+)
 from exemplar.tasks import Example
 
 FORMAT_VERSION = 2
-MANIFEST, VECTORS, FAISS_INDEX, EXAMPLES_DB = "manifest.json", "vectors.npy", "index.faiss", "examples.sqlite"
+MANIFEST, VECTORS, EXAMPLES_DB = "manifest.json", "vectors.npy", "examples.sqlite"
 NORMS = "norms.npy"
 VECTOR_DTYPES = ("float32", "float16")
 
@@ -87,8 +101,9 @@ class Manifest:
     max_length: int
     labels: list[str] | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
-    index_type: str = "Flat"
-    vector_dtype: str = "float32"  # "float16" halves vectors.npy and stores the FAISS index as fp16
+    index_type: str = "Flat"  # FAISS factory string ("Flat": exact scan; see exemplar.search)
+    shards: int = 1  # FAISS index files over contiguous row ranges (approximate index types)
+    vector_dtype: str = "float32"  # "float16" halves vectors.npy
     format_version: int = FORMAT_VERSION
     code_version: str = __version__
     created_at: float = field(default_factory=time.time)
@@ -122,6 +137,8 @@ class Manifest:
             "labels": self.labels,
             "checkpoints": len(self.checkpoints),
             "index_type": self.index_type,
+            "shards": self.shards,
+            "presets": list(PRESETS),
             "vector_dtype": self.vector_dtype,
             "code_version": self.code_version,
             "created_at": self.created_at,
@@ -178,7 +195,7 @@ class GradientStore(Protocol):
 
     manifest: Manifest
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def search(self, query: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray, np.ndarray]: ...
 
     def estimator(self, name: str) -> Estimator: ...
 
@@ -200,8 +217,12 @@ def write_index(
     token_ids: Sequence[list[int]] | None = None,
     checkpoint_vectors: Sequence[np.ndarray] = (),
     overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> Path:
-    """Write a complete index to a temporary sibling directory, then rename it into place."""
+    """Write a complete index to a temporary sibling directory, then rename it into place.
+
+    ``manifest.index_type`` must already be a factory string (``search.factory_string``).
+    """
     out = Path(out_dir)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.shape != (len(examples), manifest.dims) or manifest.n_examples != len(examples):
@@ -227,13 +248,22 @@ def write_index(
             BM25.build(list(token_ids)).save(tmp / BM25_DIR)
         for i, extra in enumerate(checkpoint_vectors):
             np.save(tmp / checkpoint_file(i), np.ascontiguousarray(extra, dtype=np.float32))
-        index: faiss.Index
-        if manifest.vector_dtype == "float16":  # exact inner products on fp16-rounded vectors
-            index = faiss.IndexScalarQuantizer(manifest.dims, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        if factory_string(manifest.index_type, len(examples), manifest.dims) != manifest.index_type:
+            raise InvalidInputError(f"index type {manifest.index_type!r} is not a resolved factory string")
+        if manifest.index_type == "Flat":
+            shard_bounds(len(examples), manifest.shards)  # validates the count; nothing to build
         else:
-            index = faiss.IndexFlatIP(manifest.dims)
-        index.add(vectors)
-        faiss.write_index(index, str(tmp / FAISS_INDEX))
+            bar = progress or SilentProgress()
+            bar.start(f"search index {manifest.index_type}", manifest.shards, unit="shard")
+            build_faiss_shards(
+                vectors,
+                manifest.index_type,
+                manifest.shards,
+                tmp,
+                seed=manifest.seed,
+                on_shard=lambda _: bar.advance(1),
+            )
+            bar.finish()
         _write_examples(tmp / EXAMPLES_DB, examples)
         (tmp / MANIFEST).write_text(manifest.to_json())
         if out.exists():  # swap: the old version stays complete until the new one is in place
@@ -270,6 +300,57 @@ def _write_examples(path: Path, examples: Sequence[Example]) -> None:
         con.close()
 
 
+CURRENT = "CURRENT"
+"""In a versioned index root: a file naming the version directory being served."""
+
+_VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_version_name(name: str) -> str:
+    if not _VERSION_NAME.match(name):
+        raise InvalidInputError(
+            f"version name {name!r} must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def resolve_index(path: str | Path) -> Path:
+    """The index directory ``path`` stands for: itself, or in a versioned root the version its ``CURRENT`` names.
+
+    A versioned root holds versions side by side (``ROOT/<version>/``, each a complete
+    index) and a ``CURRENT`` file; ``publish_version`` switches it atomically.
+    """
+    root = Path(path)
+    if (root / MANIFEST).exists() or not (root / CURRENT).exists():
+        return root
+    name = (root / CURRENT).read_text().strip()
+    return root / check_version_name(name)
+
+
+def publish_version(root: str | Path, name: str) -> Path:
+    """Make ``root/name`` (a complete index) the version ``root`` serves: ``CURRENT`` is replaced in one rename."""
+    target = Path(root) / check_version_name(name)
+    read_manifest(target)  # refuses a directory that is not a complete index
+    tmp = Path(root) / f".{CURRENT}.{os.getpid()}.{threading.get_ident()}"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, Path(root) / CURRENT)
+    return target
+
+
+def list_versions(root: str | Path) -> list[tuple[str, Manifest, bool]]:
+    """(name, manifest, is current) of every complete version in a versioned root, oldest first."""
+    base = Path(root)
+    if not base.is_dir():
+        raise NotFoundError(f"{str(root)!r} is not a directory")
+    current = (base / CURRENT).read_text().strip() if (base / CURRENT).exists() else None
+    found = [
+        (p.name, read_manifest(p), p.name == current)
+        for p in base.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).exists()
+    ]
+    return sorted(found, key=lambda v: (v[1].created_at, v[0]))
+
+
 def read_manifest(index_dir: str | Path) -> Manifest:
     path = Path(index_dir) / MANIFEST
     if not path.exists():
@@ -284,10 +365,23 @@ class FaissGradientStore:
         self.path = Path(index_dir)
         self.manifest = read_manifest(self.path)
         self.vectors = np.load(self.path / VECTORS, mmap_mode="r")
-        self.index = faiss.read_index(str(self.path / FAISS_INDEX))
         n, d = self.vectors.shape
-        if (n, d) != (self.manifest.n_examples, self.manifest.dims) or self.index.ntotal != n or self.index.d != d:
+        if (n, d) != (self.manifest.n_examples, self.manifest.dims):
             raise IndexIncompatibleError(f"index files in {str(self.path)!r} disagree with its manifest; rebuild it")
+        self.searcher: VectorSearch
+        if self.manifest.index_type == "Flat":
+            self.searcher = ExactSearch(self.vectors)
+        else:
+            bounds = shard_bounds(n, self.manifest.shards)
+            try:
+                self.searcher = FaissSearch(
+                    self.vectors, [self.path / shard_file(i) for i in range(len(bounds))], bounds
+                )
+            except (RuntimeError, InvalidInputError) as exc:
+                raise IndexIncompatibleError(
+                    f"the search index files in {str(self.path)!r} are missing or disagree with the vectors; "
+                    f"rebuild the index ({exc})"
+                ) from exc
         self.norms = np.load(self.path / NORMS, mmap_mode="r")
         self._estimators: dict[str, Estimator] = {}
         self._db = sqlite3.connect(f"file:{self.path / EXAMPLES_DB}?mode=ro", uri=True, check_same_thread=False)
@@ -303,12 +397,13 @@ class FaissGradientStore:
     def n(self) -> int:
         return int(self.vectors.shape[0])
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-`k` rows by inner product with `query: (d,)`: `(scores (k,), rows (k,))`."""
-        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        scores, rows = self.index.search(q, min(k, self.n))
-        keep = rows[0] >= 0
-        return scores[0][keep], rows[0][keep].astype(np.int64)
+    def search(self, query: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` rows by inner product with `query: (d,)`: `(scores, rows)`, best first.
+
+        Approximate presets may return up to `k_factor * k` rows (`exemplar.search`) for the
+        caller to re-score exactly.
+        """
+        return self.searcher.search(query, k, preset)
 
     def estimator(self, name: str) -> Estimator:
         """The named influence estimator over this store, loaded once."""

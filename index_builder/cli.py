@@ -63,6 +63,22 @@ def build(
     vector_dtype: Annotated[
         str, typer.Option(help="float32 | float16 (half the memory for vectors and index)")
     ] = "float32",
+    index_type: Annotated[
+        str,
+        typer.Option(
+            help="search index: flat (exact scan, default) | ivf | ivf_sq (fp16 codes) | hnsw | ivf_pq, or a FAISS "
+            "factory string such as 'IVF4096,SQfp16'; see docs/search.md"
+        ),
+    ] = "flat",
+    search_shards: Annotated[int, typer.Option(help="split the FAISS search index into this many files")] = 1,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            help="write the index as version NAME of the versioned root --out (side by side with the others) and "
+            "publish it as CURRENT; a server on --out picks it up on reload or by its file watch"
+        ),
+    ] = None,
+    publish: Annotated[bool, typer.Option(help="with --version: make the new version CURRENT")] = True,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores)")] = None,
     skip_bad_rows: Annotated[bool, typer.Option(help="skip invalid rows (reported) instead of failing")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing index at --out")] = False,
@@ -87,6 +103,7 @@ def build(
     from exemplar.explain import default_params
     from exemplar.gradients import ProjectionConfig
     from exemplar.models import load_model
+    from exemplar.store import CURRENT, MANIFEST, check_version_name, publish_version
     from exemplar.tasks import make_task
 
     if threads:
@@ -94,6 +111,11 @@ def build(
     started = time.perf_counter()
     try:
         ProjectionConfig(params=params or "linear", proj_dim=proj_dim, seed=seed).validate()
+        root = out
+        if version is not None:
+            if (root / MANIFEST).exists():
+                fail(f"{root} is a single index, not a versioned root; choose another --out for --version")
+            out = root / check_version_name(version)
         if out.exists() and not overwrite:
             fail(f"{out} already exists; choose another --out or pass --overwrite")
         loaded = load_model(model, task, lora)
@@ -144,7 +166,12 @@ def build(
             checkpoints=checkpoints,
             progress=TqdmProgress(),
             runner=runner,
+            index_type=index_type,
+            search_shards=search_shards,
         )
+        if version is not None and publish:
+            publish_version(root, version)
+            typer.echo(f"published version {version} as {root / CURRENT}", err=True)
     except ExemplarError as exc:
         fail(str(exc))
         return
@@ -159,7 +186,7 @@ def build(
 
 @app.command()
 def append(
-    index: Annotated[Path, typer.Option(help="existing index directory")],
+    index: Annotated[Path, typer.Option(help="existing index directory (a versioned root: its CURRENT version)")],
     data: Annotated[Path, typer.Option(help="JSONL with the new examples (same format as for build)")],
     batch_size: Annotated[int, typer.Option(help="examples per forward/backward")] = 16,
     shard_size: Annotated[int, typer.Option(help="examples per saved shard")] = 256,
@@ -167,10 +194,11 @@ def append(
 ) -> None:
     """Add examples to an index under its manifest (same model checksum, projection, parameters)."""
     from exemplar.build import append_index, read_examples_jsonl
-    from exemplar.store import read_manifest
+    from exemplar.store import read_manifest, resolve_index
 
     started = time.perf_counter()
     try:
+        index = resolve_index(index)
         m = read_manifest(index)
         examples, errors = read_examples_jsonl(data, m.task, m.labels)
         for error in errors[:20]:
@@ -185,6 +213,42 @@ def append(
         f"appended {len(examples)} examples to {index}: now {manifest.n_examples} examples, "
         f"{time.perf_counter() - started:.1f} s; a running exemplar-api serves it after POST /v1/admin/reload"
     )
+
+
+@app.command("publish")
+def publish_cmd(
+    root: Annotated[Path, typer.Argument(help="versioned index root (built with --version)")],
+    version: Annotated[str, typer.Argument(help="the version to serve, e.g. to roll back")],
+) -> None:
+    """Make VERSION the one ROOT serves (CURRENT is replaced atomically); servers switch on reload or file watch."""
+    from exemplar.store import publish_version
+
+    try:
+        path = publish_version(root, version)
+    except ExemplarError as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"{root} now serves {path}")
+
+
+@app.command()
+def versions(root: Annotated[Path, typer.Argument(help="versioned index root")]) -> None:
+    """List the versions of a versioned root, oldest first; * marks the one served."""
+    from exemplar.store import list_versions
+
+    try:
+        found = list_versions(root)
+    except ExemplarError as exc:
+        fail(str(exc))
+        return
+    if not found:
+        fail(f"{root} holds no complete index version; build one with index-builder build --out {root} --version NAME")
+    for name, manifest, current in found:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(manifest.created_at))
+        typer.echo(
+            f"{'*' if current else ' '} {name}  {manifest.n_examples} examples  {manifest.index_type}"
+            f"  x{manifest.shards}  {created} UTC"
+        )
 
 
 @app.command()

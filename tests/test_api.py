@@ -31,7 +31,23 @@ def test_explain_contract(client: TestClient) -> None:
     assert isinstance(body["score_db"], float)
     assert body["prediction"]["label"] in body["index"]["labels"]
     assert body["index"]["task"] == "classification"
+    assert body["preset"] == "balanced"
     assert r.headers["X-Request-ID"]
+
+
+def test_search_presets_are_echoed_and_checked(client: TestClient) -> None:
+    exact = client.post("/v1/explain", json={"text": "the cat sat", "k": 3, "preset": "exact"})
+    assert exact.status_code == 200, exact.text
+    assert exact.json()["preset"] == "exact"
+    fast = client.post("/v1/explain", json={"text": "the cat sat", "k": 3, "preset": "fast"})
+    assert [e["id"] for e in fast.json()["examples"]] == [e["id"] for e in exact.json()["examples"]]  # Flat: exact
+    bad = client.post("/v1/explain", json={"text": "the cat sat", "preset": "quick"})
+    assert bad.status_code == 422
+    assert "preset" in bad.json()["error"]
+    index = client.get("/v1/index").json()
+    assert index["index_type"] == "Flat"
+    assert index["presets"] == ["exact", "balanced", "fast"]
+    assert index["version"] == index["path"].rsplit("/", 1)[-1]
 
 
 def test_example_lookup(client: TestClient) -> None:
@@ -146,7 +162,7 @@ def test_reload_serves_an_appended_index_and_needs_the_admin_key(tmp_path: Path,
 
     index = tmp_path / "index"
     shutil.copytree(classifier_index, index)
-    settings = ApiSettings(index_dir=index, admin_key_sha256=hashlib.sha256(b"s3cret").hexdigest())
+    settings = ApiSettings(index_dir=index, admin_key_sha256=hashlib.sha256(b"s3cret").hexdigest(), watch_interval_s=0)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         before = c.get("/v1/index").json()
         assert c.post("/v1/admin/reload").status_code == 401

@@ -63,7 +63,7 @@ def redis_server() -> Iterator[int]:
 
 
 def test_identical_requests_hit_and_a_new_index_version_misses(index: Path, redis_server: int) -> None:
-    settings = ApiSettings(index_dir=index, redis_url=f"redis://127.0.0.1:{redis_server}/0")
+    settings = ApiSettings(index_dir=index, redis_url=f"redis://127.0.0.1:{redis_server}/0", watch_interval_s=0)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         first = c.post("/v1/explain", json=QUERY)
         assert first.status_code == 200

@@ -1,0 +1,238 @@
+"""Vector search: the stored rows with the largest inner product with a query vector.
+
+The index type is chosen at build time by name (``INDEX_TYPES``) or by a raw FAISS factory
+string; the search effort per request by a preset (``PRESETS``). Implementations of
+``VectorSearch``:
+
+- ``ExactSearch``: a chunked scan of the memory-mapped vectors. It serves "Flat" indexes
+  and the "exact" preset of every index, never holds more than one chunk in memory
+  (an index larger than RAM still serves, from the page cache), and is the oracle the
+  approximate ones are tested against.
+- ``FaissSearch``: approximate FAISS indexes (IVF-Flat, IVF with fp16 scalar quantisation,
+  HNSW, IVF-PQ), one file per shard of contiguous rows, searched shard by shard and
+  merged. Files are opened with ``IO_FLAG_MMAP`` (IVF inverted lists stay on disk);
+  per-request parameters go through FAISS ``SearchParameters``, so concurrent requests
+  with different presets never change shared state.
+
+Approximate search only decides which rows become candidates: the explainer re-scores
+every candidate exactly against the stored vectors (``Estimator.influence``). A preset
+asks the index for ``k_factor * k`` rows so that exact re-scoring can restore the order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import faiss
+import numpy as np
+
+from exemplar.errors import InvalidInputError
+
+SCAN_CHUNK_ROWS = 65536
+"""Rows per block of the exact scan (about 256 MiB of float32 at d = 1024)."""
+
+INDEX_TYPES = {
+    "flat": "Flat",
+    "ivf": "IVF{nlist},Flat",
+    "ivf_sq": "IVF{nlist},SQfp16",
+    "hnsw": "HNSW32",
+    "ivf_pq": "IVF{nlist},PQ{pq_m}",
+}
+"""Named index types -> FAISS factory strings; ``{nlist}`` and ``{pq_m}`` are sized from n and d."""
+
+PRESETS = ("exact", "balanced", "fast")
+DEFAULT_PRESET = "balanced"
+
+TRAIN_POINTS_PER_LIST = 50
+"""IVF training sample: this many rows per inverted list (FAISS asks for at least 39)."""
+
+PQ_MIN_EXAMPLES = 256
+
+_FACTORY = re.compile(r"^(Flat|IVF\d+,(Flat|SQfp16|SQ8|PQ\d+(x\d+)?)|HNSW\d+(,Flat)?)$")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Search effort: fraction of IVF lists probed, HNSW beam width, and over-fetch for re-scoring."""
+
+    name: str
+    nprobe_fraction: float  # IVF: probe ceil(fraction * nlist) lists (at least MIN_NPROBE)
+    min_nprobe: int
+    ef_search: int  # HNSW beam width (at least the number of rows asked for)
+    k_factor: int  # ask the index for k_factor * k rows; the caller re-scores them exactly
+
+
+PRESET_PARAMS = {
+    "balanced": Preset("balanced", nprobe_fraction=1 / 32, min_nprobe=8, ef_search=256, k_factor=2),
+    "fast": Preset("fast", nprobe_fraction=1 / 128, min_nprobe=4, ef_search=96, k_factor=1),
+}
+"""The approximate presets; "exact" is a full scan. Measured in ``benchmarks/search.py``."""
+
+
+def check_preset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise InvalidInputError(f"unknown search preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    return preset
+
+
+def factory_string(index_type: str, n: int, dims: int) -> str:
+    """The FAISS factory string for ``index_type`` (a name in ``INDEX_TYPES`` or a factory string).
+
+    IVF lists: ``nlist`` = the power of two nearest ``4 sqrt(n)``, at most ``n / 39`` so
+    every list can be trained. PQ: ``pq_m`` = ``dims / 16`` sub-quantisers (16 dims each,
+    8 bits). Raw strings are accepted for the supported families (Flat, IVF*, HNSW*).
+    """
+    spec = INDEX_TYPES.get(index_type, index_type)
+    if "{" in spec:
+        nlist = max(1, min(2 ** round(math.log2(max(1.0, 4 * math.sqrt(n)))), n // 39))
+        pq_m = max(1, dims // 16)
+        while dims % pq_m:
+            pq_m -= 1
+        spec = spec.format(nlist=nlist, pq_m=pq_m)
+    if not _FACTORY.match(spec):
+        raise InvalidInputError(
+            f"unsupported index type {index_type!r}; use one of {', '.join(INDEX_TYPES)} or a FAISS factory "
+            "string like 'IVF1024,Flat', 'IVF1024,SQfp16', 'HNSW32', 'IVF1024,PQ64'"
+        )
+    if spec.startswith("IVF"):
+        nlist = int(spec[3 : spec.index(",")])
+        if not 1 <= nlist <= n:
+            raise InvalidInputError(f"{spec!r} needs 1 <= nlist <= n = {n} examples; use fewer lists")
+    pq = re.search(r"PQ(\d+)", spec)
+    if pq and dims % int(pq.group(1)):
+        raise InvalidInputError(f"{spec!r}: the PQ size must divide the {dims} dims")
+    if pq and n < PQ_MIN_EXAMPLES:
+        raise InvalidInputError(
+            f"{spec!r}: product quantisation trains 256 centroids per sub-quantiser and needs at least "
+            f"{PQ_MIN_EXAMPLES} examples; got {n}; use ivf or flat"
+        )
+    return spec
+
+
+def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous ``[start, stop)`` row ranges of ``shards`` near-equal shards."""
+    if shards < 1 or shards > max(1, n):
+        raise InvalidInputError(f"shards must be between 1 and the number of examples ({n}); got {shards}")
+    edges = np.linspace(0, n, shards + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
+
+
+def shard_file(i: int) -> str:
+    return f"index-{i:04d}.faiss"
+
+
+def exact_top_k(vectors: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` rows of ``vectors: (n, d)`` with the largest ``<v, q>``, best first (ties by row)."""
+    n = vectors.shape[0]
+    k = min(k, n)
+    q32 = np.asarray(q, dtype=np.float32).reshape(-1)
+    best_scores = np.empty(0, dtype=np.float32)
+    best_rows = np.empty(0, dtype=np.int64)
+    for start in range(0, n, SCAN_CHUNK_ROWS):
+        scores = np.asarray(vectors[start : start + SCAN_CHUNK_ROWS], dtype=np.float32) @ q32
+        take = min(k, scores.shape[0])
+        part = np.argpartition(-scores, take - 1)[:take] if take < scores.shape[0] else np.arange(scores.shape[0])
+        best_scores = np.concatenate([best_scores, scores[part]])
+        best_rows = np.concatenate([best_rows, part.astype(np.int64) + start])
+        if best_rows.shape[0] > k:
+            keep = np.lexsort((best_rows, -best_scores))[:k]
+            best_scores, best_rows = best_scores[keep], best_rows[keep]
+    order = np.lexsort((best_rows, -best_scores))[:k]
+    return best_scores[order], best_rows[order]
+
+
+class VectorSearch(Protocol):
+    """Top-k rows by inner product with a query vector ``(d,)``: ``(scores (k,), rows (k,))``."""
+
+    def search(self, query: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class ExactSearch:
+    """Exact search by scanning the (memory-mapped) vectors; every preset is exact."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+
+    def search(self, query: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray, np.ndarray]:
+        check_preset(preset)
+        return exact_top_k(self.vectors, query, k)
+
+
+def _search_params(index: faiss.Index, preset: Preset, k: int) -> faiss.SearchParameters | None:
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        nprobe = min(ivf.nlist, max(preset.min_nprobe, math.ceil(preset.nprobe_fraction * ivf.nlist)))
+        ivf_params = faiss.SearchParametersIVF()
+        ivf_params.nprobe = nprobe
+        return ivf_params
+    if isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+        hnsw_params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stubs
+        hnsw_params.efSearch = max(preset.ef_search, k)
+        return hnsw_params
+    return None
+
+
+class FaissSearch:
+    """Approximate search over FAISS shard files, merged; "exact" falls back to ``ExactSearch``."""
+
+    def __init__(self, vectors: np.ndarray, paths: Sequence[Path], bounds: Sequence[tuple[int, int]]) -> None:
+        self.exact = ExactSearch(vectors)
+        self.shards = [faiss.read_index(str(p), faiss.IO_FLAG_MMAP) for p in paths]
+        self.offsets = [start for start, _ in bounds]
+        for index, (start, stop) in zip(self.shards, bounds, strict=True):
+            if index.ntotal != stop - start or index.d != vectors.shape[1]:
+                raise InvalidInputError("a FAISS shard file disagrees with the stored vectors; rebuild the index")
+
+    def search(self, query: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray, np.ndarray]:
+        if check_preset(preset) == "exact":
+            return self.exact.search(query, k, preset)
+        params = PRESET_PARAMS[preset]
+        fetch = k * params.k_factor
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        scores, rows = [], []
+        for index, offset in zip(self.shards, self.offsets, strict=True):
+            s, r = index.search(q, min(fetch, index.ntotal), params=_search_params(index, params, fetch))
+            keep = r[0] >= 0
+            scores.append(s[0][keep])
+            rows.append(r[0][keep].astype(np.int64) + offset)
+        all_scores, all_rows = np.concatenate(scores), np.concatenate(rows)
+        order = np.lexsort((all_rows, -all_scores))[:fetch]
+        return all_scores[order], all_rows[order]
+
+
+def build_faiss_shards(
+    vectors: np.ndarray,
+    spec: str,
+    shards: int,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    on_shard: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Train one index of factory string ``spec`` on a seeded sample, then fill one copy per
+    shard of contiguous rows and write it to ``out_dir``; returns the file names."""
+    n, d = vectors.shape
+    template = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    if not template.is_trained:
+        ivf = faiss.try_extract_index_ivf(template)
+        want = TRAIN_POINTS_PER_LIST * (ivf.nlist if ivf is not None else 256)
+        if spec.count("PQ"):
+            want = max(want, 256 * TRAIN_POINTS_PER_LIST)
+        sample = np.sort(np.random.default_rng(seed).permutation(n)[: min(n, want)])
+        template.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    names = []
+    for i, (start, stop) in enumerate(shard_bounds(n, shards)):
+        index = faiss.clone_index(template)
+        for a in range(start, stop, SCAN_CHUNK_ROWS):
+            index.add(np.ascontiguousarray(vectors[a : min(stop, a + SCAN_CHUNK_ROWS)], dtype=np.float32))
+        names.append(shard_file(i))
+        faiss.write_index(index, str(out_dir / names[-1]))
+        if on_shard is not None:
+            on_shard(i)
+    return names

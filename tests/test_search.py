@@ -1,0 +1,172 @@
+"""Vector search: exact scan and FAISS index types against numpy brute force; shards; versions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exemplar.errors import IndexIncompatibleError, InvalidInputError, NotFoundError
+from exemplar.search import (
+    INDEX_TYPES,
+    PRESETS,
+    SCAN_CHUNK_ROWS,
+    ExactSearch,
+    exact_top_k,
+    factory_string,
+    shard_bounds,
+    shard_file,
+)
+from exemplar.store import (
+    CURRENT,
+    FaissGradientStore,
+    list_versions,
+    publish_version,
+    resolve_index,
+    write_index,
+)
+from exemplar.tasks import Example
+from tests.test_store import _manifest
+
+
+def brute_top_k(vectors: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    """The k rows with the largest float64 inner product, ties by row."""
+    scores = vectors.astype(np.float64) @ q.astype(np.float64)
+    return np.array(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k])
+
+
+def clustered(n: int, d: int, seed: int) -> np.ndarray:
+    """Gradient-like rows: a few clusters, heavy-tailed norms."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((8, d))
+    rows = centres[rng.integers(0, 8, n)] + 0.5 * rng.standard_normal((n, d))
+    return (rows * rng.lognormal(0.0, 0.8, (n, 1))).astype(np.float32)
+
+
+def index_of(tmp_path: Path, vectors: np.ndarray, index_type: str = "flat", shards: int = 1) -> Path:
+    n, d = vectors.shape
+    manifest = replace(_manifest(n, d), index_type=factory_string(index_type, n, d), shards=shards)
+    examples = [Example(id=f"e{i}", text=f"t{i}", label="neutral") for i in range(n)]
+    return write_index(tmp_path / f"idx-{index_type}-{shards}", manifest, vectors, examples)
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (50, 10), (300, 300), (SCAN_CHUNK_ROWS + 37, 25)])
+def test_exact_top_k_matches_brute_force_across_chunks(n: int, k: int) -> None:
+    rng = np.random.default_rng(n)
+    vectors = rng.standard_normal((n, 4)).astype(np.float32)
+    vectors[n // 2] = vectors[0]  # a tie: the earlier row first
+    q = rng.standard_normal(4).astype(np.float32)
+    scores, rows = exact_top_k(vectors, q, k)
+    expected = brute_top_k(vectors, q, k)
+    np.testing.assert_allclose(
+        vectors[rows].astype(np.float64) @ q, vectors[expected].astype(np.float64) @ q, rtol=1e-5
+    )
+    assert rows.dtype == np.int64
+    assert len(set(rows.tolist())) == len(rows) == min(k, n)
+    np.testing.assert_allclose(scores, vectors[rows] @ q, rtol=1e-5)
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_factory_strings_are_sized_from_the_data_and_checked() -> None:
+    assert factory_string("flat", 10, 8) == "Flat"
+    assert factory_string("ivf", 1_000_000, 1024) == "IVF4096,Flat"
+    assert factory_string("ivf_sq", 200_000, 1024) == "IVF2048,SQfp16"
+    assert factory_string("ivf_pq", 200_000, 1024) == "IVF2048,PQ64"
+    assert factory_string("hnsw", 5, 8) == "HNSW32"
+    assert factory_string("ivf", 100, 8) == "IVF2,Flat"  # at most n / 39 lists
+    assert factory_string("IVF16,SQ8", 1000, 8) == "IVF16,SQ8"
+    assert set(INDEX_TYPES) == {"flat", "ivf", "ivf_sq", "hnsw", "ivf_pq"}
+    for bad, match in [
+        ("LSH", "unsupported"),
+        ("IVF0,Flat", "nlist"),
+        ("IVF9999,Flat", "nlist"),
+        ("IVF4,PQ3", "divide"),
+    ]:
+        with pytest.raises(InvalidInputError, match=match):
+            factory_string(bad, 1000, 8)
+    with pytest.raises(InvalidInputError, match="256 examples"):
+        factory_string("ivf_pq", 200, 16)
+
+
+def test_shard_bounds_cover_every_row_once() -> None:
+    assert shard_bounds(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    assert shard_bounds(5, 1) == [(0, 5)]
+    for bad in (0, 11):
+        with pytest.raises(InvalidInputError, match="shards"):
+            shard_bounds(10, bad)
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_exhaustive_ivf_over_shards_is_exact(tmp_path: Path, shards: int) -> None:
+    """IVF4 probes at least 8 lists under every preset, i.e. all of them: exact, merged across shards."""
+    vectors = clustered(400, 16, seed=1)
+    store = FaissGradientStore(index_of(tmp_path, vectors, "IVF4,Flat", shards))
+    assert [p.name for p in sorted(store.path.glob("*.faiss"))] == [shard_file(i) for i in range(shards)]
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        q = rng.standard_normal(16).astype(np.float32)
+        for preset in PRESETS:
+            scores, rows = store.search(q, 20, preset)
+            expected = brute_top_k(vectors, q, 20)
+            assert rows[:20].tolist() == expected.tolist(), preset
+            np.testing.assert_allclose(scores, vectors[rows] @ q, rtol=1e-4)
+
+
+@pytest.mark.parametrize("index_type", ["ivf", "ivf_sq", "hnsw", "ivf_pq"])
+def test_approximate_types_find_the_exact_top_rows(tmp_path: Path, index_type: str) -> None:
+    """Each type finds >= 90 % of the exact top-10 among what it returns under "balanced" (it
+    over-fetches for exact re-scoring); "exact" is the brute force itself."""
+    vectors = clustered(2000, 32, seed=3)
+    store = FaissGradientStore(index_of(tmp_path, vectors, index_type))
+    rng = np.random.default_rng(4)
+    found = []
+    for _ in range(20):
+        q = vectors[rng.integers(0, 2000)] + 0.3 * rng.standard_normal(32).astype(np.float32)
+        expected = brute_top_k(vectors, q, 10)
+        found.append(len(set(store.search(q, 10, "balanced")[1].tolist()) & set(expected.tolist())) / 10)
+        assert store.search(q, 10, "exact")[1].tolist() == expected.tolist()
+    assert np.mean(found) >= 0.9
+
+
+def test_unknown_preset_and_missing_shard_file_are_refused(tmp_path: Path) -> None:
+    vectors = clustered(200, 8, seed=5)
+    path = index_of(tmp_path, vectors, "IVF2,Flat", 2)
+    with pytest.raises(InvalidInputError, match="preset"):
+        FaissGradientStore(path).search(vectors[0], 5, "quick")
+    with pytest.raises(InvalidInputError, match="preset"):
+        ExactSearch(vectors).search(vectors[0], 5, "quick")
+    (path / shard_file(1)).unlink()
+    with pytest.raises(IndexIncompatibleError, match="rebuild"):
+        FaissGradientStore(path)
+
+
+def test_versions_side_by_side_and_atomic_publication(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    vectors = clustered(60, 8, seed=6)
+    examples = [Example(id=f"e{i}", text=f"t{i}", label="neutral") for i in range(60)]
+    v1 = write_index(root / "v1", _manifest(60, 8), vectors, examples)
+    assert resolve_index(root) == root  # no CURRENT yet: the root itself (not an index)
+    with pytest.raises(NotFoundError):
+        FaissGradientStore(resolve_index(root))
+    publish_version(root, "v1")
+    assert resolve_index(root) == v1
+    assert resolve_index(v1) == v1
+    v2 = write_index(root / "v2", replace(_manifest(50, 8), created_at=2e9), vectors[:50], examples[:50])
+    publish_version(root, "v2")
+    assert FaissGradientStore(resolve_index(root)).n == 50
+    assert [(name, current) for name, _, current in list_versions(root)] == [("v1", False), ("v2", True)]
+    assert not [p for p in os.listdir(root) if p.startswith(".")]  # no temporary file left behind
+    publish_version(root, "v1")  # roll back
+    assert resolve_index(root) == v1
+    assert v2.exists()
+    for bad, error in [("../v1", InvalidInputError), (".hidden", InvalidInputError), ("v3", NotFoundError)]:
+        with pytest.raises(error):
+            publish_version(root, bad)
+    assert (root / CURRENT).read_text().strip() == "v1"
+    (root / CURRENT).write_text("../../etc\n")
+    with pytest.raises(InvalidInputError, match="version name"):
+        resolve_index(root)
