@@ -34,19 +34,26 @@ from app.errors import error_response, install_error_handlers
 from app.jobs import JobQueue
 from app.observability import REQUEST_ID, Metrics, configure_logging
 from app.schemas import (
+    ComparePointOut,
+    CompareRequest,
+    CompareResponse,
     ErrorBody,
     ExampleOut,
     ExplainRequest,
     ExplainResponse,
     Health,
+    IndexInfo,
     JobRequest,
     JobStatus,
+    OptionFields,
     QueryFields,
 )
 from app.security import RateLimiter, authenticate
 from app.settings import ApiSettings, explain_config
 from exemplar.errors import AuthenticationError, ExemplarError, InvalidInputError
-from exemplar.explain import Explainer, ExplainOptions, Explanation
+from exemplar.explain import STRATEGIES, ComparePoint, Comparison, Explainer, ExplainOptions, Explanation
+from exemplar.relevance import SOLVERS
+from exemplar.selection import ORDERINGS
 from exemplar.store import StoredExample
 from exemplar.tasks import Example
 
@@ -127,6 +134,39 @@ def to_response(result: Explanation, k: int, index: dict[str, Any]) -> ExplainRe
         k=k,
         index=index,
         timings_ms={name: round(ms, 3) for name, ms in result.timings_ms.items()},
+    )
+
+
+def to_compare_response(result: Comparison, index: dict[str, Any]) -> CompareResponse:
+    def point(p: ComparePoint) -> ComparePointOut:
+        db = p.score_db if math.isfinite(p.score_db) else None
+        return ComparePointOut(
+            strategy=p.strategy, k=p.k, n_examples=p.n_examples, score_db=db, score_ratio=p.score_ratio, reason=p.reason
+        )
+
+    return CompareResponse(
+        prediction=result.prediction,
+        k=result.options.k,
+        strategy=result.options.strategy,
+        options=asdict(result.options),
+        by_strategy=[point(p) for p in result.by_strategy],
+        by_k=[point(p) for p in result.by_k],
+        index=index,
+        timings_ms={name: round(ms, 3) for name, ms in result.timings_ms.items()},
+    )
+
+
+def options_of(body: OptionFields) -> ExplainOptions:
+    """The core's options from a request carrying the `OptionFields`."""
+    return ExplainOptions(
+        k=body.k,
+        strategy=body.strategy,
+        lam=body.lam,
+        seed=body.seed,
+        estimator=body.estimator,
+        ordering=body.ordering,
+        pool_size=body.pool_size,
+        solver=body.solver,
     )
 
 
@@ -268,16 +308,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
                 return JSONResponse(cached, headers={"X-Cache": "hit"})
         response.headers["X-Cache"] = "miss" if cache.enabled else "off"
         query = to_query(body, manifest.task)
-        options = ExplainOptions(
-            k=body.k,
-            strategy=body.strategy,
-            lam=body.lam,
-            seed=body.seed,
-            estimator=body.estimator,
-            ordering=body.ordering,
-            pool_size=body.pool_size,
-            solver=body.solver,
-        )
+        options = options_of(body)
         batcher: MicroBatcher | None = request.app.state.batcher
         if batcher is not None:
             result = await batcher.submit(query, options)
@@ -291,6 +322,23 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             await asyncio.to_thread(cache.set, key, out.model_dump(mode="json"))
         return out
 
+    @app.post("/v1/compare", response_model=CompareResponse, responses=ERRORS, tags=["explain"], dependencies=protected)
+    async def compare(body: CompareRequest, request: Request) -> CompareResponse:
+        """Compare strategies for one query: the score in dB of each strategy at `k`, and of `strategy` at each k.
+
+        The query is featurised once; every selection is scored against that one gradient, so
+        the point for (`strategy`, `k`) equals the `score_db` of `/v1/explain` with the same
+        fields. Examples are not returned (ask `/v1/explain` for them).
+        """
+        explainer = get_explainer(request)
+        query = to_query(body, explainer.store.manifest.task)
+        options = options_of(body)
+        result: Comparison = await in_executor(
+            request, lambda: explainer.compare(query, options, strategies=body.strategies, ks=body.ks)
+        )
+        metrics.stage.labels("gradient").observe(result.timings_ms["gradient"] / 1e3)
+        return to_compare_response(result, explainer.store.manifest.summary())
+
     @app.get(
         "/v1/examples/{example_id:path}",
         response_model=ExampleOut,
@@ -303,10 +351,19 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         explainer = get_explainer(request)
         return to_example_out(await in_executor(request, lambda: explainer.store.example_by_id(example_id)))
 
-    @app.get("/v1/index", tags=["index"], dependencies=protected)
-    async def describe_index(request: Request) -> dict[str, Any]:
-        """The served index's manifest summary."""
-        return get_explainer(request).store.manifest.summary()
+    @app.get("/v1/index", response_model=IndexInfo, responses=ERRORS, tags=["index"], dependencies=protected)
+    async def describe_index(request: Request) -> IndexInfo:
+        """The served index's manifest summary, and the estimators, strategies and limits a request may use."""
+        explainer = get_explainer(request)
+        return IndexInfo(
+            **explainer.store.manifest.summary(),
+            estimators=explainer.store.estimator_names(),
+            strategies=list(STRATEGIES),
+            orderings=list(ORDERINGS),
+            solvers=list(SOLVERS),
+            max_k=explainer.config.max_k,
+            pool_size=explainer.config.pool_size,
+        )
 
     @app.post(
         "/v1/jobs", response_model=JobStatus, status_code=202, responses=ERRORS, tags=["jobs"], dependencies=protected
