@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -62,6 +63,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429, 500, 503)
 }
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+PAGE_HEADERS = {
+    # everything the page loads comes from this server; no inline script, no third party
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 class BodySizeLimit:
@@ -429,6 +438,13 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         if depth is not None:
             metrics.queue_depth.set(depth)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def web_page() -> FileResponse:
+        """The web page to explore explanations (plain HTML/JS/CSS from app/static, no CDN)."""
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

@@ -92,6 +92,24 @@ def test_compare_bad_input_is_422(client: TestClient, body: dict[str, object], m
     assert r.json()["error_type"] == "invalid_input"
 
 
+def test_the_web_page_is_served_locally(client: TestClient) -> None:
+    import re
+
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert "/static/app.js" in assets
+    assert "/static/style.css" in assets
+    for asset in assets:  # nothing from another origin (no CDN)
+        assert asset.startswith(("/", "#", "data:")), asset
+        if asset.startswith("/static/"):
+            assert client.get(asset).status_code == 200, asset
+    assert client.get("/static/nope.js").status_code == 404
+    assert "/" not in client.get("/openapi.json").json()["paths"]
+
+
 def test_example_lookup(client: TestClient) -> None:
     first = client.post("/v1/explain", json={"text": "stocks fell", "k": 1}).json()["examples"][0]
     r = client.get(f"/v1/examples/{first['id']}")
