@@ -38,6 +38,7 @@ def browser() -> Iterator[Browser]:
             "or point EXEMPLAR_CHROMIUM at another Chromium binary"
         )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=30_000)  # 5 s by default: too tight for a loaded 2-core CI machine
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
