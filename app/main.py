@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,19 +35,26 @@ from app.errors import error_response, install_error_handlers
 from app.jobs import JobQueue
 from app.observability import REQUEST_ID, Metrics, configure_logging
 from app.schemas import (
+    ComparePointOut,
+    CompareRequest,
+    CompareResponse,
     ErrorBody,
     ExampleOut,
     ExplainRequest,
     ExplainResponse,
     Health,
+    IndexInfo,
     JobRequest,
     JobStatus,
+    OptionFields,
     QueryFields,
 )
 from app.security import RateLimiter, authenticate
 from app.settings import ApiSettings, explain_config
 from exemplar.errors import AuthenticationError, ExemplarError, InvalidInputError
-from exemplar.explain import Explainer, ExplainOptions, Explanation
+from exemplar.explain import STRATEGIES, ComparePoint, Comparison, Explainer, ExplainOptions, Explanation
+from exemplar.relevance import SOLVERS
+from exemplar.selection import ORDERINGS
 from exemplar.store import StoredExample, read_manifest, resolve_index
 from exemplar.tasks import Example
 
@@ -55,6 +63,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429, 500, 503)
 }
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+PAGE_HEADERS = {
+    # everything the page loads comes from this server; no inline script, no third party
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 class BodySizeLimit:
@@ -128,6 +144,40 @@ def to_response(result: Explanation, k: int, index: dict[str, Any]) -> ExplainRe
         k=k,
         index=index,
         timings_ms={name: round(ms, 3) for name, ms in result.timings_ms.items()},
+    )
+
+
+def to_compare_response(result: Comparison, index: dict[str, Any]) -> CompareResponse:
+    def point(p: ComparePoint) -> ComparePointOut:
+        db = p.score_db if math.isfinite(p.score_db) else None
+        return ComparePointOut(
+            strategy=p.strategy, k=p.k, n_examples=p.n_examples, score_db=db, score_ratio=p.score_ratio, reason=p.reason
+        )
+
+    return CompareResponse(
+        prediction=result.prediction,
+        k=result.options.k,
+        strategy=result.options.strategy,
+        options=asdict(result.options),
+        by_strategy=[point(p) for p in result.by_strategy],
+        by_k=[point(p) for p in result.by_k],
+        index=index,
+        timings_ms={name: round(ms, 3) for name, ms in result.timings_ms.items()},
+    )
+
+
+def options_of(body: OptionFields) -> ExplainOptions:
+    """The core's options from a request carrying the `OptionFields`."""
+    return ExplainOptions(
+        k=body.k,
+        strategy=body.strategy,
+        lam=body.lam,
+        seed=body.seed,
+        estimator=body.estimator,
+        ordering=body.ordering,
+        pool_size=body.pool_size,
+        solver=body.solver,
+        preset=body.preset,
     )
 
 
@@ -321,17 +371,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
                 return JSONResponse(cached, headers={"X-Cache": "hit"})
         response.headers["X-Cache"] = "miss" if cache.enabled else "off"
         query = to_query(body, manifest.task)
-        options = ExplainOptions(
-            k=body.k,
-            strategy=body.strategy,
-            lam=body.lam,
-            seed=body.seed,
-            estimator=body.estimator,
-            ordering=body.ordering,
-            pool_size=body.pool_size,
-            solver=body.solver,
-            preset=body.preset,
-        )
+        options = options_of(body)
         batcher: MicroBatcher | None = request.app.state.batcher
         if batcher is not None:
             result = await batcher.submit(query, options)
@@ -344,6 +384,23 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         if cache.enabled:
             await asyncio.to_thread(cache.set, key, out.model_dump(mode="json"))
         return out
+
+    @app.post("/v1/compare", response_model=CompareResponse, responses=ERRORS, tags=["explain"], dependencies=protected)
+    async def compare(body: CompareRequest, request: Request) -> CompareResponse:
+        """Compare strategies for one query: the score in dB of each strategy at `k`, and of `strategy` at each k.
+
+        The query is featurised once; every selection is scored against that one gradient, so
+        the point for (`strategy`, `k`) equals the `score_db` of `/v1/explain` with the same
+        fields. Examples are not returned (ask `/v1/explain` for them).
+        """
+        explainer = get_explainer(request)
+        query = to_query(body, explainer.store.manifest.task)
+        options = options_of(body)
+        result: Comparison = await in_executor(
+            request, lambda: explainer.compare(query, options, strategies=body.strategies, ks=body.ks)
+        )
+        metrics.stage.labels("gradient").observe(result.timings_ms["gradient"] / 1e3)
+        return to_compare_response(result, explainer.store.manifest.summary())
 
     @app.get(
         "/v1/examples/{example_id:path}",
@@ -361,11 +418,21 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         store = explainer.store
         return {**store.manifest.summary(), "version": store.path.name, "path": str(store.path)}
 
-    @app.get("/v1/index", tags=["index"], dependencies=protected)
-    async def describe_index(request: Request) -> dict[str, Any]:
-        """The served index version: manifest summary (task, size, search index type, presets), version
-        directory, and when it started being served."""
-        return {**describe(get_explainer(request)), "served_since": request.app.state.served_since}
+    @app.get("/v1/index", response_model=IndexInfo, responses=ERRORS, tags=["index"], dependencies=protected)
+    async def describe_index(request: Request) -> IndexInfo:
+        """The served index version (manifest summary, search index type and presets, version directory, when
+        it started being served) and the estimators, strategies and limits a request may use."""
+        explainer = get_explainer(request)
+        return IndexInfo(
+            **describe(explainer),
+            served_since=request.app.state.served_since,
+            estimators=explainer.store.estimator_names(),
+            strategies=list(STRATEGIES),
+            orderings=list(ORDERINGS),
+            solvers=list(SOLVERS),
+            max_k=explainer.config.max_k,
+            pool_size=explainer.config.pool_size,
+        )
 
     @app.post(
         "/v1/jobs", response_model=JobStatus, status_code=202, responses=ERRORS, tags=["jobs"], dependencies=protected
@@ -425,6 +492,13 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         if depth is not None:
             metrics.queue_depth.set(depth)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def web_page() -> FileResponse:
+        """The web page to explore explanations (plain HTML/JS/CSS from app/static, no CDN)."""
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

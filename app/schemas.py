@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
@@ -85,6 +85,67 @@ class ExplainRequest(QueryFields, OptionFields):
     """A query and how to explain it."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class CompareRequest(QueryFields, OptionFields):
+    """A query and options, scored under several strategies (at `k`) and several k (for `strategy`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategies: list[Strategy] | None = Field(
+        None,
+        min_length=1,
+        max_length=8,
+        description="strategies to compare at `k` (default: topk, balanced, divine, aide, reconstruct, random and "
+        "`strategy`)",
+    )
+    ks: list[Annotated[int, Field(ge=1, le=50)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=8,
+        description="k values to score `strategy` at (default: 1, 5, 10, 25 up to the index size and the server's "
+        "max_k, and `k`)",
+    )
+
+
+class ComparePointOut(BaseModel):
+    """One scored selection."""
+
+    strategy: Strategy
+    k: int = Field(description="k asked for")
+    n_examples: int = Field(description="examples actually selected (fewer than k when the pool or index is smaller)")
+    score_db: float | None = Field(description="Selection Relevance Score in dB; null when the query gradient is zero")
+    score_ratio: float
+    reason: str | None = Field(None, description="auto only: which strategy won and why")
+
+
+class CompareResponse(BaseModel):
+    """Scores of one query's selections, computed from ONE query gradient."""
+
+    prediction: dict[str, Any]
+    k: int
+    strategy: Strategy
+    options: dict[str, Any] = Field(description="the options every selection shares (k and strategy vary)")
+    by_strategy: list[ComparePointOut] = Field(description="each compared strategy at `k`")
+    by_k: list[ComparePointOut] = Field(description="`strategy` at each k, ascending")
+    index: dict[str, Any]
+    timings_ms: dict[str, float]
+
+
+class IndexInfo(BaseModel):
+    """The served index (its manifest summary) and the choices a client can make against it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task: Literal["classification", "causal-lm"]
+    n_examples: int
+    labels: list[str] | None = Field(None, description="classification: the model's labels")
+    estimators: list[Estimator] = Field(description="estimators this index supports")
+    strategies: list[Strategy]
+    orderings: list[Ordering]
+    solvers: list[Solver]
+    max_k: int = Field(description="largest k the service accepts")
+    pool_size: int = Field(description="default candidate pool m")
 
 
 MAX_JOB_QUERIES = 1000

@@ -7,6 +7,9 @@ two FAISS inner-product searches (proponents with `q`, opponents with `-q`), oth
 (and always for "least influential", which an inner-product index cannot return) from a
 vectorised scan over the memory-mapped vectors. Candidates are re-scored exactly before
 selection. The selection is then scored with the Selection Relevance Score.
+
+`Explainer.compare` featurises a query once and scores several selections of it (dB by
+strategy at one k, dB by k for one strategy), for the web page's comparison chart.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from exemplar.tasks import Example, make_task
 
 STRATEGIES = ("balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto")
 AUTO_CANDIDATES = ("topk", "balanced", "reconstruct")
+COMPARE_STRATEGIES = ("topk", "balanced", "divine", "aide", "reconstruct", "random")
+"""Strategies `compare` scores by default ("self" only works for training examples; "auto" is the best of three)."""
+COMPARE_KS = (1, 5, 10, 25)
+"""The k `compare` scores by default, capped by `max_k` and the index size."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,29 @@ class Explanation:
             "reason": self.reason,
             "timings_ms": self.timings_ms,
         }
+
+
+@dataclass(frozen=True)
+class ComparePoint:
+    """One scored selection of a comparison: `strategy` at `k` (`n_examples` may be fewer than k)."""
+
+    strategy: str
+    k: int
+    score_db: float
+    score_ratio: float
+    n_examples: int
+    reason: str | None = None
+
+
+@dataclass
+class Comparison:
+    """Scores of one query's selections: by strategy at `options.k`, and by k for `options.strategy`."""
+
+    prediction: dict[str, Any]
+    options: ExplainOptions
+    by_strategy: list[ComparePoint]
+    by_k: list[ComparePoint]
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Explainer:
@@ -324,6 +354,56 @@ class Explainer:
         t0 = time.perf_counter()
         state = self.prepare(query)
         return self._finish(state, options, (time.perf_counter() - t0) * 1e3)
+
+    def compare(
+        self,
+        query: Example,
+        options: ExplainOptions | None = None,
+        *,
+        strategies: Sequence[str] | None = None,
+        ks: Sequence[int] | None = None,
+    ) -> Comparison:
+        """Score several selections for one query, featurised ONCE.
+
+        `by_strategy`: each of `strategies` (default `COMPARE_STRATEGIES` plus
+        `options.strategy`) at `options.k`; `by_k`: `options.strategy` at each of `ks`
+        (default `COMPARE_KS` up to `max_k` and the index size, plus `options.k`), ascending.
+        Every combination is checked before the model runs, so bad options cost nothing.
+        """
+        options = options or ExplainOptions()
+        if strategies is None:
+            strategies = (*COMPARE_STRATEGIES, options.strategy)
+        if ks is None:
+            limit = min(self.config.max_k, self.store.n)
+            ks = [k for k in COMPARE_KS if k <= limit] + [options.k]
+        names = list(dict.fromkeys(strategies))
+        sizes = sorted(set(ks))
+        if not names or not sizes:
+            raise InvalidInputError("compare needs at least one strategy and one k")
+        signed = self.store.estimator(options.estimator).signed
+        for name in names:
+            replace(options, strategy=name).check(self.config, signed)
+        for k in sizes:
+            replace(options, k=k).check(self.config, signed)
+        t0 = time.perf_counter()
+        state = self.prepare(query)
+        t1 = time.perf_counter()
+        scored: dict[tuple[str, int], ComparePoint] = {}
+
+        def point(strategy: str, k: int) -> ComparePoint:
+            if (strategy, k) not in scored:
+                rows, _, reason = self.select(state, replace(options, strategy=strategy, k=k))
+                relevance = self.score(state, rows, options.solver)
+                scored[strategy, k] = ComparePoint(
+                    strategy, k, float(relevance.db), float(relevance.ratio), len(rows), reason
+                )
+            return scored[strategy, k]
+
+        by_strategy = [point(name, options.k) for name in names]
+        by_k = [point(options.strategy, k) for k in sizes]
+        t2 = time.perf_counter()
+        timings = {"gradient": (t1 - t0) * 1e3, "selection_and_score": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
+        return Comparison(state.prediction, options, by_strategy, by_k, timings)
 
     def explain_many(self, requests: Sequence[tuple[Example, ExplainOptions]]) -> list[Explanation | ExemplarError]:
         """Explain several outputs with ONE batched featurisation (micro-batching); per-request results.

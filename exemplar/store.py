@@ -199,6 +199,8 @@ class GradientStore(Protocol):
 
     def estimator(self, name: str) -> Estimator: ...
 
+    def estimator_names(self) -> list[str]: ...
+
     def vectors_at(self, rows: np.ndarray) -> np.ndarray: ...
 
     def examples_at(self, rows: Sequence[int]) -> list[StoredExample]: ...
@@ -404,6 +406,17 @@ class FaissGradientStore:
         caller to re-score exactly.
         """
         return self.searcher.search(query, k, preset)
+
+    def estimator_names(self) -> list[str]:
+        """The estimators this index can serve (in `ESTIMATOR_NAMES` order), without loading them."""
+        available = {
+            "grad_dot": True,
+            "grad_cos": True,
+            "datainf": (self.path / DATAINF_FILE).exists(),
+            "bm25": (self.path / BM25_DIR).exists(),
+            "tracin": bool(self.manifest.checkpoints),
+        }
+        return [name for name in ESTIMATOR_NAMES if available.get(name, False)]
 
     def estimator(self, name: str) -> Estimator:
         """The named influence estimator over this store, loaded once."""

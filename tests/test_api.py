@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import ApiSettings
-from exemplar.explain import Explainer
+from exemplar.explain import COMPARE_STRATEGIES, Explainer
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,82 @@ def test_search_presets_are_echoed_and_checked(client: TestClient) -> None:
     assert index["index_type"] == "Flat"
     assert index["presets"] == ["exact", "balanced", "fast"]
     assert index["version"] == index["path"].rsplit("/", 1)[-1]
+
+
+def test_index_describes_the_choices_a_client_can_make(client: TestClient) -> None:
+    info = client.get("/v1/index").json()
+    assert info["task"] == "classification"
+    assert info["labels"] == ["negative", "neutral", "positive"]
+    assert info["estimators"] == ["grad_dot", "grad_cos", "datainf", "bm25"]  # no checkpoints: no tracin
+    assert "balanced" in info["strategies"]
+    assert "auto" in info["strategies"]
+    assert info["max_k"] == 50
+    assert info["pool_size"] == 100
+    assert info["model_checksum"]  # the manifest summary is still there
+
+
+def test_compare_contract_matches_explain(client: TestClient) -> None:
+    query = {"text": "the cat sat on the mat", "k": 3, "strategy": "topk", "estimator": "grad_cos"}
+    r = client.post("/v1/compare", json=query)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["k"] == 3
+    assert body["strategy"] == "topk"
+    assert body["options"]["estimator"] == "grad_cos"
+    assert [p["strategy"] for p in body["by_strategy"]] == list(COMPARE_STRATEGIES)
+    assert [p["k"] for p in body["by_k"]] == [1, 3, 5, 10, 25]
+    assert all(p["strategy"] == "topk" for p in body["by_k"])
+    assert body["index"]["task"] == "classification"
+    assert body["prediction"]["label"] in body["index"]["labels"]
+    for point in body["by_strategy"]:
+        explained = client.post("/v1/explain", json={**query, "strategy": point["strategy"]}).json()
+        assert point["score_db"] == pytest.approx(explained["score_db"], abs=1e-6), point["strategy"]
+        assert point["n_examples"] == len(explained["examples"])
+    chosen = client.post("/v1/compare", json={**query, "strategies": ["topk"], "ks": [2, 2, 7]}).json()
+    assert [p["k"] for p in chosen["by_k"]] == [2, 7]
+    assert [p["strategy"] for p in chosen["by_strategy"]] == ["topk"]
+    assert 'route="/v1/compare",status="200"' in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"text": "x", "k": 0}, "k"),
+        ({"text": "x", "ks": [0]}, "ks.0"),
+        ({"text": "x", "ks": []}, "ks"),
+        ({"text": "x", "ks": list(range(1, 10))}, "ks"),
+        ({"text": "x", "strategies": ["best"]}, "strategies.0"),
+        ({"text": "x", "strategy": "self"}, "not a training example"),
+        ({"text": "x", "estimator": "tracin"}, "checkpoints"),
+        ({"text": "x", "estimator": "bm25", "ordering": "most_harmful"}, "similarity without sign"),
+        ({"prompt": "p", "response": "r"}, "classifier"),
+        ({"text": "x", "label": "sideways"}, "unknown label"),
+        ({}, "either"),
+    ],
+)
+def test_compare_bad_input_is_422(client: TestClient, body: dict[str, object], message: str) -> None:
+    r = client.post("/v1/compare", json=body)
+    assert r.status_code == 422, r.text
+    assert message in r.json()["error"]
+    assert r.json()["error_type"] == "invalid_input"
+
+
+def test_the_web_page_is_served_locally(client: TestClient) -> None:
+    import re
+
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert "/static/app.js" in assets
+    assert "/static/style.css" in assets
+    for asset in assets:  # nothing from another origin (no CDN)
+        assert asset.startswith(("/", "#", "data:")), asset
+        if asset.startswith("/static/"):
+            assert client.get(asset).status_code == 200, asset
+    assert client.get("/static/nope.js").status_code == 404
+    assert "/" not in client.get("/openapi.json").json()["paths"]
 
 
 def test_example_lookup(client: TestClient) -> None:
@@ -229,4 +305,6 @@ def test_over_long_queries_are_refused_unless_truncation_is_on(classifier_index:
         else:
             assert r.status_code == 422
             assert "max_length of 32 tokens" in r.json()["error"]
+        compared = c.post("/v1/compare", json={"text": long_text, "k": 2})
+        assert compared.status_code == (200 if truncate else 422), compared.text
         assert c.post("/v1/explain", json={"text": "short and fine", "k": 2}).status_code == 200

@@ -45,3 +45,12 @@ def test_dockerfile_matches_the_code() -> None:
     cmd = re.search(r'^CMD \["([\w-]+)"', text, re.M)
     assert cmd
     assert cmd.group(1) in SCRIPTS
+
+
+def test_ci_installs_what_the_browser_tests_need() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r'-x "\$\{EXEMPLAR_CHROMIUM:-/usr/bin/chromium\}" \] \|\| need_apt\+=\(chromium\)', ci)
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert any(re.fullmatch(r"playwright==[\d.]+", pin) for pin in dev), "pin playwright in the dev extras"
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "static/*" in package_data["app"], "the web page must ship in the wheel (Dockerfile: pip install .)"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from exemplar.errors import InvalidInputError
-from exemplar.explain import STRATEGIES, Explainer, ExplainOptions, Explanation
+from exemplar.explain import COMPARE_STRATEGIES, STRATEGIES, Explainer, ExplainOptions, Explanation
 from exemplar.relevance import selection_relevance
 from exemplar.selection import ORDERINGS
 from exemplar.tasks import Example
@@ -167,6 +167,74 @@ def test_bad_options(clf: Explainer) -> None:
         clf.explain(Example(text="   "))
     with pytest.raises(TypeError):
         ExplainOptions(colour="red")  # type: ignore[call-arg]
+
+
+def test_compare_featurises_once_and_scores_like_explain(clf: Explainer, monkeypatch: pytest.MonkeyPatch) -> None:
+    query = Example(text="stocks fell sharply", label="negative")
+    calls = []
+    prepare = clf.prepare
+    monkeypatch.setattr(clf, "prepare", lambda q: calls.append(q) or prepare(q))
+    result = clf.compare(query, ExplainOptions(k=4, strategy="balanced"))
+    assert len(calls) == 1
+    assert [p.strategy for p in result.by_strategy] == list(COMPARE_STRATEGIES)  # balanced is among them
+    assert [p.k for p in result.by_k] == [1, 4, 5, 10, 25]  # the defaults (index of 36) and the chosen k
+    assert all(p.strategy == "balanced" for p in result.by_k)
+    monkeypatch.undo()
+    for point in result.by_strategy:
+        assert point.k == 4 == point.n_examples
+        expected = clf.explain(query, k=4, strategy=point.strategy).score_db
+        assert point.score_db == pytest.approx(expected, abs=1e-6), point.strategy
+    for point in result.by_k:
+        assert point.score_db == pytest.approx(clf.explain(query, k=point.k).score_db, abs=1e-6), point.k
+    chosen = next(p for p in result.by_k if p.k == 4)
+    assert chosen == next(p for p in result.by_strategy if p.strategy == "balanced")
+    assert result.prediction["explained_label"] == "negative"
+    assert set(result.timings_ms) == {"gradient", "selection_and_score", "total"}
+
+
+def test_compare_explicit_choices_auto_and_small_indexes(clf: Explainer) -> None:
+    query = Example(text="what a boring afternoon")
+    result = clf.compare(query, ExplainOptions(k=3, strategy="auto"), strategies=["auto", "topk", "auto"], ks=[50, 2])
+    assert [p.strategy for p in result.by_strategy] == ["auto", "topk"]
+    assert [p.k for p in result.by_k] == [2, 50]
+    assert all(
+        p.reason is not None and p.reason.split(" ")[0] in ("topk", "balanced", "reconstruct") for p in result.by_k
+    )
+    assert result.by_strategy[1].reason is None
+    assert result.by_k[1].n_examples <= clf.store.n  # k beyond the index size: every example at most
+    best = max(clf.explain(query, k=3, strategy=s).score_db for s in ("topk", "balanced", "reconstruct"))
+    assert result.by_strategy[0].score_db == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("options", "kwargs", "message"),
+    [
+        (ExplainOptions(k=0), {}, "k must be"),
+        (ExplainOptions(), {"ks": [5, 51]}, "k must be"),
+        (ExplainOptions(), {"strategies": ["topk", "best"]}, "unknown strategy"),
+        (ExplainOptions(), {"strategies": []}, "at least one strategy"),
+        (ExplainOptions(estimator="bm25", ordering="most_helpful"), {}, "similarity without sign"),
+        (ExplainOptions(estimator="tracin"), {}, "checkpoints"),
+        (ExplainOptions(lam=2.0), {}, "lam"),
+    ],
+)
+def test_compare_refuses_bad_options_before_featurising(
+    clf: Explainer, monkeypatch: pytest.MonkeyPatch, options: ExplainOptions, kwargs: dict[str, list], message: str
+) -> None:
+    def never(query: Example) -> None:
+        raise AssertionError("featurised despite bad options")
+
+    monkeypatch.setattr(clf, "prepare", never)
+    with pytest.raises(InvalidInputError, match=message):
+        clf.compare(Example(text="x"), options, **kwargs)
+
+
+def test_compare_self_needs_a_training_example(clf: Explainer) -> None:
+    first = clf.store.examples_at([5])[0]
+    result = clf.compare(Example(text=first.text, label=first.label), ExplainOptions(k=1, strategy="self"))
+    assert all(p.n_examples == 1 and p.score_db > 40 for p in result.by_k)
+    with pytest.raises(InvalidInputError, match="not a training example"):
+        clf.compare(Example(text="not a training sentence"), ExplainOptions(strategy="self"))
 
 
 def test_causal_lm_explanation(causal_index: Path) -> None:
