@@ -49,8 +49,8 @@ class OptionFields(BaseModel):
         description="balanced: the paper's weighted facility location (influence + representativeness) over the "
         "candidate pool; topk: the k first under `ordering`; random: k uniformly random training examples (seeded); "
         "divine / aide: the paper's baselines (Bhatt et al. 2021, Nematov et al. 2024); self: the query itself when it "
-        "is a training example; reconstruct (ours): greedy selection maximising the score over the pool nearest the "
-        "query gradient; auto: runs topk, balanced and reconstruct and returns the best-scoring one with the reason",
+        "is a training example; reconstruct (ours): greedy selection maximising the score, refined by swaps, over the "
+        "pool nearest the query gradient (at least 8k candidates unless pool_size is given); auto: runs topk, balanced and reconstruct and returns the best-scoring one with the reason",
     )
     estimator: Estimator = Field(
         "grad_dot",

@@ -35,6 +35,9 @@ from exemplar.tasks import Example, make_task
 
 STRATEGIES = ("balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto")
 AUTO_CANDIDATES = ("topk", "balanced", "reconstruct")
+RECONSTRUCT_POOL_PER_K = 8
+"""Without an explicit pool_size, `reconstruct` picks from at least 8k candidates (a pool of 100
+left too few good swaps at k = 25: +0.06 dB from swaps against +0.46 dB with 200, 30 chat queries)."""
 COMPARE_STRATEGIES = ("topk", "balanced", "divine", "aide", "reconstruct", "random")
 """Strategies `compare` scores by default ("self" only works for training examples; "auto" is the best of three)."""
 COMPARE_KS = (1, 5, 10, 25)
@@ -314,6 +317,7 @@ class Explainer:
                 state.row = self.store.find_row(state.example)
             rows = selection.self_selection(state.row, k)
         elif strategy == "reconstruct":
+            m = options.pool_size or max(self.config.pool_size, RECONSTRUCT_POOL_PER_K * k)
             pool = self.nearest(state, m)
             rows = pool[
                 selection.reconstruct(state.grad, self.store.vectors_at(pool), k, solver=options.solver, pool_size=m)
