@@ -22,7 +22,7 @@ from exemplar.explain import build_featurizer, open_index
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel
 from exemplar.progress import Progress, SilentProgress
-from exemplar.search import factory_string, shard_bounds
+from exemplar.search import factory_string, norm_buckets_for, shard_bounds
 from exemplar.store import Checkpoint, Manifest, checkpoint_file, dataset_checksum, write_index
 from exemplar.tasks import Example, Task
 
@@ -189,8 +189,9 @@ def build_index(
         raise InvalidInputError(f"shard size must be >= 1; got {chunk_size}")
     progress = progress or SilentProgress()
     featurizer = build_featurizer(loaded, config, max_length, batch_size=batch_size)
-    index_spec = factory_string(index_type, len(examples), featurizer.dims)
     shard_bounds(len(examples), search_shards)
+    buckets = norm_buckets_for(len(examples), search_shards)
+    index_spec = factory_string(index_type, len(examples) // (search_shards * buckets), featurizer.dims)
     dataset = dataset_checksum(examples)
     plan = {
         "dataset": dataset,
@@ -241,6 +242,7 @@ def build_index(
         vector_dtype=vector_dtype,
         index_type=index_spec,
         shards=search_shards,
+        norm_buckets=buckets,
     )
     token_ids = [featurizer.task.lexical_ids(e) for e in examples]
     write_index(

@@ -9,10 +9,11 @@ string; the search effort per request by a preset (``PRESETS``). Implementations
   (an index larger than RAM still serves, from the page cache), and is the oracle the
   approximate ones are tested against.
 - ``FaissSearch``: approximate FAISS indexes (IVF-Flat, IVF with fp16 scalar quantisation,
-  HNSW, IVF-PQ), one file per shard of contiguous rows, searched shard by shard and
-  merged. Files are opened with ``IO_FLAG_MMAP`` (IVF inverted lists stay on disk);
-  per-request parameters go through FAISS ``SearchParameters``, so concurrent requests
-  with different presets never change shared state.
+  HNSW, IVF-PQ), one file per norm bucket of each shard of contiguous rows, visited from the
+  largest norms down and pruned by Cauchy-Schwarz, results merged. Files are opened with
+  ``IO_FLAG_MMAP`` (IVF inverted lists stay on disk); per-request parameters go through
+  FAISS ``SearchParameters``, so concurrent requests with different presets never change
+  shared state.
 
 Approximate search only decides which rows become candidates: the explainer re-scores
 every candidate exactly against the stored vectors (``Estimator.influence``). A preset
@@ -48,6 +49,12 @@ INDEX_TYPES = {
 
 PRESETS = ("exact", "balanced", "fast")
 DEFAULT_PRESET = "balanced"
+
+NORM_BUCKETS = 8
+"""Norm quantiles per shard of an approximate index (``FaissSearch``)."""
+
+MIN_BUCKET_ROWS = 2000
+"""Indexes smaller than this per bucket get fewer buckets (``norm_buckets_for``)."""
 
 TRAIN_POINTS_PER_LIST = 50
 """IVF training sample: this many rows per inverted list (FAISS asks for at least 39)."""
@@ -123,10 +130,6 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
-def shard_file(i: int) -> str:
-    return f"index-{i:04d}.faiss"
-
-
 def exact_top_k(vectors: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` rows of ``vectors: (n, d)`` with the largest ``<v, q>``, best first (ties by row)."""
     n = vectors.shape[0]
@@ -171,39 +174,83 @@ def _search_params(index: faiss.Index, preset: Preset, k: int) -> faiss.SearchPa
         ivf_params = faiss.SearchParametersIVF()
         ivf_params.nprobe = nprobe
         return ivf_params
-    if isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+    inner = faiss.downcast_index(index.index if isinstance(index, faiss.IndexIDMap) else index)
+    if isinstance(inner, faiss.IndexHNSW):
         hnsw_params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stubs
         hnsw_params.efSearch = max(preset.ef_search, k)
         return hnsw_params
     return None
 
 
-class FaissSearch:
-    """Approximate search over FAISS shard files, merged; "exact" falls back to ``ExactSearch``."""
+@dataclass
+class _Part:
+    """One FAISS file: the rows of one norm bucket of one shard, and the largest norm among them."""
 
-    def __init__(self, vectors: np.ndarray, paths: Sequence[Path], bounds: Sequence[tuple[int, int]]) -> None:
+    index: faiss.Index
+    max_norm: float
+
+
+class FaissSearch:
+    """Approximate search over norm-bucketed FAISS files, visited from the largest norms down.
+
+    Each file holds the rows of one norm bucket of one shard (``IndexIDMap``: global row
+    ids). A query visits them in decreasing order of their largest norm and stops as soon
+    as ``fetch`` rows are found whose exact score beats ``max_norm * ||q||`` of the next
+    file: by Cauchy-Schwarz no row there can enter the result (norm-ranging, Yan et al.
+    2018). With heavy-tailed gradient norms the top rows by inner product are mostly large
+    ones, so a query usually searches one small, norm-homogeneous file. "exact" falls back
+    to ``ExactSearch``.
+    """
+
+    def __init__(self, vectors: np.ndarray, norms: np.ndarray, paths: Sequence[Path]) -> None:
+        self.vectors = vectors
         self.exact = ExactSearch(vectors)
-        self.shards = [faiss.read_index(str(p), faiss.IO_FLAG_MMAP) for p in paths]
-        self.offsets = [start for start, _ in bounds]
-        for index, (start, stop) in zip(self.shards, bounds, strict=True):
-            if index.ntotal != stop - start or index.d != vectors.shape[1]:
-                raise InvalidInputError("a FAISS shard file disagrees with the stored vectors; rebuild the index")
+        parts = []
+        total = 0
+        for path in paths:
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+            if not isinstance(index, faiss.IndexIDMap) or index.d != vectors.shape[1]:
+                raise InvalidInputError(f"{path.name} is not a search file of this index")
+            rows = faiss.vector_to_array(index.id_map)
+            if rows.size and (rows.min() < 0 or rows.max() >= vectors.shape[0]):
+                raise InvalidInputError(f"{path.name} names rows outside the stored vectors")
+            total += rows.size
+            parts.append(_Part(index, float(np.max(norms[rows])) if rows.size else 0.0))
+        if total != vectors.shape[0]:
+            raise InvalidInputError(f"the search files hold {total} rows, the vectors {vectors.shape[0]}")
+        self.parts = sorted(parts, key=lambda p: -p.max_norm)
 
     def search(self, query: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``k_factor * k`` rows, exactly re-scored, best first (ties by row)."""
         if check_preset(preset) == "exact":
             return self.exact.search(query, k, preset)
         params = PRESET_PARAMS[preset]
         fetch = k * params.k_factor
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        scores, rows = [], []
-        for index, offset in zip(self.shards, self.offsets, strict=True):
-            s, r = index.search(q, min(fetch, index.ntotal), params=_search_params(index, params, fetch))
-            keep = r[0] >= 0
-            scores.append(s[0][keep])
-            rows.append(r[0][keep].astype(np.int64) + offset)
-        all_scores, all_rows = np.concatenate(scores), np.concatenate(rows)
-        order = np.lexsort((all_rows, -all_scores))[:fetch]
-        return all_scores[order], all_rows[order]
+        q_norm = float(np.linalg.norm(q))
+        scores = np.empty(0, dtype=np.float32)
+        rows = np.empty(0, dtype=np.int64)
+        for part in self.parts:
+            if rows.shape[0] >= fetch and scores[fetch - 1] > part.max_norm * q_norm:
+                break  # Cauchy-Schwarz: no row of this (or any later) part can enter the top `fetch`
+            _, found = part.index.search(
+                q, min(fetch, part.index.ntotal), params=_search_params(part.index, params, fetch)
+            )
+            found = np.sort(found[0][found[0] >= 0].astype(np.int64))
+            exact = np.asarray(self.vectors[found], dtype=np.float32) @ q[0]
+            scores, rows = np.concatenate([scores, exact]), np.concatenate([rows, found])
+            order = np.lexsort((rows, -scores))[:fetch]
+            scores, rows = scores[order], rows[order]
+        return scores, rows
+
+
+def norm_buckets_for(n: int, shards: int) -> int:
+    """Norm buckets per shard: ``NORM_BUCKETS``, fewer when a bucket would hold under ``MIN_BUCKET_ROWS`` rows."""
+    return max(1, min(NORM_BUCKETS, n // (max(1, shards) * MIN_BUCKET_ROWS)))
+
+
+def part_file(shard: int, bucket: int) -> str:
+    return f"index-{shard:04d}-{bucket:02d}.faiss"
 
 
 def build_faiss_shards(
@@ -212,27 +259,39 @@ def build_faiss_shards(
     shards: int,
     out_dir: Path,
     *,
+    buckets: int = 1,
     seed: int = 0,
-    on_shard: Callable[[int], None] | None = None,
+    on_part: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Train one index of factory string ``spec`` on a seeded sample, then fill one copy per
-    shard of contiguous rows and write it to ``out_dir``; returns the file names."""
+    """For each shard of contiguous rows and each of its ``buckets`` norm quantiles: train an
+    index of factory string ``spec`` on a seeded sample of that bucket, add its rows under
+    their global ids and write it to ``out_dir``; returns the file names."""
     n, d = vectors.shape
-    template = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
-    if not template.is_trained:
-        ivf = faiss.try_extract_index_ivf(template)
-        want = TRAIN_POINTS_PER_LIST * (ivf.nlist if ivf is not None else 256)
-        if spec.count("PQ"):
-            want = max(want, 256 * TRAIN_POINTS_PER_LIST)
-        sample = np.sort(np.random.default_rng(seed).permutation(n)[: min(n, want)])
-        template.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    rng = np.random.default_rng(seed)
     names = []
     for i, (start, stop) in enumerate(shard_bounds(n, shards)):
-        index = faiss.clone_index(template)
-        for a in range(start, stop, SCAN_CHUNK_ROWS):
-            index.add(np.ascontiguousarray(vectors[a : min(stop, a + SCAN_CHUNK_ROWS)], dtype=np.float32))
-        names.append(shard_file(i))
-        faiss.write_index(index, str(out_dir / names[-1]))
-        if on_shard is not None:
-            on_shard(i)
+        norms = np.concatenate(
+            [
+                np.linalg.norm(np.asarray(vectors[a : min(stop, a + SCAN_CHUNK_ROWS)], dtype=np.float32), axis=1)
+                for a in range(start, stop, SCAN_CHUNK_ROWS)
+            ]
+        )
+        order = np.argsort(norms, kind="stable")
+        for b, members in enumerate(np.array_split(order, buckets)):
+            rows = np.sort(members).astype(np.int64) + start
+            index = faiss.IndexIDMap(faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT))
+            if not index.is_trained:
+                ivf = faiss.try_extract_index_ivf(index)
+                want = TRAIN_POINTS_PER_LIST * (ivf.nlist if ivf is not None else 256)
+                if "PQ" in spec:
+                    want = max(want, 256 * TRAIN_POINTS_PER_LIST)
+                sample = np.sort(rng.permutation(rows)[: min(rows.size, want)])
+                index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+            for a in range(0, rows.size, SCAN_CHUNK_ROWS):
+                chunk = rows[a : a + SCAN_CHUNK_ROWS]
+                index.add_with_ids(np.ascontiguousarray(vectors[chunk], dtype=np.float32), chunk)
+            names.append(part_file(i, b))
+            faiss.write_index(index, str(out_dir / names[-1]))
+            if on_part is not None:
+                on_part(1)
     return names

@@ -2,9 +2,9 @@
 
 Layout (the manifest is written last, so a directory without it is not an index):
 - `vectors.npy`: row-aligned float32 projected gradients `(n, d)`, memory-mapped on open
-- `index-NNNN.faiss`: approximate FAISS inner-product indexes, one per shard of contiguous
-  rows (only for index types other than "Flat", which is searched by scanning the
-  memory-mapped vectors; see `exemplar.search`)
+- `index-SSSS-BB.faiss`: approximate FAISS inner-product indexes, one per norm bucket BB of
+  each shard SSSS of contiguous rows (only for index types other than "Flat", which is
+  searched by scanning the memory-mapped vectors; see `exemplar.search`)
 - `examples.sqlite`: the examples (id, text/label or prompt/response, source, metadata)
 - `norms.npy`: L2 norm of each row (cosine estimator)
 - `datainf.npy`: DataInf's per-layer preconditioner `(L, p, p)` (see `exemplar.estimators`)
@@ -58,8 +58,8 @@ from exemplar.search import (
     VectorSearch,
     build_faiss_shards,
     factory_string,
+    part_file,
     shard_bounds,
-    shard_file,
 )
 from exemplar.tasks import Example
 
@@ -103,6 +103,7 @@ class Manifest:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     index_type: str = "Flat"  # FAISS factory string ("Flat": exact scan; see exemplar.search)
     shards: int = 1  # FAISS index files over contiguous row ranges (approximate index types)
+    norm_buckets: int = 1  # per shard: FAISS files over norm quantiles (exemplar.search.FaissSearch)
     vector_dtype: str = "float32"  # "float16" halves vectors.npy
     format_version: int = FORMAT_VERSION
     code_version: str = __version__
@@ -138,6 +139,7 @@ class Manifest:
             "checkpoints": len(self.checkpoints),
             "index_type": self.index_type,
             "shards": self.shards,
+            "norm_buckets": self.norm_buckets,
             "presets": list(PRESETS),
             "vector_dtype": self.vector_dtype,
             "code_version": self.code_version,
@@ -256,14 +258,15 @@ def write_index(
             shard_bounds(len(examples), manifest.shards)  # validates the count; nothing to build
         else:
             bar = progress or SilentProgress()
-            bar.start(f"search index {manifest.index_type}", manifest.shards, unit="shard")
+            bar.start(f"search index {manifest.index_type}", manifest.shards * manifest.norm_buckets, unit="file")
             build_faiss_shards(
                 vectors,
                 manifest.index_type,
                 manifest.shards,
                 tmp,
+                buckets=manifest.norm_buckets,
                 seed=manifest.seed,
-                on_shard=lambda _: bar.advance(1),
+                on_part=bar.advance,
             )
             bar.finish()
         _write_examples(tmp / EXAMPLES_DB, examples)
@@ -370,21 +373,20 @@ class FaissGradientStore:
         n, d = self.vectors.shape
         if (n, d) != (self.manifest.n_examples, self.manifest.dims):
             raise IndexIncompatibleError(f"index files in {str(self.path)!r} disagree with its manifest; rebuild it")
+        self.norms = np.load(self.path / NORMS, mmap_mode="r")
         self.searcher: VectorSearch
         if self.manifest.index_type == "Flat":
             self.searcher = ExactSearch(self.vectors)
         else:
-            bounds = shard_bounds(n, self.manifest.shards)
+            m = self.manifest
+            files = [self.path / part_file(i, b) for i in range(m.shards) for b in range(m.norm_buckets)]
             try:
-                self.searcher = FaissSearch(
-                    self.vectors, [self.path / shard_file(i) for i in range(len(bounds))], bounds
-                )
+                self.searcher = FaissSearch(self.vectors, self.norms, files)
             except (RuntimeError, InvalidInputError) as exc:
                 raise IndexIncompatibleError(
                     f"the search index files in {str(self.path)!r} are missing or disagree with the vectors; "
                     f"rebuild the index ({exc})"
                 ) from exc
-        self.norms = np.load(self.path / NORMS, mmap_mode="r")
         self._estimators: dict[str, Estimator] = {}
         self._db = sqlite3.connect(f"file:{self.path / EXAMPLES_DB}?mode=ro", uri=True, check_same_thread=False)
         self._lock = threading.Lock()

@@ -17,8 +17,9 @@ from exemplar.search import (
     ExactSearch,
     exact_top_k,
     factory_string,
+    norm_buckets_for,
+    part_file,
     shard_bounds,
-    shard_file,
 )
 from exemplar.store import (
     CURRENT,
@@ -46,11 +47,12 @@ def clustered(n: int, d: int, seed: int) -> np.ndarray:
     return (rows * rng.lognormal(0.0, 0.8, (n, 1))).astype(np.float32)
 
 
-def index_of(tmp_path: Path, vectors: np.ndarray, index_type: str = "flat", shards: int = 1) -> Path:
+def index_of(tmp_path: Path, vectors: np.ndarray, index_type: str = "flat", shards: int = 1, buckets: int = 1) -> Path:
     n, d = vectors.shape
-    manifest = replace(_manifest(n, d), index_type=factory_string(index_type, n, d), shards=shards)
+    spec = factory_string(index_type, n // (shards * buckets), d)
+    manifest = replace(_manifest(n, d), index_type=spec, shards=shards, norm_buckets=buckets)
     examples = [Example(id=f"e{i}", text=f"t{i}", label="neutral") for i in range(n)]
-    return write_index(tmp_path / f"idx-{index_type}-{shards}", manifest, vectors, examples)
+    return write_index(tmp_path / f"idx-{index_type}-{shards}-{buckets}", manifest, vectors, examples)
 
 
 @pytest.mark.parametrize(("n", "k"), [(1, 1), (50, 10), (300, 300), (SCAN_CHUNK_ROWS + 37, 25)])
@@ -91,6 +93,12 @@ def test_factory_strings_are_sized_from_the_data_and_checked() -> None:
         factory_string("ivf_pq", 200, 16)
 
 
+def test_norm_buckets_shrink_for_small_indexes() -> None:
+    assert norm_buckets_for(1_000_000, 1) == 8
+    assert norm_buckets_for(1_000_000, 100) == 5
+    assert norm_buckets_for(3000, 1) == 1
+
+
 def test_shard_bounds_cover_every_row_once() -> None:
     assert shard_bounds(10, 3) == [(0, 3), (3, 7), (7, 10)]
     assert shard_bounds(5, 1) == [(0, 5)]
@@ -99,12 +107,14 @@ def test_shard_bounds_cover_every_row_once() -> None:
             shard_bounds(10, bad)
 
 
-@pytest.mark.parametrize("shards", [1, 3])
-def test_exhaustive_ivf_over_shards_is_exact(tmp_path: Path, shards: int) -> None:
-    """IVF4 probes at least 8 lists under every preset, i.e. all of them: exact, merged across shards."""
+@pytest.mark.parametrize(("shards", "buckets"), [(1, 1), (3, 1), (2, 4)])
+def test_exhaustive_ivf_over_shards_and_norm_buckets_is_exact(tmp_path: Path, shards: int, buckets: int) -> None:
+    """IVF4 probes at least 8 lists under every preset, i.e. all of them: exact, merged across
+    shards, and the Cauchy-Schwarz pruning of norm buckets never drops a row of the top."""
     vectors = clustered(400, 16, seed=1)
-    store = FaissGradientStore(index_of(tmp_path, vectors, "IVF4,Flat", shards))
-    assert [p.name for p in sorted(store.path.glob("*.faiss"))] == [shard_file(i) for i in range(shards)]
+    store = FaissGradientStore(index_of(tmp_path, vectors, "IVF4,Flat", shards, buckets))
+    names = sorted(p.name for p in store.path.glob("*.faiss"))
+    assert names == [part_file(i, b) for i in range(shards) for b in range(buckets)]
     rng = np.random.default_rng(2)
     for _ in range(5):
         q = rng.standard_normal(16).astype(np.float32)
@@ -115,16 +125,17 @@ def test_exhaustive_ivf_over_shards_is_exact(tmp_path: Path, shards: int) -> Non
             np.testing.assert_allclose(scores, vectors[rows] @ q, rtol=1e-4)
 
 
+@pytest.mark.parametrize("buckets", [1, 4])
 @pytest.mark.parametrize("index_type", ["ivf", "ivf_sq", "hnsw", "ivf_pq"])
-def test_approximate_types_find_the_exact_top_rows(tmp_path: Path, index_type: str) -> None:
+def test_approximate_types_find_the_exact_top_rows(tmp_path: Path, index_type: str, buckets: int) -> None:
     """Each type finds >= 90 % of the exact top-10 among what it returns under "balanced" (it
     over-fetches for exact re-scoring); "exact" is the brute force itself."""
-    vectors = clustered(2000, 32, seed=3)
-    store = FaissGradientStore(index_of(tmp_path, vectors, index_type))
+    vectors = clustered(2000 * buckets, 32, seed=3)
+    store = FaissGradientStore(index_of(tmp_path, vectors, index_type, 1, buckets))
     rng = np.random.default_rng(4)
     found = []
     for _ in range(20):
-        q = vectors[rng.integers(0, 2000)] + 0.3 * rng.standard_normal(32).astype(np.float32)
+        q = vectors[rng.integers(0, len(vectors))] + 0.3 * rng.standard_normal(32).astype(np.float32)
         expected = brute_top_k(vectors, q, 10)
         found.append(len(set(store.search(q, 10, "balanced")[1].tolist()) & set(expected.tolist())) / 10)
         assert store.search(q, 10, "exact")[1].tolist() == expected.tolist()
@@ -138,7 +149,7 @@ def test_unknown_preset_and_missing_shard_file_are_refused(tmp_path: Path) -> No
         FaissGradientStore(path).search(vectors[0], 5, "quick")
     with pytest.raises(InvalidInputError, match="preset"):
         ExactSearch(vectors).search(vectors[0], 5, "quick")
-    (path / shard_file(1)).unlink()
+    (path / part_file(1, 0)).unlink()
     with pytest.raises(IndexIncompatibleError, match="rebuild"):
         FaissGradientStore(path)
 
