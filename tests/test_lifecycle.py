@@ -114,7 +114,7 @@ def test_cli_builds_approximate_sharded_versions_and_lists_and_publishes_them(
     common = ("--model", classifier_dir, "--task", "classification", "--data", classification_data, "--out", root)
     built = run_builder(*common, "--version", "v1", "--index-type", "IVF2,Flat", "--search-shards", "2")
     assert built.returncode == 0, built.stderr
-    assert (root / "v1" / "index-0001.faiss").exists()
+    assert (root / "v1" / "index-0001-00.faiss").exists()  # shard 1, norm bucket 0 (few rows: one bucket)
     assert (root / "CURRENT").read_text().strip() == "v1"
     again = run_builder(*common, "--version", "v2", "--no-publish")
     assert again.returncode == 0, again.stderr
