@@ -144,7 +144,7 @@ def run_n(n: int, d: int, n_queries: int, types: list[str], workdir: Path, seed:
         out = workdir / f"{name}-{n}"
         out.mkdir()
         t0 = time.perf_counter()
-        build_faiss_shards(vectors, spec, 1, out, buckets=buckets, seed=seed)
+        build_faiss_shards(vectors, norms, spec, 1, out, buckets=buckets, seed=seed)
         build_s = time.perf_counter() - t0
         size_mb = sum(f.stat().st_size for f in out.iterdir()) / 2**20
         search = FaissSearch(vectors, norms, sorted(out.iterdir()))

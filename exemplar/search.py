@@ -4,10 +4,11 @@ The index type is chosen at build time by name (``INDEX_TYPES``) or by a raw FAI
 string; the search effort per request by a preset (``PRESETS``). Implementations of
 ``VectorSearch``:
 
-- ``ExactSearch``: a chunked scan of the memory-mapped vectors. It serves "Flat" indexes
-  and the "exact" preset of every index, never holds more than one chunk in memory
-  (an index larger than RAM still serves, from the page cache), and is the oracle the
-  approximate ones are tested against.
+- ``ExactSearch``: a chunked scan of the memory-mapped vectors (``scan_inner_products``,
+  as the estimators' full scans). It serves "Flat" indexes and the "exact" preset of every
+  index, holds one block of rows and one score per row in memory (an index larger than RAM
+  still serves, from the page cache), and is the oracle the approximate ones are tested
+  against.
 - ``FaissSearch``: approximate FAISS indexes (IVF-Flat, IVF with fp16 scalar quantisation,
   HNSW, IVF-PQ), one file per norm bucket of each shard of contiguous rows, visited from the
   largest norms down and pruned by Cauchy-Schwarz, results merged. Files are opened with
@@ -34,9 +35,7 @@ import faiss
 import numpy as np
 
 from exemplar.errors import InvalidInputError
-
-SCAN_CHUNK_ROWS = 65536
-"""Rows per block of the exact scan (about 256 MiB of float32 at d = 1024)."""
+from exemplar.estimators import SCAN_CHUNK_ROWS, scan_inner_products
 
 INDEX_TYPES = {
     "flat": "Flat",
@@ -69,7 +68,7 @@ class Preset:
     """Search effort: fraction of IVF lists probed, HNSW beam width, and over-fetch for re-scoring."""
 
     name: str
-    nprobe_fraction: float  # IVF: probe ceil(fraction * nlist) lists (at least MIN_NPROBE)
+    nprobe_fraction: float  # IVF: probe ceil(fraction * nlist) lists (at least min_nprobe)
     min_nprobe: int
     ef_search: int  # HNSW beam width (at least the number of rows asked for)
     k_factor: int  # ask the index for k_factor * k rows; the caller re-scores them exactly
@@ -132,22 +131,11 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
 
 def exact_top_k(vectors: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` rows of ``vectors: (n, d)`` with the largest ``<v, q>``, best first (ties by row)."""
-    n = vectors.shape[0]
-    k = min(k, n)
-    q32 = np.asarray(q, dtype=np.float32).reshape(-1)
-    best_scores = np.empty(0, dtype=np.float32)
-    best_rows = np.empty(0, dtype=np.int64)
-    for start in range(0, n, SCAN_CHUNK_ROWS):
-        scores = np.asarray(vectors[start : start + SCAN_CHUNK_ROWS], dtype=np.float32) @ q32
-        take = min(k, scores.shape[0])
-        part = np.argpartition(-scores, take - 1)[:take] if take < scores.shape[0] else np.arange(scores.shape[0])
-        best_scores = np.concatenate([best_scores, scores[part]])
-        best_rows = np.concatenate([best_rows, part.astype(np.int64) + start])
-        if best_rows.shape[0] > k:
-            keep = np.lexsort((best_rows, -best_scores))[:k]
-            best_scores, best_rows = best_scores[keep], best_rows[keep]
-    order = np.lexsort((best_rows, -best_scores))[:k]
-    return best_scores[order], best_rows[order]
+    scores = scan_inner_products(vectors, q)  # (n,)
+    k = min(k, scores.shape[0])
+    top = np.argpartition(-scores, k - 1)[:k] if k < scores.shape[0] else np.arange(scores.shape[0])
+    order = np.lexsort((top, -scores[top]))
+    return scores[top[order]], top[order].astype(np.int64)
 
 
 class VectorSearch(Protocol):
@@ -255,6 +243,7 @@ def part_file(shard: int, bucket: int) -> str:
 
 def build_faiss_shards(
     vectors: np.ndarray,
+    norms: np.ndarray,
     spec: str,
     shards: int,
     out_dir: Path,
@@ -263,20 +252,15 @@ def build_faiss_shards(
     seed: int = 0,
     on_part: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """For each shard of contiguous rows and each of its ``buckets`` norm quantiles: train an
-    index of factory string ``spec`` on a seeded sample of that bucket, add its rows under
-    their global ids and write it to ``out_dir``; returns the file names."""
+    """For each shard of contiguous rows and each of its ``buckets`` quantiles of ``norms: (n,)``
+    (the rows' L2 norms, as stored in ``norms.npy``): train an index of factory string ``spec``
+    on a seeded sample of that bucket, add its rows under their global ids and write it to
+    ``out_dir``; returns the file names."""
     n, d = vectors.shape
     rng = np.random.default_rng(seed)
     names = []
     for i, (start, stop) in enumerate(shard_bounds(n, shards)):
-        norms = np.concatenate(
-            [
-                np.linalg.norm(np.asarray(vectors[a : min(stop, a + SCAN_CHUNK_ROWS)], dtype=np.float32), axis=1)
-                for a in range(start, stop, SCAN_CHUNK_ROWS)
-            ]
-        )
-        order = np.argsort(norms, kind="stable")
+        order = np.argsort(np.asarray(norms[start:stop]), kind="stable")
         for b, members in enumerate(np.array_split(order, buckets)):
             rows = np.sort(members).astype(np.int64) + start
             index = faiss.IndexIDMap(faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT))

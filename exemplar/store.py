@@ -245,7 +245,8 @@ def write_index(
                 f"vector dtype must be one of {', '.join(VECTOR_DTYPES)}; got {manifest.vector_dtype!r}"
             )
         np.save(tmp / VECTORS, vectors.astype(manifest.vector_dtype))
-        np.save(tmp / NORMS, np.linalg.norm(vectors, axis=1).astype(np.float32))
+        norms = np.linalg.norm(vectors, axis=1).astype(np.float32)  # (n,)
+        np.save(tmp / NORMS, norms)
         n_layers = len(manifest.layer_names)
         np.save(tmp / DATAINF_FILE, datainf_matrices(vectors, n_layers, manifest.dims // max(1, n_layers)))
         if token_ids is not None:
@@ -261,6 +262,7 @@ def write_index(
             bar.start(f"search index {manifest.index_type}", manifest.shards * manifest.norm_buckets, unit="file")
             build_faiss_shards(
                 vectors,
+                norms,
                 manifest.index_type,
                 manifest.shards,
                 tmp,
