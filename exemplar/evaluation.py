@@ -20,7 +20,13 @@ import numpy as np
 from exemplar.errors import InvalidInputError
 from exemplar.explain import Explainer, ExplainOptions, QueryState
 from exemplar.progress import Progress, SilentProgress
-from exemplar.relevance import Relevance, mean_of_ratios_db, ratio_of_expectations_db
+from exemplar.relevance import (
+    Relevance,
+    best_single_ratio,
+    mean_of_ratios_db,
+    ratio_of_expectations_db,
+    ratio_upper_bound,
+)
 from exemplar.tasks import Example
 from exemplar.validation import StepValidator, ValidationRecord
 
@@ -76,8 +82,18 @@ class ScoreRecord:
 
 
 @dataclass
+class BoundRecord:
+    """Certified ceilings for one query over the whole index: no selection method can beat them."""
+
+    query: int
+    best_single: float  # exact best ratio of one example: the k = 1 optimum (relevance.best_single_ratio)
+    any_selection: float  # upper bound on the ratio of any selection, any k (relevance.ratio_upper_bound)
+
+
+@dataclass
 class GridResult:
     records: list[ScoreRecord] = field(default_factory=list)
+    bounds: list[BoundRecord] = field(default_factory=list)
     validation: list[ValidationRecord] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     n_queries: int = 0
@@ -97,6 +113,16 @@ class GridResult:
                 "n": float(len(recs)),
             }
         return out
+
+    def bound_db(self, kind: str) -> float:
+        """Mean-of-ratios dB of a per-query ceiling ("best_single" or "any_selection"); NaN without bounds.
+
+        Each query's ceiling is at least the ratio of any selection for it, so their mean of
+        ratios is at least any strategy's mean of ratios: a ceiling on every table cell.
+        """
+        if not self.bounds:
+            return math.nan
+        return mean_of_ratios_db([getattr(b, kind) for b in self.bounds])
 
 
 def _select(explainer: Explainer, state: QueryState, config: Config, k: int, seed: int = 0) -> np.ndarray:
@@ -120,9 +146,14 @@ def run_grid(
     ks: Sequence[int] = KS,
     validate_configs: Sequence[Config] = (),
     validate_ks: Sequence[int] = KS,
+    bounds: bool = True,
     progress: Progress | None = None,
 ) -> GridResult:
-    """Score every configuration for every query; validate `validate_configs` by fine-tuning."""
+    """Score every configuration for every query; validate `validate_configs` by fine-tuning.
+
+    With ``bounds`` each query also gets its certified ceilings over the whole index
+    (``BoundRecord``), so the report can tell a missed target from an unreachable one.
+    """
     progress = progress or SilentProgress()
     if not queries:
         raise InvalidInputError("no test queries to evaluate")
@@ -133,11 +164,18 @@ def run_grid(
     result = GridResult(n_queries=len(queries))
     seconds: dict[str, float] = defaultdict(float)
     validator = StepValidator(explainer.featurizer) if validate_configs else None
+    vectors = explainer.store.vectors_at(np.arange(explainer.store.n)) if bounds else None  # (n, d)
     progress.start("evaluation grid", len(queries), unit="query")
     for qi, query in enumerate(queries):
         t0 = time.perf_counter()
         state = explainer.prepare(query)
         seconds["gradient"] += time.perf_counter() - t0
+        if vectors is not None:
+            t0 = time.perf_counter()
+            result.bounds.append(
+                BoundRecord(qi, best_single_ratio(state.grad, vectors), ratio_upper_bound(state.grad, vectors))
+            )
+            seconds["bounds"] += time.perf_counter() - t0
         chosen: dict[tuple[Config, int], tuple[np.ndarray, Relevance]] = {}
         for config in configs:
             for k in ks:

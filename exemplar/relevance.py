@@ -39,6 +39,9 @@ from exemplar.errors import InvalidInputError
 EPS = 1e-8
 """Added to Var(r) so a perfect reconstruction gives a large but finite ratio."""
 
+BOUND_CHUNK_ROWS = 4096
+"""Rows per chunk in ``best_single_ratio``."""
+
 SOLVERS = ("paper", "exact")
 """Coefficient solvers ``selection_relevance`` accepts: "paper" = pinv then simplex projection,
 "exact" = the simplex-constrained least-squares optimum (``exact_simplex_weights``)."""
@@ -344,6 +347,23 @@ def ratio_upper_bound(test_grad: np.ndarray, train_grads: np.ndarray) -> float:
     gap = float(grad @ t - grad.min())  # f(t) - f* <= gap (convexity, linear minimum at a vertex)
     lower = max(float(r @ r) - gap, 0.0) / g.shape[0]
     return float(np.var(g)) / (lower + EPS)
+
+
+def best_single_ratio(test_grad: np.ndarray, train_grads: np.ndarray) -> float:
+    """The exact best SRS ratio of any ONE example of ``train_grads: (n, d)`` (the k = 1 optimum).
+
+    A single example gets weight 1 under both solvers (the simplex has one point), so its
+    residual is ``g - a_i`` and the best one minimises ``Var(g - a_i)`` over all ``n`` rows:
+    no k = 1 selection method can score above it. Same float32 casting as
+    ``selection_relevance``; rows are taken in chunks so ``n`` may be large (a memmap).
+    """
+    g, _ = _checked_pair(test_grad, np.asarray(train_grads[:1]), np.float32)
+    n = train_grads.shape[0]
+    best = math.inf
+    for start in range(0, n, BOUND_CHUNK_ROWS):
+        _, a = _checked_pair(test_grad, np.asarray(train_grads[start : start + BOUND_CHUNK_ROWS]), np.float32)
+        best = min(best, float(np.min(np.var(g - a, axis=1))))  # (chunk,) residual variances
+    return float(np.var(g)) / (best + EPS)
 
 
 def mean_of_ratios_db(ratios: Sequence[float]) -> float:

@@ -47,6 +47,13 @@ def _best_paper(table: dict[tuple[str, str, int], dict[str, float]], est: str, k
     return max(candidates, key=lambda c: c[1])
 
 
+def _ceiling(result: GridResult, k: int) -> float:
+    """The certified mean-of-ratios ceiling at ``k`` (+inf without bounds): any selection, tighter at k = 1."""
+    if not result.bounds:
+        return math.inf
+    return result.bound_db("best_single") if k == 1 else result.bound_db("any_selection")
+
+
 def write_report(
     result: GridResult, out_dir: Path, *, demo: str, command: str, index_summary: dict[str, object]
 ) -> Path:
@@ -147,11 +154,27 @@ def write_report(
         for k in ks:
             best_label, best = _best_paper(table, est, k)
             margins.append((k, table[("-", "reconstruct", k)]["mean_of_ratios_db"] - best, best_label))
+        unreachable = [
+            f"k={k} (best paper + 3 dB = {m_best + 3:+.1f} dB > ceiling {ceiling:+.1f} dB)"
+            for k, m_best, ceiling in (
+                (k, table[("-", "reconstruct", k)]["mean_of_ratios_db"] - m, _ceiling(result, k)) for k, m, _ in margins
+            )
+            if m_best + 3 > ceiling
+        ]
         lines.append(
             f"- `{est}`: top-k most influential below random at every k <= 10: **{all(below)}**; "
             f"FL lambda=1 beats top-k at every k: **{all(beats)}**; reconstruct minus the best paper strategy: "
             + ", ".join(f"k={k} {m:+.1f} dB (vs {lab})" for k, m, lab in margins)
             + f"; >= +3 dB at every k: **{all(m >= 3 for _, m, _ in margins)}**"
+            + (f"; unreachable by any selection at {', '.join(unreachable)}" if unreachable else "")
+        )
+    if result.bounds:
+        lines.append(
+            f"- Certified ceilings over the whole index (no selection method can score above them): "
+            f"the best single example {_fmt(result.bound_db('best_single'))} dB (the exact k=1 optimum; "
+            f"reconstruct at k=1: {_fmt(_cell(table, '-', 'reconstruct', 1, 'mean_of_ratios_db'))} dB), "
+            f"any selection of any size {_fmt(result.bound_db('any_selection'))} dB "
+            "(`relevance.best_single_ratio`, `relevance.ratio_upper_bound`)."
         )
     if "bm25" in estimators:
         bm = [table[("bm25", "top-k most influential", k)]["mean_of_ratios_db"] for k in ks]
@@ -190,6 +213,8 @@ def write_records(result: GridResult, path: Path) -> None:
             )
         for v in result.validation:
             f.write(json.dumps({"kind": "validation", **asdict(v)}) + "\n")
+        for b in result.bounds:
+            f.write(json.dumps({"kind": "bound", **asdict(b)}) + "\n")
 
 
 def _validation_section(result: GridResult, out_dir: Path, demo: str) -> list[str]:

@@ -68,6 +68,7 @@ def validate(
             ks=_ints(ks),
             validate_configs=configs,
             validate_ks=_ints(ks),
+            bounds=False,
             progress=TqdmProgress(),
         )
     except ExemplarError as exc:
@@ -157,8 +158,11 @@ def reproduce(
         return
     for r in rest.records:
         r.query += first.n_queries
+    for b in rest.bounds:
+        b.query += first.n_queries
     merged = GridResult(
         records=first.records + rest.records,
+        bounds=first.bounds + rest.bounds,
         validation=first.validation,
         seconds={k: first.seconds.get(k, 0) + rest.seconds.get(k, 0) for k in {*first.seconds, *rest.seconds}},
         n_queries=first.n_queries + rest.n_queries,

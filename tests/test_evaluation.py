@@ -70,6 +70,14 @@ def test_grid_validation_and_report(clf: Explainer, tmp_path: Path) -> None:
     text = path.read_text()
     assert "Spearman(SRS, xi_plus)" in text
     assert "| reconstruct (estimator-independent) |" in text
+    # certified ceilings: every query's ceiling is at least every selection's score for it
+    assert [b.query for b in result.bounds] == list(range(4))
+    for b in result.bounds:
+        assert b.best_single <= b.any_selection * (1 + 1e-9)
+        scores = [r.ratio for r in result.records if r.query == b.query]
+        assert max(r.ratio for r in result.records if r.query == b.query and r.k == 1) <= b.best_single * (1 + 1e-6)
+        assert max(scores) <= b.any_selection * (1 + 1e-6)
+    assert "Certified ceilings over the whole index" in text
     for png in ("tiny_db_by_k.png", "tiny_gain.png", "tiny_validation.png"):
         assert (tmp_path / png).stat().st_size > 1000
 
@@ -127,8 +135,16 @@ def test_records_are_written_per_query(clf: Explainer, tmp_path: Path) -> None:
     result = run_grid(clf, [Example(text="the cat sat")], estimators=("grad_dot",), ks=(1,))
     write_records(result, tmp_path / "r.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
-    assert len(rows) == len(result.records)
+    assert len([r for r in rows if r["kind"] == "score"]) == len(result.records)
     assert {"query", "k", "ratio", "db", "rows", "label"} <= set(rows[0])
+    assert [r for r in rows if r["kind"] == "bound"] == [
+        {
+            "kind": "bound",
+            "query": 0,
+            "best_single": result.bounds[0].best_single,
+            "any_selection": result.bounds[0].any_selection,
+        }
+    ]
 
 
 def test_reproduce_cli_on_a_tiny_index(classifier_index: Path, tmp_path: Path) -> None:

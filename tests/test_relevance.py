@@ -15,6 +15,7 @@ from exemplar.relevance import (
     EPS,
     SOLVERS,
     Relevance,
+    best_single_ratio,
     exact_simplex_weights,
     mean_of_ratios_db,
     project_onto_simplex,
@@ -739,6 +740,22 @@ def test_ratio_upper_bound_dominates_every_subset_under_both_solvers(seed: int) 
     cons = ({"type": "eq", "fun": lambda t: t.sum() - 1.0},)
     res = minimize(lambda t: np.var(g - a.T @ t), np.full(n, 1 / n), bounds=[(0, 1)] * n, constraints=cons, tol=1e-14)
     assert bound == pytest.approx(np.var(g) / (res.fun + relevance_module.EPS), rel=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_best_single_ratio_is_the_best_one_example_selection(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(seed)
+    n, d = 23, 9
+    train = rng.normal(size=(n, d)) * rng.uniform(0.2, 3.0, size=(n, 1)) + rng.normal() * (seed % 2)
+    test = rng.normal(size=d) * 2.0
+    expected = max(
+        selection_relevance(test, train[[i]], solver=solver).ratio for i in range(n) for solver in ("paper", "exact")
+    )
+    monkeypatch.setattr(relevance_module, "BOUND_CHUNK_ROWS", 5)  # chunking must not change the answer
+    assert best_single_ratio(test, train) == pytest.approx(expected, rel=1e-9)
+    assert best_single_ratio(test, train) <= ratio_upper_bound(test, train) * (1 + 1e-9)
+    with pytest.raises(InvalidInputError, match="d=9 columns"):
+        best_single_ratio(np.zeros(4), train)
 
 
 def test_ratio_upper_bound_rejects_bad_input() -> None:
