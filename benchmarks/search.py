@@ -31,6 +31,7 @@ import numpy as np
 from exemplar.search import (
     PRESET_PARAMS,
     FaissSearch,
+    Preset,
     build_faiss_shards,
     exact_top_k,
     factory_string,
@@ -108,7 +109,7 @@ def truth(vectors: np.ndarray, queries: np.ndarray) -> list[set[int]]:
 
 
 def timed_queries(
-    search: object, vectors: np.ndarray, queries: np.ndarray, preset: str
+    search: object, vectors: np.ndarray, queries: np.ndarray, preset: str | Preset
 ) -> tuple[list[float], list[set[int]]]:
     times, found = [], []
     for q in queries:
@@ -123,7 +124,18 @@ def timed_queries(
     return times, found
 
 
-def run_n(n: int, d: int, n_queries: int, types: list[str], workdir: Path, seed: int, norm_buckets: bool) -> list[Row]:
+def sweep_presets(spec: str) -> list[Preset]:
+    """Extra search efforts for --sweep: wider HNSW beams or more IVF lists than the presets."""
+    if spec.startswith("HNSW"):
+        return [Preset(f"ef{ef}", 0.0, 0, ef, 2) for ef in (384, 512, 768, 1024)]
+    if spec.startswith("IVF"):
+        return [Preset(f"probe1/{d}", 1 / d, 8, 0, 2) for d in (16, 8, 4)]
+    return []
+
+
+def run_n(
+    n: int, d: int, n_queries: int, types: list[str], workdir: Path, seed: int, norm_buckets: bool, sweep: bool
+) -> list[Row]:
     t0 = time.perf_counter()
     vectors, queries = synthetic(workdir / f"vectors-{n}.npy", n, d, n_queries, seed)
     gen_s = time.perf_counter() - t0
@@ -151,12 +163,12 @@ def run_n(n: int, d: int, n_queries: int, types: list[str], workdir: Path, seed:
         label = f"{spec} x{buckets}"
 
         timed_queries(search, vectors, queries[:5], "balanced")  # warm the page cache
-        for preset in PRESET_PARAMS:
+        efforts: list[str | Preset] = [*PRESET_PARAMS, *(sweep_presets(spec) if sweep else [])]
+        for preset in efforts:
             ms, found = timed_queries(search, vectors, queries, preset)
             recall = float(np.mean([len(f & e) / TOP for f, e in zip(found, expected, strict=True)]))
-            rows.append(
-                Row(n, label, preset, build_s, size_mb, float(np.mean(ms)), float(np.percentile(ms, 99)), recall)
-            )
+            name = preset.name if isinstance(preset, Preset) else preset
+            rows.append(Row(n, label, name, build_s, size_mb, float(np.mean(ms)), float(np.percentile(ms, 99)), recall))
             print_row(rows[-1])
         del search
         gc.collect()
@@ -183,7 +195,7 @@ def plot(rows: list[Row], path: Path) -> None:
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
     for ax, n in zip(axes[0], sizes, strict=True):
         for r in (r for r in rows if r.n == n):
-            marker = {"exact": "s", "balanced": "o", "fast": "^"}[r.preset]
+            marker = {"exact": "s", "balanced": "o", "fast": "^"}.get(r.preset, "x")
             ax.scatter(r.ms_per_query, r.recall, marker=marker)
             ax.annotate(f"{r.index} {r.preset}", (r.ms_per_query, r.recall), fontsize=7)
         ax.axhline(RECALL_TARGET, color="grey", linestyle=":")
@@ -207,6 +219,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="write a recall-vs-latency PNG here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-buckets", action="store_true", help="one FAISS file per index (no norm buckets)")
+    parser.add_argument("--sweep", action="store_true", help="also try wider HNSW beams / more IVF lists")
     args = parser.parse_args()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
@@ -217,11 +230,11 @@ def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="exemplar-search-") as tmp:
         for n in sizes:
-            rows += run_n(n, args.dims, queries, types, Path(tmp), args.seed, not args.no_buckets)
+            rows += run_n(n, args.dims, queries, types, Path(tmp), args.seed, not args.no_buckets, args.sweep)
     if args.plot:
         plot(rows, args.plot)
     print(f"total {time.perf_counter() - started:.0f} s")
-    largest = [r for r in rows if r.n == max(sizes) and r.recall >= RECALL_TARGET and r.preset != "exact"]
+    largest = [r for r in rows if r.n == max(sizes) and r.recall >= RECALL_TARGET and r.preset in PRESET_PARAMS]
     if not largest:
         print(f"search: preset=none recall_at_100=0 ms_per_query=0 n={max(sizes)}")
         return

@@ -15,6 +15,9 @@ from exemplar.search import (
     PRESETS,
     SCAN_CHUNK_ROWS,
     ExactSearch,
+    FaissSearch,
+    augment,
+    augment_width,
     exact_top_k,
     factory_string,
     norm_buckets_for,
@@ -140,6 +143,47 @@ def test_approximate_types_find_the_exact_top_rows(tmp_path: Path, index_type: s
         found.append(len(set(store.search(q, 10, "balanced")[1].tolist()) & set(expected.tolist())) / 10)
         assert store.search(q, 10, "exact")[1].tolist() == expected.tolist()
     assert np.mean(found) >= 0.9
+
+
+def test_augmented_l2_order_is_the_inner_product_order() -> None:
+    """The MIPS-to-L2 reduction: every augmented row has norm M, and the rows sorted by L2
+    distance to [q, 0] are the rows sorted by <q, x>, against brute force."""
+    vectors = clustered(300, 12, seed=7)
+    norms = np.linalg.norm(vectors, axis=1)
+    aug = augment(vectors, norms, float(norms.max()), 1)
+    assert aug.shape == (300, 13)
+    assert aug.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(aug, axis=1), norms.max(), rtol=1e-5)
+    q = np.random.default_rng(8).standard_normal(12).astype(np.float32)
+    dist = np.linalg.norm(aug.astype(np.float64) - np.append(q, 0.0), axis=1)
+    assert np.argsort(dist, kind="stable")[:20].tolist() == brute_top_k(vectors, q, 20).tolist()
+    assert augment_width("HNSW32") == 1
+    assert augment_width("IVF64,Flat") == 0
+    np.testing.assert_array_equal(augment(vectors, norms, 1.0, 0), vectors)
+
+
+def test_hnsw_files_are_augmented_and_older_inner_product_files_still_load(tmp_path: Path) -> None:
+    import faiss
+
+    vectors = clustered(3000, 16, seed=9)
+    path = index_of(tmp_path, vectors, "hnsw")
+    index = faiss.read_index(str(path / part_file(0, 0)))
+    assert index.metric_type == faiss.METRIC_L2
+    assert index.d == 17
+    # a file written before the reduction: raw inner products over the d stored dims
+    old = faiss.IndexIDMap(faiss.index_factory(16, "HNSW32", faiss.METRIC_INNER_PRODUCT))
+    old.add_with_ids(vectors, np.arange(3000, dtype=np.int64))
+    faiss.write_index(old, str(tmp_path / "old.faiss"))
+    norms = np.linalg.norm(vectors, axis=1)
+    q = vectors[5] + 0.1
+    for search in (FaissGradientStore(path), FaissSearch(vectors, norms, [tmp_path / "old.faiss"])):
+        rows = search.search(q, 10, "balanced")[1][:10]
+        assert len(set(rows.tolist()) & set(brute_top_k(vectors, q, 10).tolist())) >= 9
+    bad = faiss.IndexIDMap(faiss.index_factory(16, "HNSW32", faiss.METRIC_L2))  # L2 without the extra column
+    bad.add_with_ids(vectors, np.arange(3000, dtype=np.int64))
+    faiss.write_index(bad, str(tmp_path / "bad.faiss"))
+    with pytest.raises(InvalidInputError, match="not a search file"):
+        FaissSearch(vectors, norms, [tmp_path / "bad.faiss"])
 
 
 def test_unknown_preset_and_missing_shard_file_are_refused(tmp_path: Path) -> None:
