@@ -32,6 +32,8 @@ from exemplar.validation import StepValidator, ValidationRecord
 
 KS = (1, 5, 10, 25)
 RANDOM_SEEDS = 5
+BOUND_MAX_ROWS = 20_000
+"""Largest index for which `run_grid` computes the certified ceilings (a QP over all rows per query)."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,9 @@ def run_grid(
     """Score every configuration for every query; validate `validate_configs` by fine-tuning.
 
     With ``bounds`` each query also gets its certified ceilings over the whole index
-    (``BoundRecord``), so the report can tell a missed target from an unreachable one.
+    (``BoundRecord``), so the report can tell a missed target from an unreachable one; they
+    need every vector in memory and a QP over all rows, so indexes above ``BOUND_MAX_ROWS``
+    rows skip them.
     """
     progress = progress or SilentProgress()
     if not queries:
@@ -164,7 +168,8 @@ def run_grid(
     result = GridResult(n_queries=len(queries))
     seconds: dict[str, float] = defaultdict(float)
     validator = StepValidator(explainer.featurizer) if validate_configs else None
-    vectors = explainer.store.vectors_at(np.arange(explainer.store.n)) if bounds else None  # (n, d)
+    bounded = bounds and explainer.store.n <= BOUND_MAX_ROWS
+    vectors = explainer.store.vectors_at(np.arange(explainer.store.n)) if bounded else None  # (n, d)
     progress.start("evaluation grid", len(queries), unit="query")
     for qi, query in enumerate(queries):
         t0 = time.perf_counter()

@@ -82,6 +82,15 @@ def test_grid_validation_and_report(clf: Explainer, tmp_path: Path) -> None:
         assert (tmp_path / png).stat().st_size > 1000
 
 
+def test_ceilings_are_skipped_above_the_row_limit(clf: Explainer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import exemplar.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "BOUND_MAX_ROWS", clf.store.n - 1)
+    result = run_grid(clf, [Example(text="the cat sat")], estimators=("grad_dot",), ks=(1,))
+    assert result.bounds == []
+    assert math.isnan(result.bound_db("any_selection"))
+
+
 def test_validate_cli(classifier_index: Path, tmp_path: Path) -> None:
     queries = write_jsonl(
         tmp_path / "q.jsonl",
