@@ -196,9 +196,9 @@ class FaissSearch:
         self.exact = ExactSearch(vectors)
         parts = []
         total = 0
+        d = vectors.shape[1]
         for path in paths:
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
-            d = vectors.shape[1]
             ip = index.metric_type == faiss.METRIC_INNER_PRODUCT and index.d == d
             l2 = index.metric_type == faiss.METRIC_L2 and index.d > d  # MIPS-to-L2 augmented (build_faiss_shards)
             if not isinstance(index, faiss.IndexIDMap) or not (ip or l2):
