@@ -328,10 +328,13 @@ def resolve_index(path: str | Path) -> Path:
     index) and a ``CURRENT`` file; ``publish_version`` switches it atomically.
     """
     root = Path(path)
-    if (root / MANIFEST).exists() or not (root / CURRENT).exists():
-        return root
-    name = (root / CURRENT).read_text().strip()
-    return root / check_version_name(name)
+    name = None if (root / MANIFEST).exists() else _current_name(root)
+    return root if name is None else root / check_version_name(name)
+
+
+def _current_name(root: Path) -> str | None:
+    """The version a versioned root's ``CURRENT`` names; None without one."""
+    return (root / CURRENT).read_text().strip() if (root / CURRENT).exists() else None
 
 
 def publish_version(root: str | Path, name: str) -> Path:
@@ -349,7 +352,7 @@ def list_versions(root: str | Path) -> list[tuple[str, Manifest, bool]]:
     base = Path(root)
     if not base.is_dir():
         raise NotFoundError(f"{str(root)!r} is not a directory")
-    current = (base / CURRENT).read_text().strip() if (base / CURRENT).exists() else None
+    current = _current_name(base)
     found = [
         (p.name, read_manifest(p), p.name == current)
         for p in base.iterdir()
