@@ -35,9 +35,9 @@ from exemplar.tasks import Example, make_task
 
 STRATEGIES = ("balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto")
 AUTO_CANDIDATES = ("topk", "balanced", "reconstruct")
-RECONSTRUCT_POOL_PER_K = 8
-"""Without an explicit pool_size, `reconstruct` picks from at least 8k candidates (a pool of 100
-left too few good swaps at k = 25: +0.06 dB from swaps against +0.46 dB with 200, 30 chat queries)."""
+RECONSTRUCT_POOL_PER_K = 4
+"""Without an explicit pool_size, `reconstruct` takes at least 4k nearest and 4k aligned candidates
+(``Explainer.reconstruct_candidates``; a pool of 100 nearest alone left too few good swaps at k = 25)."""
 COMPARE_STRATEGIES = ("topk", "balanced", "divine", "aide", "reconstruct", "random")
 """Strategies `compare` scores by default ("self" only works for training examples; "auto" is the best of three)."""
 COMPARE_KS = (1, 5, 10, 25)
@@ -285,20 +285,27 @@ class Explainer:
         order = selection.order_by(influence, ordering)[:m]
         return rows[order], np.asarray(influence[order], dtype=np.float64)
 
-    def nearest(self, state: QueryState, m: int) -> np.ndarray:
-        """The `m` rows whose gradients are nearest the query's after centring (a scan).
+    def reconstruct_candidates(self, state: QueryState, nearest: int, aligned: int) -> np.ndarray:
+        """`reconstruct`'s pool: the `nearest` rows nearest the query gradient after centring and
+        the `aligned` rows most aligned with it (largest cosine), from one scan; sorted row ids.
 
         With k = 1 the score is `Var(g) / Var(g - a)`, and `d * Var(g - a)` is the squared
-        distance between the centred vectors: `||a||^2 - d mean(a)^2 - 2 <a, g - mean(g)> + const`.
+        distance between the centred vectors: `||a||^2 - d mean(a)^2 - 2 <a, g - mean(g)> + const`,
+        where `<a, g - mean(g)> = <a, g> - d mean(a) mean(g)`. Aligned rows of any norm can be
+        shrunk towards the query by the simplex weights (mixed with small rows).
         """
         from exemplar.estimators import scan_inner_products
 
         d = state.grad.shape[0]
-        norms = np.asarray(self.store.norms, dtype=np.float64)
-        means = self.store.row_means
-        centred_g = state.grad - state.grad.mean()
-        dist2 = norms**2 - d * means**2 - 2.0 * scan_inner_products(self.store.vectors, centred_g)
-        return np.argsort(dist2, kind="stable")[:m].astype(np.int64)
+        g = np.asarray(state.grad, dtype=np.float64)
+        norms = np.asarray(self.store.norms, dtype=np.float64)  # (n,)
+        means = np.asarray(self.store.row_means, dtype=np.float64)  # (n,)
+        dots = scan_inner_products(self.store.vectors, g).astype(np.float64)  # (n,) <a, g>
+        dist2 = norms**2 - d * means**2 - 2.0 * (dots - d * means * g.mean())
+        cos = dots / np.where(norms > 0, norms, 1.0)  # |g| is common to every row
+        near_rows = np.argsort(dist2, kind="stable")[:nearest]
+        aligned_rows = np.argsort(-cos, kind="stable")[:aligned]
+        return np.union1d(near_rows, aligned_rows).astype(np.int64)
 
     def select(self, state: QueryState, options: ExplainOptions) -> tuple[np.ndarray, np.ndarray, str | None]:
         """Rows chosen by `options.strategy` (in selection order), their influence, and a reason (auto only)."""
@@ -318,9 +325,11 @@ class Explainer:
             rows = selection.self_selection(state.row, k)
         elif strategy == "reconstruct":
             m = options.pool_size or max(self.config.pool_size, RECONSTRUCT_POOL_PER_K * k)
-            pool = self.nearest(state, m)
+            pool = self.reconstruct_candidates(state, m, m)
             rows = pool[
-                selection.reconstruct(state.grad, self.store.vectors_at(pool), k, solver=options.solver, pool_size=m)
+                selection.reconstruct(
+                    state.grad, self.store.vectors_at(pool), k, solver=options.solver, pool_size=pool.shape[0]
+                )
             ]
         else:
             pool, influence = self.candidates(state, estimator, options.ordering, m, options.preset)

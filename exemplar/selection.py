@@ -24,7 +24,8 @@ Strategies (names in ``STRATEGIES``):
 - ``"self"``: ``self_selection``, the test instance itself (a sanity check; only when
   the query is a training example).
 - ``"reconstruct"``: ``reconstruct`` (ours, beyond the paper): greedy forward selection
-  that maximises the selection relevance score itself, refined by swaps.
+  that maximises the selection relevance score itself, and a start from the pool's best
+  simplex mixture, each refined by swaps.
 
 The tests check each strategy against a direct loop transcription of its definition.
 """
@@ -553,30 +554,45 @@ def reconstruct(
     solver: str = "exact",
     pool_size: int = 100,
     swap_sweeps: int = RECONSTRUCT_SWAP_SWEEPS,
+    simplex_start: bool = True,
 ) -> npt.NDArray[np.int64]:
     """Greedy forward selection on the relevance score itself, then swaps ("ours", beyond the paper).
 
     ``test_grad: (d,)``, ``grads: (n, d)`` (the candidates the caller retrieved). Pool =
-    the ``pool_size`` rows with the smallest Euclidean distance ``||g_a - test_grad||``
-    (ties in row order). Starting from the empty selection, each step adds the pool row
-    ``a`` maximising ``selection_relevance(test_grad, grads[S + [a]], solver).ratio``
-    (ties within ``TIE_RTOL`` to the earliest in pool order) until ``min(k, m)`` are
-    selected. Distances and scores use the float32-rounded values the score sees.
+    the union of the ``pool_size`` rows with the smallest Euclidean distance
+    ``||g_a - test_grad||`` and the ``pool_size`` rows with the largest cosine to
+    ``test_grad`` (zero rows have cosine 0; ties in row order), ordered by distance (ties
+    in row order). Distances, cosines and scores use the float32-rounded values the score
+    sees. The nearest rows reconstruct the test gradient on their own; the aligned rows
+    point its way at any norm, and the simplex weights can shrink such a row towards the
+    test gradient by mixing it with small ones.
 
-    Then up to ``swap_sweeps`` sweeps of local search: for each position ``i`` of the
-    selection in turn, the unselected pool row whose swap into position ``i`` gives the
-    best ratio (ties to the earliest in pool order) replaces it if that ratio beats the
-    current one by more than ``RECONSTRUCT_SWAP_RTOL``; the sweeps stop early when one
-    changes nothing. Greedy alone can lose score as ``k`` grows under the "paper" solver
-    (its pinv weights are projected onto the simplex, so an added example can hurt, and
-    greedy must add one); the swaps undo such early choices at the final ``k``.
+    Two starts (the second only with ``simplex_start``), each completed and refined the
+    same way, and the better final ratio wins (ties to the first):
 
-    The first pick: a single example gets weight 1, so its residual is ``g - a`` and the
-    ratio ``Var(g) / (Var(g - a) + EPS)`` is largest for the smallest
+    1. greedy from the empty selection;
+    2. the pool rows with the largest weights in the exact simplex least-squares fit of
+       the test gradient by the whole pool (``exact_simplex_weights``), at most
+       ``min(k, m)`` of them, largest first (ties in pool order).
+
+    Completion: while fewer than ``min(k, m)`` are selected, add the pool row ``a``
+    maximising ``selection_relevance(test_grad, grads[S + [a]], solver).ratio`` (ties
+    within ``TIE_RTOL`` to the earliest in pool order). Refinement: up to ``swap_sweeps``
+    sweeps of local search; for each position ``i`` of the selection in turn, the
+    unselected pool row whose swap into position ``i`` gives the best ratio (ties to the
+    earliest in pool order) replaces it if that ratio beats the current one by more than
+    ``RECONSTRUCT_SWAP_RTOL``; the sweeps stop early when one changes nothing. Greedy
+    alone can lose score as ``k`` grows under the "paper" solver (its pinv weights are
+    projected onto the simplex, so an added example can hurt, and greedy must add one);
+    the swaps undo such early choices at the final ``k``, and the second start reaches
+    mixtures that greedy's first, single-example steps pass by.
+
+    Greedy's first pick: a single example gets weight 1, so its residual is ``g - a`` and
+    the ratio ``Var(g) / (Var(g - a) + EPS)`` is largest for the smallest
     ``Var(g - a) = ||g - a||^2 / d - mean(g - a)^2``, i.e. the nearest row in L2 once the
     constant offset ``mean(g - a)`` is removed (the score ignores offsets). That is the
     L2-nearest row when the residuals have no offset, as for large raw gradients, but
-    not in general; the pool itself is by plain L2 distance.
+    not in general.
 
     For speed each candidate is first scored in the pool's coordinates
     (``_ReducedScorer``, for the "paper" and "exact" solvers; other solvers are scored
@@ -602,8 +618,11 @@ def reconstruct(
             f"grads has d={a.shape[1]} columns but test_grad has d={g.shape[0]}; "
             "both must be gradients w.r.t. the same parameters"
         )
+    norms = np.sqrt(np.sum(a * a, axis=1)) * float(np.sqrt(g @ g))  # (n,) |a| |g|
+    cos = np.divide(a @ g, norms, out=np.zeros(a.shape[0]), where=norms > 0)  # (n,), 0 for zero rows
     dist2 = np.sum((a - g[None, :]) ** 2, axis=1)  # (n,)
-    pool = np.argsort(dist2, kind="stable")[:pool_size].astype(np.int64)  # (m,)
+    members = np.union1d(np.argsort(dist2, kind="stable")[:pool_size], np.argsort(-cos, kind="stable")[:pool_size])
+    pool = members[np.argsort(dist2[members], kind="stable")].astype(np.int64)  # (m,) by distance, ties by row
     m = pool.shape[0]
     steps = min(k, m)
     if m == 0 or float(np.var(g)) == 0.0:
@@ -624,24 +643,36 @@ def reconstruct(
         best = int(np.argmax(ratios >= ratios.max() * (1.0 - TIE_RTOL)))
         return int(keep[best]), float(ratios[best])
 
-    chosen = np.zeros(m, dtype=bool)
-    order: list[int] = []
-    ratio = 0.0
-    for _ in range(steps):
-        open_idx = np.flatnonzero(~chosen)
-        best, ratio = best_of([[*order, int(j)] for j in open_idx])
-        chosen[open_idx[best]] = True
-        order.append(int(open_idx[best]))
-    for _ in range(swap_sweeps):
-        swapped = False
-        for i in range(len(order)):
-            open_idx = np.flatnonzero(~chosen)
-            if open_idx.size == 0:
+    def improve(order: list[int]) -> tuple[list[int], float]:
+        """Greedy additions from ``order`` until ``steps`` are selected, then up to ``swap_sweeps`` swap sweeps."""
+        order = list(order)
+        ratio = best_of([order])[1] if order else 0.0
+        while len(order) < steps:
+            open_idx = np.setdiff1d(np.arange(m), order)
+            best, ratio = best_of([[*order, int(j)] for j in open_idx])
+            order.append(int(open_idx[best]))
+        chosen = np.zeros(m, dtype=bool)
+        chosen[order] = True
+        for _ in range(swap_sweeps):
+            swapped = False
+            for i in range(len(order)):
+                open_idx = np.flatnonzero(~chosen)
+                if open_idx.size == 0:
+                    break
+                best, new_ratio = best_of([[*order[:i], int(j), *order[i + 1 :]] for j in open_idx])
+                if new_ratio > ratio * (1.0 + RECONSTRUCT_SWAP_RTOL):
+                    chosen[order[i]], chosen[open_idx[best]] = False, True
+                    order[i], ratio, swapped = int(open_idx[best]), new_ratio, True
+            if not swapped:
                 break
-            best, new_ratio = best_of([[*order[:i], int(j), *order[i + 1 :]] for j in open_idx])
-            if new_ratio > ratio * (1.0 + RECONSTRUCT_SWAP_RTOL):
-                chosen[order[i]], chosen[open_idx[best]] = False, True
-                order[i], ratio, swapped = int(open_idx[best]), new_ratio, True
-        if not swapped:
-            break
+        return order, ratio
+
+    order, ratio = improve([])
+    if not simplex_start:
+        return pool[np.asarray(order, dtype=np.int64)]
+    weights = exact_simplex_weights(g, a[pool])  # (m,) the best mixture of the whole pool
+    support = np.flatnonzero(weights > 0)
+    seeded, seeded_ratio = improve([int(j) for j in support[np.argsort(-weights[support], kind="stable")][:steps]])
+    if seeded_ratio > ratio * (1.0 + RECONSTRUCT_SWAP_RTOL):
+        order = seeded
     return pool[np.asarray(order, dtype=np.int64)]

@@ -121,6 +121,27 @@ def test_auto_returns_the_best_scoring_strategy(clf: Explainer) -> None:
     assert auto.reason.startswith(auto.strategy)
 
 
+@pytest.mark.parametrize(("nearest", "aligned"), [(5, 0), (0, 4), (6, 6), (1000, 3)])
+def test_reconstruct_candidates_are_the_centred_nearest_and_the_most_aligned(
+    clf: Explainer, nearest: int, aligned: int
+) -> None:
+    state = clf.prepare(Example(text="what a boring afternoon"))
+    vectors = clf.store.vectors_at(np.arange(clf.store.n)).astype(np.float64)
+    g = state.grad.astype(np.float64)
+    centred = vectors - vectors.mean(axis=1, keepdims=True)
+    dist2 = np.array([float(np.sum((row - (g - g.mean())) ** 2)) for row in centred])
+    cos = np.array([float(row @ g / (np.linalg.norm(row) * np.linalg.norm(g))) for row in vectors])
+    got = set(clf.reconstruct_candidates(state, nearest, aligned).tolist())
+    # The tiny corpus repeats texts, so rows tie; the scan is float32: compare up to rounding.
+    n, tol_d, tol_c = clf.store.n, 1e-6 * float(np.max(np.sum(vectors**2, axis=1))), 1e-6
+    near_cut = np.sort(dist2)[min(nearest, n) - 1] if nearest else -np.inf  # m-th smallest distance
+    cos_cut = np.sort(cos)[::-1][min(aligned, n) - 1] if aligned else np.inf  # m-th largest cosine
+    surely = (dist2 < near_cut - tol_d) | (cos > cos_cut + tol_c)
+    maybe = (dist2 <= near_cut + tol_d) | (cos >= cos_cut - tol_c)
+    assert set(np.flatnonzero(surely).tolist()) <= got <= set(np.flatnonzero(maybe).tolist())
+    assert len(got) >= min(max(nearest, aligned), n)
+
+
 def test_reconstruct_beats_topk_and_exact_solver_beats_paper(clf: Explainer) -> None:
     query = Example(text="what a boring afternoon")
     topk = clf.explain(query, k=5, strategy="topk").score_db

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from exemplar.errors import InvalidInputError
-from exemplar.relevance import SOLVERS, selection_relevance
+from exemplar.relevance import SOLVERS, exact_simplex_weights, selection_relevance
 from exemplar.selection import (
     DIVINE_GAMMAS,
     ORDERINGS,
@@ -207,15 +207,42 @@ def oracle_aide(influence: np.ndarray, grads: np.ndarray, test_grad: np.ndarray,
     return [pool[a] for a in sel]
 
 
-def oracle_reconstruct(
-    test_grad: np.ndarray, grads: np.ndarray, k: int, solver: str, pool_size: int, swap_sweeps: int = 2
-) -> list[int]:
-    """Brute force: pool by float32 L2 distance, every candidate scored by selection_relevance,
-    greedy additions, then sweeps of per-position best swaps."""
+def oracle_pool(test_grad: np.ndarray, grads: np.ndarray, pool_size: int) -> list[int]:
+    """The ``pool_size`` nearest rows (float32 L2) and the ``pool_size`` most cosine-aligned,
+    in order of distance (ties by row)."""
     test = [float(np.float32(x)) for x in test_grad]
-    n = grads.shape[0]
-    dist2 = [sum((float(np.float32(x)) - t) ** 2 for x, t in zip(grads[i], test, strict=True)) for i in range(n)]
-    pool = sorted(range(n), key=lambda i: (dist2[i], i))[:pool_size]
+    rows = [[float(np.float32(x)) for x in grads[i]] for i in range(grads.shape[0])]
+    dist2 = [sum((x - t) ** 2 for x, t in zip(row, test, strict=True)) for row in rows]
+    test_norm = math.sqrt(sum(t * t for t in test))
+
+    def cosine(row: list[float]) -> float:
+        norm = math.sqrt(sum(x * x for x in row))
+        return (
+            0.0
+            if norm == 0 or test_norm == 0
+            else sum(x * t for x, t in zip(row, test, strict=True)) / (norm * test_norm)
+        )
+
+    cos = [cosine(row) for row in rows]
+    nearest = sorted(range(len(rows)), key=lambda i: (dist2[i], i))[:pool_size]
+    aligned = sorted(range(len(rows)), key=lambda i: (-cos[i], i))[:pool_size]
+    return sorted(set(nearest) | set(aligned), key=lambda i: (dist2[i], i))
+
+
+def oracle_reconstruct(
+    test_grad: np.ndarray,
+    grads: np.ndarray,
+    k: int,
+    solver: str,
+    pool_size: int,
+    swap_sweeps: int = 2,
+    seeded: bool = True,
+) -> list[int]:
+    """Brute force: the pool of ``oracle_pool``, every candidate scored by selection_relevance;
+    from the empty selection and from the largest exact simplex weights of the whole pool,
+    greedy additions, then sweeps of per-position best swaps; the better start wins."""
+    pool = oracle_pool(test_grad, grads, pool_size)
+    steps = min(k, len(pool))
 
     def score(sel: list[int]) -> float:
         return selection_relevance(test_grad, grads[[pool[j] for j in sel]], solver=solver).ratio
@@ -224,22 +251,32 @@ def oracle_reconstruct(
         top = max(options.values())
         return min(a for a, r in options.items() if r >= top * (1.0 - TIE_RTOL))
 
-    sel: list[int] = []
-    while len(sel) < min(k, len(pool)):
-        sel.append(best({a: score([*sel, a]) for a in range(len(pool)) if a not in sel}))
-    if np.var(np.asarray(test, dtype=np.float64)) == 0.0:
-        return [pool[a] for a in sel]
-    for _ in range(swap_sweeps):
-        changed = False
-        for i in range(len(sel)):
-            swaps = {a: score([*sel[:i], a, *sel[i + 1 :]]) for a in range(len(pool)) if a not in sel}
-            if swaps:
-                a = best(swaps)
-                if swaps[a] > score(sel) * (1.0 + RECONSTRUCT_SWAP_RTOL):
-                    sel[i], changed = a, True
-        if not changed:
-            break
-    return [pool[a] for a in sel]
+    def improve(sel: list[int]) -> list[int]:
+        while len(sel) < steps:
+            sel.append(best({a: score([*sel, a]) for a in range(len(pool)) if a not in sel}))
+        for _ in range(swap_sweeps):
+            changed = False
+            for i in range(len(sel)):
+                swaps = {a: score([*sel[:i], a, *sel[i + 1 :]]) for a in range(len(pool)) if a not in sel}
+                if swaps:
+                    a = best(swaps)
+                    if swaps[a] > score(sel) * (1.0 + RECONSTRUCT_SWAP_RTOL):
+                        sel[i], changed = a, True
+            if not changed:
+                break
+        return sel
+
+    test32 = np.asarray(test_grad, dtype=np.float32).astype(np.float64)
+    if np.var(test32) == 0.0:
+        return pool[:steps]
+    greedy = improve([])
+    if not seeded:
+        return [pool[a] for a in greedy]
+    weights = exact_simplex_weights(test32, grads[pool].astype(np.float32).astype(np.float64))
+    ranked = sorted((j for j in range(len(pool)) if weights[j] > 0), key=lambda j: (-weights[j], j))
+    seeded = improve(ranked[:steps])
+    chosen = seeded if score(seeded) > score(greedy) * (1.0 + RECONSTRUCT_SWAP_RTOL) else greedy
+    return [pool[a] for a in chosen]
 
 
 def reconstruct_problem(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -772,15 +809,16 @@ def test_reconstruct_with_duplicates_and_zero_rows_matches_brute_force(solver: s
 
 @pytest.mark.parametrize("solver", TEST_SOLVERS)
 @pytest.mark.parametrize("seed", range(5))
-def test_reconstruct_first_pick_has_the_smallest_residual_variance(solver: str, seed: int) -> None:
+def test_reconstruct_single_pick_has_the_smallest_residual_variance(solver: str, seed: int) -> None:
     """k = 1 weighs the one example by 1, so the ratio is Var(g) / (Var(g - a) + EPS)."""
     test_grad, grads = reconstruct_problem(50, 10, seed=seed)
     g32 = test_grad.astype(np.float32).astype(np.float64)
     a32 = grads.astype(np.float32).astype(np.float64)
     residual_var = np.var(g32[None, :] - a32, axis=1)
-    got = reconstruct(test_grad, grads, 5, solver=solver, swap_sweeps=0)  # greedy's first pick
-    assert got[0] == int(np.argmin(residual_var))
-    assert reconstruct(test_grad, grads, 1, solver=solver).tolist() == [got[0]]
+    for sweeps in (0, 2):
+        assert reconstruct(test_grad, grads, 1, solver=solver, swap_sweeps=sweeps).tolist() == [
+            int(np.argmin(residual_var))
+        ]
 
 
 def test_reconstruct_first_pick_is_not_always_the_l2_nearest() -> None:
@@ -835,10 +873,16 @@ def test_reconstruct_selects_distinct_pool_members(
 ) -> None:
     test_grad, grads = problem
     got = reconstruct(test_grad, grads, k, solver=solver, pool_size=pool_size)
-    dist2 = np.sum((grads.astype(np.float32).astype(np.float64) - test_grad.astype(np.float32)) ** 2, axis=1)
-    pool = set(np.argsort(dist2, kind="stable")[:pool_size].tolist())
+    a = grads.astype(np.float32).astype(np.float64)
+    g = test_grad.astype(np.float32).astype(np.float64)
+    dist2 = np.sum((a - g) ** 2, axis=1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(g)
+    cos = np.divide(a @ g, norms, out=np.zeros(len(a)), where=norms > 0)
+    nearest = set(np.argsort(dist2, kind="stable")[:pool_size].tolist())
+    cutoff = np.sort(cos)[::-1][min(pool_size, len(a)) - 1] - 1e-9  # aligned up to rounding of the cosines
+    pool = nearest | set(np.flatnonzero(cos >= cutoff).tolist())
     assert got.dtype == np.int64
-    assert len(got) == min(k, pool_size, len(grads))
+    assert min(k, len(a), pool_size) <= len(got) <= min(k, len(pool))
     assert len(set(got.tolist())) == len(got)
     assert set(got.tolist()) <= pool
 
@@ -888,6 +932,30 @@ def test_reconstruct_without_swaps_is_the_plain_greedy(solver: str) -> None:
     test_grad, grads = reconstruct_problem(40, 12, seed=7)
     got = reconstruct(test_grad, grads, 8, solver=solver, pool_size=30, swap_sweeps=0)
     assert got.tolist() == oracle_reconstruct(test_grad, grads, 8, solver, 30, swap_sweeps=0)
+    got = reconstruct(test_grad, grads, 8, solver=solver, pool_size=30, swap_sweeps=0, simplex_start=False)
+    assert got.tolist() == oracle_reconstruct(test_grad, grads, 8, solver, 30, swap_sweeps=0, seeded=False)
+
+
+@pytest.mark.parametrize("solver", TEST_SOLVERS)
+def test_reconstruct_without_the_simplex_start_is_greedy_and_swaps(solver: str) -> None:
+    for seed in range(3):
+        test_grad, grads = reconstruct_problem(40, 6, seed=seed)
+        got = reconstruct(test_grad, grads, 6, solver=solver, pool_size=20, simplex_start=False)
+        assert got.tolist() == oracle_reconstruct(test_grad, grads, 6, solver, 20, seeded=False)
+
+
+@pytest.mark.parametrize("solver", TEST_SOLVERS)
+def test_reconstruct_simplex_start_never_lowers_the_score_and_sometimes_raises_it(solver: str) -> None:
+    """Against greedy + swaps alone (the oracle without its second start) on the same pool."""
+    gains = []
+    for seed in range(6):
+        test_grad, grads = reconstruct_problem(40, 6, seed=seed)
+        got = selection_relevance(test_grad, grads[reconstruct(test_grad, grads, 6, solver=solver)], solver=solver)
+        greedy = reconstruct(test_grad, grads, 6, solver=solver, simplex_start=False)
+        base = selection_relevance(test_grad, grads[greedy], solver=solver).ratio
+        assert got.ratio >= base * (1.0 - 1e-12)
+        gains.append(got.ratio / base)
+    assert max(gains) > 2.0
 
 
 @pytest.mark.parametrize("solver", TEST_SOLVERS)
