@@ -9,7 +9,6 @@ prints medians per stage plus the mean-of-ratios score (paper.md section 1) per 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -17,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exemplar.demos import prepare
+from exemplar.demos import held_out_queries, prepare
 from exemplar.explain import Explainer
 from exemplar.relevance import mean_of_ratios_db
-from exemplar.tasks import Example
 
 
 def main() -> None:
@@ -37,9 +35,7 @@ def main() -> None:
     print(
         f"index {index_dir}: {explainer.store.n} examples, {explainer.store.manifest.dims} dims, opened in {time.perf_counter() - started:.1f} s"
     )
-    rows = [json.loads(line) for line in (index_dir.parent / "test.jsonl").read_text().splitlines()][: args.queries]
-    fields = ("text", "label") if explainer.store.manifest.task == "classification" else ("prompt", "response")
-    queries = [Example(**{f: r[f] for f in fields}) for r in rows]
+    queries = held_out_queries(index_dir, args.queries)
     print(f"{len(queries)} held-out queries, threads={args.threads}")
     print(
         f"{'strategy':<10}{'k':>4}{'score dB (mean of ratios)':>28}{'median dB':>11}{'> 0 dB':>8}{'gradient ms':>13}{'select ms':>11}{'score ms':>10}{'total ms':>10}"

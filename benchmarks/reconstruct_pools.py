@@ -13,7 +13,6 @@ and, per query, a certified upper bound on the score of ANY selection of the who
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,10 +20,9 @@ import numpy as np
 import torch
 
 from exemplar import selection
-from exemplar.demos import prepare
+from exemplar.demos import held_out_queries, prepare
 from exemplar.explain import Explainer
 from exemplar.relevance import mean_of_ratios_db, ratio_upper_bound, selection_relevance
-from exemplar.tasks import Example
 
 
 def main() -> None:
@@ -36,24 +34,23 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     explainer = Explainer.from_index(prepare(args.demo, args.root))
-    rows = [json.loads(line) for line in (explainer.store.path.parent / "test.jsonl").read_text().splitlines()]
-    fields = ("text", "label") if explainer.store.manifest.task == "classification" else ("prompt", "response")
+    queries = held_out_queries(explainer.store.path, args.queries)
     ratios: dict[tuple[str, int], list[float]] = {}
     norms = []
     bounds = []
     everything = explainer.store.vectors_at(np.arange(explainer.store.n))  # (n, d)
     started = time.perf_counter()
-    for row in rows[: args.queries]:
-        state = explainer.prepare(Example(**{f: row[f] for f in fields}))
+    for query in queries:
+        state = explainer.prepare(query)
         norms.append(float(np.linalg.norm(state.grad)))
         bounds.append(ratio_upper_bound(state.grad, everything))
         cosine, _ = explainer.candidates(state, explainer.store.estimator("grad_cos"), "most_helpful", 100)
-        near = explainer.nearest(state, 500)
+        near100 = explainer.reconstruct_candidates(state, 100, 0)
         pools = {
-            "near100": near[:100],
-            "near500": near,
+            "near100": near100,
+            "near500": explainer.reconstruct_candidates(state, 500, 0),
             "cos100": cosine,
-            "union": np.unique(np.concatenate([cosine, near[:100]])),
+            "union": np.unique(np.concatenate([cosine, near100])),
         }
         for k in (5, 25):
             top = explainer.store.vectors_at(cosine[:k])

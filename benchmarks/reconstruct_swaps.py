@@ -1,27 +1,38 @@
-"""`reconstruct` variants side by side on a demo's held-out queries: greedy alone, greedy +
-swaps over 100 candidates, greedy + swaps over 200, against AIDE (the best paper strategy at
-k = 25 on chat) with Grad-Dot and DataInf. Mean of ratios in dB (the paper's aggregation,
-paper solver) and seconds per query of each `reconstruct` variant.
+"""`reconstruct` variants side by side on a demo's held-out queries, against the best paper
+strategies: before (greedy + swaps over the 8k nearest gradients), + the most cosine-aligned
+rows in the pool, + the second start from the pool's exact simplex fit (the default), next to
+AIDE with Grad-Dot and DataInf and the Grad-Cos strategies that beat it (top-k, FL lambda=0.25,
+AIDE). Mean of ratios in dB (the paper's aggregation, paper solver), seconds per query of each
+`reconstruct` variant, and per estimator the margin of the default over its best strategy here.
 
-    .venv/bin/python benchmarks/reconstruct_swaps.py --demo chat --queries 30
+    .venv/bin/python benchmarks/reconstruct_swaps.py --demo chat --queries 30 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from exemplar import selection
-from exemplar.demos import prepare
-from exemplar.explain import Explainer, ExplainOptions
+from exemplar.demos import held_out_queries, prepare
+from exemplar.explain import RECONSTRUCT_POOL_PER_K, Explainer, ExplainOptions
 from exemplar.relevance import mean_of_ratios_db
-from exemplar.tasks import Example
 
-VARIANTS = {"greedy, pool 100": (100, 0), "swaps, pool 100": (100, 2), "swaps, pool 200": (200, 2)}
+PAPER = {
+    "aide (grad_dot)": ("grad_dot", {"strategy": "aide"}),
+    "aide (datainf)": ("datainf", {"strategy": "aide"}),
+    "top-k (grad_cos)": ("grad_cos", {"strategy": "topk"}),
+    "FL 0.25 (grad_cos)": ("grad_cos", {"strategy": "balanced", "lam": 0.25}),
+    "aide (grad_cos)": ("grad_cos", {"strategy": "aide"}),
+}
+VARIANTS = {  # name: (nearest per k, aligned per k, simplex start)
+    "before: 8k nearest": (8, 0, False),
+    "+ 4k/4k aligned": (RECONSTRUCT_POOL_PER_K, RECONSTRUCT_POOL_PER_K, False),
+    "+ simplex start": (RECONSTRUCT_POOL_PER_K, RECONSTRUCT_POOL_PER_K, True),
+}
 
 
 def main() -> None:
@@ -35,35 +46,45 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.ks.split(",")]
     explainer = Explainer.from_index(prepare(args.demo, args.root))
-    rows = [json.loads(line) for line in (explainer.store.path.parent / "test.jsonl").read_text().splitlines()]
-    fields = ("text", "label") if explainer.store.manifest.task == "classification" else ("prompt", "response")
+    queries = held_out_queries(explainer.store.path, args.queries)
+    floor = explainer.config.pool_size
     ratios: dict[tuple[str, int], list[float]] = {}
     seconds: dict[tuple[str, int], float] = {}
-    for row in rows[: args.queries]:
-        state = explainer.prepare(Example(**{f: row[f] for f in fields}))
+    for query in queries:
+        state = explainer.prepare(query)
         for k in ks:
-            for estimator in ("grad_dot", "datainf"):
-                picked, _, _ = explainer.select(state, ExplainOptions(k=k, strategy="aide", estimator=estimator))
-                ratios.setdefault((f"aide ({estimator})", k), []).append(explainer.score(state, picked).ratio)
-            nearest = explainer.nearest(state, max(m for m, _ in VARIANTS.values()))
-            for name, (m, sweeps) in VARIANTS.items():
+            for name, (estimator, kwargs) in PAPER.items():
+                picked, _, _ = explainer.select(state, ExplainOptions(k=k, estimator=estimator, **kwargs))
+                ratios.setdefault((name, k), []).append(explainer.score(state, picked).ratio)
+            for name, (near, aligned, simplex_start) in VARIANTS.items():
                 t0 = time.perf_counter()
-                grads = explainer.store.vectors_at(nearest[:m])
-                chosen = selection.reconstruct(state.grad, grads, k, solver="paper", pool_size=m, swap_sweeps=sweeps)
+                pool = explainer.reconstruct_candidates(
+                    state, max(floor, near * k), max(floor, aligned * k) if aligned else 0
+                )
+                chosen = selection.reconstruct(
+                    state.grad,
+                    explainer.store.vectors_at(pool),
+                    k,
+                    solver="paper",
+                    pool_size=pool.shape[0],
+                    simplex_start=simplex_start,
+                )
                 seconds[(name, k)] = seconds.get((name, k), 0.0) + time.perf_counter() - t0
-                ratios.setdefault((name, k), []).append(explainer.score(state, nearest[:m][chosen]).ratio)
-    n = min(args.queries, len(rows))
+                ratios.setdefault((name, k), []).append(explainer.score(state, pool[chosen]).ratio)
+    n = len(queries)
+    db = {key: mean_of_ratios_db(values) for key, values in ratios.items()}
     print(f"{n} queries of the {args.demo} demo; mean of ratios, dB (s/query for reconstruct)")
-    names = [*(f"aide ({e})" for e in ("grad_dot", "datainf")), *VARIANTS]
-    print(f"{'selection':<20}" + "".join(f"{'k=' + str(k):>16}" for k in ks))
-    for name in names:
-        cells = []
-        for k in ks:
-            cell = f"{mean_of_ratios_db(ratios[(name, k)]):+.2f}"
-            if (name, k) in seconds:
-                cell += f" ({seconds[(name, k)] / n:.2f} s)"
-            cells.append(f"{cell:>16}")
-        print(f"{name:<20}" + "".join(cells))
+    print(f"{'selection':<22}" + "".join(f"{'k=' + str(k):>16}" for k in ks))
+    for name in [*PAPER, *VARIANTS]:
+        cells = [
+            f"{db[(name, k)]:+.2f}" + (f" ({seconds[(name, k)] / n:.2f} s)" if (name, k) in seconds else "") for k in ks
+        ]
+        print(f"{name:<22}" + "".join(f"{cell:>16}" for cell in cells))
+    default = list(VARIANTS)[-1]
+    for estimator in ("grad_dot", "datainf", "grad_cos"):
+        mine = [name for name, (e, _) in PAPER.items() if e == estimator]
+        margins = [db[(default, k)] - max(db[(name, k)] for name in mine) for k in ks]
+        print(f"margin over {estimator:<10}" + "".join(f"{m:>+16.2f}" for m in margins))
 
 
 if __name__ == "__main__":

@@ -117,6 +117,14 @@ def prepare(name: str, root: str | Path, progress: Progress | None = None) -> Pa
     return index_dir
 
 
+def held_out_queries(index_dir: str | Path, n: int) -> list[Example]:
+    """The first ``n`` rows of a prepared demo's test split (``test.jsonl`` beside its index) as
+    queries: their content fields only (text and label, or prompt and response)."""
+    fields = ("text", "label") if read_manifest(index_dir).task == "classification" else ("prompt", "response")
+    lines = (Path(index_dir).parent / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    return [Example(**{f: row[f] for f in fields}) for row in map(json.loads, lines[:n])]
+
+
 def heldout(name: str, root: str | Path, n: int) -> Path:
     """A JSONL file of ``n`` held-out test instances of a prepared demo, disjoint from its training set.
 

@@ -182,3 +182,37 @@ def test_heldout_extends_the_test_split_without_touching_training(tmp_path, demo
     assert heldout(demo, tmp_path, 30).read_text() == path.read_text()  # deterministic
     with pytest.raises(InvalidInputError, match="unknown demo"):
         heldout("nope", tmp_path, 3)
+
+
+@pytest.mark.parametrize(
+    ("index_fixture", "row", "want"),
+    [
+        (
+            "classifier_index",
+            {"id": "t1", "text": "up", "label": "positive", "extra": 1},
+            {"text": "up", "label": "positive"},
+        ),
+        (
+            "causal_index",
+            {"id": "c1", "prompt": "hi", "response": "hello", "source": "x"},
+            {"prompt": "hi", "response": "hello"},
+        ),
+    ],
+)
+def test_held_out_queries_are_the_first_rows_beside_the_index_content_only(
+    tmp_path, request: pytest.FixtureRequest, index_fixture: str, row: dict, want: dict
+) -> None:
+    import json
+    import shutil
+
+    from exemplar.demos import held_out_queries
+    from exemplar.store import MANIFEST
+    from exemplar.tasks import Example
+
+    index_dir = tmp_path / "demo" / "index"
+    index_dir.mkdir(parents=True)
+    shutil.copy(request.getfixturevalue(index_fixture) / MANIFEST, index_dir / MANIFEST)
+    rows = [row, {**row, "id": "second"}, {**row, "id": "third"}]
+    (tmp_path / "demo" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert held_out_queries(index_dir, 2) == [Example(**want), Example(**want)]
+    assert len(held_out_queries(index_dir, 10)) == 3
