@@ -49,8 +49,9 @@ class OptionFields(BaseModel):
         description="balanced: the paper's weighted facility location (influence + representativeness) over the "
         "candidate pool; topk: the k first under `ordering`; random: k uniformly random training examples (seeded); "
         "divine / aide: the paper's baselines (Bhatt et al. 2021, Nematov et al. 2024); self: the query itself when it "
-        "is a training example; reconstruct (ours): greedy selection maximising the score, refined by swaps, over the "
-        "pool nearest the query gradient (at least 8k candidates unless pool_size is given); auto: runs topk, balanced and reconstruct and returns the best-scoring one with the reason",
+        "is a training example; reconstruct (ours): local search maximising the score, from greedy and from the "
+        "pool's best simplex mixture, refined by swaps, over the gradients nearest the query's and most aligned with it "
+        "(max(100, 4k) of each unless pool_size is given); auto: runs topk, balanced and reconstruct and returns the best-scoring one with the reason",
     )
     estimator: Estimator = Field(
         "grad_dot",
