@@ -28,7 +28,7 @@ from exemplar.errors import ExemplarError, IndexIncompatibleError, InvalidInputE
 from exemplar.estimators import ESTIMATOR_NAMES, Estimator, Query
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
-from exemplar.relevance import SOLVERS, Relevance, selection_relevance
+from exemplar.relevance import SOLVERS, Relevance, exact_simplex_weights_gram, selection_relevance
 from exemplar.search import DEFAULT_PRESET, check_preset
 from exemplar.store import Checkpoint, FaissGradientStore, StoredExample, resolve_index
 from exemplar.tasks import Example, make_task
@@ -38,6 +38,12 @@ AUTO_CANDIDATES = ("topk", "balanced", "reconstruct")
 RECONSTRUCT_POOL_PER_K = 4
 """Without an explicit pool_size, `reconstruct` takes at least 4k nearest and 4k aligned candidates
 (``Explainer.reconstruct_candidates``; a pool of 100 nearest alone left too few good swaps at k = 25)."""
+RECONSTRUCT_MIXTURE_ROWS = 4096
+"""Up to this many rows, `reconstruct`'s pool also gets the support of the best mixture of the WHOLE
+store (one QP on a cached Gram matrix, at most 128 MiB); larger stores fit over the nearest, the most
+aligned and the most anti-aligned candidates instead (``Explainer.reconstruct_candidates``)."""
+GRAM_CHUNK_COLUMNS = 1024
+"""Coordinates per chunk when the whole store's Gram matrix is accumulated (bounds the float64 copy)."""
 COMPARE_STRATEGIES = ("topk", "balanced", "divine", "aide", "reconstruct", "random")
 """Strategies `compare` scores by default ("self" only works for training examples; "auto" is the best of three)."""
 COMPARE_KS = (1, 5, 10, 25)
@@ -191,6 +197,7 @@ class Explainer:
         self.config = config or ExplainConfig()
         self._model_lock = threading.Lock()
         self._checkpoint_featurizers: list[KroneckerFeaturizer] | None = None
+        self._centred_gram: np.ndarray | None = None
 
     @classmethod
     def from_index(
@@ -285,7 +292,9 @@ class Explainer:
         order = selection.order_by(influence, ordering)[:m]
         return rows[order], np.asarray(influence[order], dtype=np.float64)
 
-    def reconstruct_candidates(self, state: QueryState, nearest: int, aligned: int) -> np.ndarray:
+    def reconstruct_candidates(
+        self, state: QueryState, nearest: int, aligned: int, *, mixture: bool = False
+    ) -> np.ndarray:
         """`reconstruct`'s pool: the `nearest` rows nearest the query gradient after centring and
         the `aligned` rows most aligned with it (largest cosine), from one scan; sorted row ids.
 
@@ -293,6 +302,14 @@ class Explainer:
         distance between the centred vectors: `||a||^2 - d mean(a)^2 - 2 <a, g - mean(g)> + const`,
         where `<a, g - mean(g)> = <a, g> - d mean(a) mean(g)`. Aligned rows of any norm can be
         shrunk towards the query by the simplex weights (mixed with small rows).
+
+        With `mixture`, the pool also gets every row with a positive weight in the exact
+        simplex fit of the centred query gradient by the centred rows (the mixture behind the
+        any-selection ceiling): over the whole store up to `RECONSTRUCT_MIXTURE_ROWS` rows,
+        else over the nearest, the most aligned and the `aligned` most anti-aligned rows.
+        Such mixtures lean on rows that are neither near nor aligned (anti-aligned ones
+        cancel what the aligned ones overshoot), and at k = 25 the nearest and aligned pool
+        alone missed them.
         """
         from exemplar.estimators import scan_inner_products
 
@@ -301,11 +318,39 @@ class Explainer:
         norms = np.asarray(self.store.norms, dtype=np.float64)  # (n,)
         means = np.asarray(self.store.row_means, dtype=np.float64)  # (n,)
         dots = scan_inner_products(self.store.vectors, g).astype(np.float64)  # (n,) <a, g>
-        dist2 = norms**2 - d * means**2 - 2.0 * (dots - d * means * g.mean())
+        centred_dots = dots - d * means * g.mean()  # (n,) <a - mean(a), g - mean(g)>
+        dist2 = norms**2 - d * means**2 - 2.0 * centred_dots
         cos = dots / np.where(norms > 0, norms, 1.0)  # |g| is common to every row
         near_rows = np.argsort(dist2, kind="stable")[:nearest]
         aligned_rows = np.argsort(-cos, kind="stable")[:aligned]
-        return np.union1d(near_rows, aligned_rows).astype(np.int64)
+        rows = np.union1d(near_rows, aligned_rows).astype(np.int64)
+        if not mixture or self.store.n < 2:
+            return rows
+        if self.store.n <= RECONSTRUCT_MIXTURE_ROWS:
+            fit_rows = np.arange(self.store.n, dtype=np.int64)
+            gram = self.centred_gram()
+        else:
+            fit_rows = np.union1d(rows, np.argsort(cos, kind="stable")[:aligned]).astype(np.int64)
+            block = self.store.vectors_at(fit_rows).astype(np.float64)  # (f, d)
+            block -= block.mean(axis=1, keepdims=True)
+            gram = block @ block.T  # (f, f)
+        weights = exact_simplex_weights_gram(gram, centred_dots[fit_rows])  # (f,)
+        return np.union1d(rows, fit_rows[weights > 0]).astype(np.int64)
+
+    def centred_gram(self) -> np.ndarray:
+        """``(n, n)`` float64 Gram matrix of the centred store rows, built on first use and kept."""
+        if self._centred_gram is None:
+            n, d = self.store.n, int(self.store.vectors.shape[1])
+            gram, sums = np.zeros((n, n)), np.zeros(n)
+            for start in range(0, d, GRAM_CHUNK_COLUMNS):
+                block = np.asarray(self.store.vectors[:, start : start + GRAM_CHUNK_COLUMNS], dtype=np.float64)
+                gram += block @ block.T
+                sums += block.sum(axis=1)
+            means = sums / d  # (n,)
+            self._centred_gram = gram - d * np.outer(
+                means, means
+            )  # <a - mean(a), b - mean(b)> = <a, b> - d mean(a) mean(b)
+        return self._centred_gram
 
     def select(self, state: QueryState, options: ExplainOptions) -> tuple[np.ndarray, np.ndarray, str | None]:
         """Rows chosen by `options.strategy` (in selection order), their influence, and a reason (auto only)."""
@@ -325,7 +370,7 @@ class Explainer:
             rows = selection.self_selection(state.row, k)
         elif strategy == "reconstruct":
             m = options.pool_size or max(self.config.pool_size, RECONSTRUCT_POOL_PER_K * k)
-            pool = self.reconstruct_candidates(state, m, m)
+            pool = self.reconstruct_candidates(state, m, m, mixture=True)
             rows = pool[
                 selection.reconstruct(
                     state.grad, self.store.vectors_at(pool), k, solver=options.solver, pool_size=pool.shape[0]

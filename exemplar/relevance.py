@@ -250,11 +250,16 @@ def _fista(q: np.ndarray, b: np.ndarray, t0: np.ndarray, iterations: int) -> np.
 
 def _simplex_least_squares(g: npt.NDArray[np.float64], a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """``argmin_{t in simplex} ||a.T @ t - g||^2`` for validated float64 ``g: (d,)``, ``a: (k, d)``."""
-    k = a.shape[0]
+    if a.shape[0] == 1:
+        return np.ones(1)
+    return _simplex_gram_qp(a @ a.T, a @ g)
+
+
+def _simplex_gram_qp(q: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``argmin_{t in simplex} t.Q t - 2 b.t`` for a PSD float64 ``q: (k, k)`` and ``b: (k,)``."""
+    k = q.shape[0]
     if k == 1:
         return np.ones(1)
-    q = a @ a.T  # (k, k)
-    b = a @ g  # (k,)
     scale = float(np.max(np.diag(q)))
     if not scale > 0:  # every selected gradient is zero: all weights give the same residual g
         return np.full(k, 1.0 / k)
@@ -268,6 +273,22 @@ def _simplex_least_squares(g: npt.NDArray[np.float64], a: npt.NDArray[np.float64
             t = t_pg
     t = np.maximum(t, 0.0)
     return np.asarray(t / t.sum(), dtype=np.float64)
+
+
+def exact_simplex_weights_gram(gram: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``exact_simplex_weights`` from the Gram form: ``gram = A A^T: (k, k)``, ``b = A g: (k,)``.
+
+    The minimiser depends on ``A`` and ``g`` only through these, so a caller that keeps the
+    Gram matrix of a fixed set of rows fits each new ``g`` without touching the ``d``
+    coordinates again. Same solver and result conventions as ``exact_simplex_weights``.
+    """
+    q = _as_float(gram, "gram", np.float64)
+    v = _as_float(b, "b", np.float64)
+    if q.ndim != 2 or q.shape[0] != q.shape[1] or q.shape[0] == 0:
+        raise InvalidInputError(f"gram must be a non-empty square matrix (k, k), got shape {q.shape}")
+    if v.shape != (q.shape[0],):
+        raise InvalidInputError(f"b must have shape ({q.shape[0]},) to match gram, got {v.shape}")
+    return _simplex_gram_qp(q, v)
 
 
 def exact_simplex_weights(test_grad: np.ndarray, train_grads: np.ndarray) -> np.ndarray:

@@ -142,6 +142,51 @@ def test_reconstruct_candidates_are_the_centred_nearest_and_the_most_aligned(
     assert len(got) >= min(max(nearest, aligned), n)
 
 
+def test_centred_gram_is_the_gram_matrix_of_the_centred_rows(clf: Explainer) -> None:
+    vectors = clf.store.vectors_at(np.arange(clf.store.n)).astype(np.float64)
+    centred = vectors - vectors.mean(axis=1, keepdims=True)
+    gram = clf.centred_gram()
+    scale = float(np.max(np.diag(gram)))
+    np.testing.assert_allclose(gram, centred @ centred.T, atol=1e-9 * scale)
+    assert clf.centred_gram() is gram  # kept for the next query
+
+
+@pytest.mark.parametrize("whole_store", [True, False])
+def test_reconstruct_candidates_add_the_support_of_the_best_mixture(
+    clf: Explainer, monkeypatch: pytest.MonkeyPatch, whole_store: bool
+) -> None:
+    """The mixture rows are the support of the exact simplex fit of the centred query by the
+    centred rows: all rows for a small store, else the nearest, aligned and anti-aligned ones."""
+    import exemplar.explain as explain_module
+    from exemplar.relevance import exact_simplex_weights
+
+    if not whole_store:
+        monkeypatch.setattr(explain_module, "RECONSTRUCT_MIXTURE_ROWS", 1)
+    state = clf.prepare(Example(text="what a boring afternoon"))
+    nearest, aligned = 3, 3
+    plain = clf.reconstruct_candidates(state, nearest, aligned)
+    got = clf.reconstruct_candidates(state, nearest, aligned, mixture=True)
+    vectors = clf.store.vectors_at(np.arange(clf.store.n)).astype(np.float64)
+    g = state.grad.astype(np.float64)
+    if whole_store:
+        fit_rows = np.arange(clf.store.n)
+    else:
+        cos = vectors @ g / np.linalg.norm(vectors, axis=1)
+        fit_rows = np.union1d(plain, np.argsort(cos, kind="stable")[:aligned])
+    centred = vectors - vectors.mean(axis=1, keepdims=True)
+    g_c = g - g.mean()
+
+    def best_fit(rows: np.ndarray) -> float:  # the smallest ||g_c - A_c.T t||^2 over the simplex of `rows`
+        return float(np.sum((g_c - centred[rows].T @ exact_simplex_weights(g_c, centred[rows])) ** 2))
+
+    # Duplicated texts give tied rows, so the optimal weights are not unique: compare objectives.
+    mixture = np.intersect1d(got, fit_rows)
+    assert best_fit(mixture) <= best_fit(fit_rows) * (1 + 1e-6) + 1e-12
+    assert best_fit(plain) > best_fit(fit_rows) * (1 + 1e-3)  # the mixture rows add something here
+    assert set(plain.tolist()) <= set(got.tolist()) <= set(plain.tolist()) | set(fit_rows.tolist())
+    assert np.all(np.diff(got) > 0)
+
+
 def test_reconstruct_beats_topk_and_exact_solver_beats_paper(clf: Explainer) -> None:
     query = Example(text="what a boring afternoon")
     topk = clf.explain(query, k=5, strategy="topk").score_db

@@ -17,6 +17,7 @@ from exemplar.relevance import (
     Relevance,
     best_single_ratio,
     exact_simplex_weights,
+    exact_simplex_weights_gram,
     mean_of_ratios_db,
     project_onto_simplex,
     ratio_of_expectations_db,
@@ -646,6 +647,36 @@ def test_exact_weights_keep_float64_precision() -> None:
     """exact_simplex_weights works on the values as given, so float64 beyond float32 range is fine."""
     t = exact_simplex_weights(np.array([1e39, 0.0]), np.array([[1e39, 0.0], [0.0, 1e39]]))
     np.testing.assert_allclose(t, [1.0, 0.0], atol=1e-12)
+
+
+@pytest.mark.parametrize(("k", "d", "seed"), [(1, 5, 0), (4, 30, 1), (12, 8, 2), (40, 100, 3)])
+def test_exact_weights_from_the_gram_form_match_the_vector_form(k: int, d: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(k, d)) + rng.normal(size=d)  # a shared component, as gradients have
+    g = rng.normal(size=d)
+    t = exact_simplex_weights_gram(a @ a.T, a @ g)
+    np.testing.assert_allclose(t, exact_simplex_weights(g, a), atol=1e-9)
+    assert t.sum() == pytest.approx(1.0)
+    assert np.all(t >= 0)
+    reduced = (a @ a.T) @ t - a @ g  # KKT: equal on the support, no smaller off it
+    mu = float(t @ reduced)
+    assert np.all(reduced >= mu - 1e-8 * (1.0 + np.abs(a @ g).max()))
+    assert np.allclose(reduced[t > 1e-12], mu, atol=1e-8 * (1.0 + np.abs(a @ g).max()))
+
+
+@pytest.mark.parametrize(
+    ("gram", "b", "match"),
+    [
+        (np.ones((2, 3)), np.ones(2), "square matrix"),
+        (np.ones((0, 0)), np.ones(0), "square matrix"),
+        (np.eye(2), np.ones(3), "to match gram"),
+        (np.array([[1.0, np.nan], [np.nan, 1.0]]), np.ones(2), "NaN"),
+        (np.eye(2), np.array(["a", "b"]), "real numeric"),
+    ],
+)
+def test_exact_weights_gram_reject_bad_input(gram: np.ndarray, b: np.ndarray, match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        exact_simplex_weights_gram(gram, b)
 
 
 # ---------------------------------------------------------------- aggregation
