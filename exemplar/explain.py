@@ -28,7 +28,7 @@ from exemplar.errors import ExemplarError, IndexIncompatibleError, InvalidInputE
 from exemplar.estimators import ESTIMATOR_NAMES, Estimator, Query
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
-from exemplar.relevance import SOLVERS, Relevance, exact_simplex_weights_gram, selection_relevance
+from exemplar.relevance import SOLVERS, Relevance, selection_relevance, simplex_weights_gram
 from exemplar.search import DEFAULT_PRESET, check_preset
 from exemplar.store import Checkpoint, FaissGradientStore, StoredExample, resolve_index
 from exemplar.tasks import Example, make_task
@@ -38,10 +38,13 @@ AUTO_CANDIDATES = ("topk", "balanced", "reconstruct")
 RECONSTRUCT_POOL_PER_K = 4
 """Without an explicit pool_size, `reconstruct` takes at least 4k nearest and 4k aligned candidates
 (``Explainer.reconstruct_candidates``; a pool of 100 nearest alone left too few good swaps at k = 25)."""
-RECONSTRUCT_MIXTURE_ROWS = 4096
+RECONSTRUCT_MIXTURE_ROWS = 2048
 """Up to this many rows, `reconstruct`'s pool also gets the support of the best mixture of the WHOLE
-store (one QP on a cached Gram matrix, at most 128 MiB); larger stores fit over the nearest, the most
-aligned and the most anti-aligned candidates instead (``Explainer.reconstruct_candidates``)."""
+store (one QP per query on a Gram matrix cached per index, at most 32 MiB); larger stores fit over the
+nearest, the most aligned and the most anti-aligned candidates instead (``Explainer.reconstruct_candidates``)."""
+RECONSTRUCT_MIXTURE_SOLVES = 1500
+"""Face solves allowed to that QP's active-set method (the chat and tweets demos need at most 500 and
+980); past it the iterate's support is used as it is, which bounds the cost on unusual stores."""
 GRAM_CHUNK_COLUMNS = 1024
 """Coordinates per chunk when the whole store's Gram matrix is accumulated (bounds the float64 copy)."""
 COMPARE_STRATEGIES = ("topk", "balanced", "divine", "aide", "reconstruct", "random")
@@ -334,7 +337,7 @@ class Explainer:
             block = self.store.vectors_at(fit_rows).astype(np.float64)  # (f, d)
             block -= block.mean(axis=1, keepdims=True)
             gram = block @ block.T  # (f, f)
-        weights = exact_simplex_weights_gram(gram, centred_dots[fit_rows])  # (f,)
+        weights = simplex_weights_gram(gram, centred_dots[fit_rows], max_solves=RECONSTRUCT_MIXTURE_SOLVES)  # (f,)
         return np.union1d(rows, fit_rows[weights > 0]).astype(np.int64)
 
     def centred_gram(self) -> np.ndarray:
