@@ -51,7 +51,7 @@ class OptionFields(BaseModel):
         "divine / aide: the paper's baselines (Bhatt et al. 2021, Nematov et al. 2024); self: the query itself when it "
         "is a training example; reconstruct (ours): local search maximising the score, from greedy and from the "
         "pool's best simplex mixture, refined by swaps, over the gradients nearest the query's and most aligned with it "
-        "(max(100, 4k) of each unless pool_size is given) plus those in the best simplex mixture of the whole index; auto: runs topk, balanced and reconstruct and returns the best-scoring one with the reason",
+        "(max(100, 4k) of each unless pool_size is given) plus those in the best simplex mixture of the whole index (up to 2,048 rows; above, of the nearest, aligned and anti-aligned ones); auto: runs topk, balanced and reconstruct and returns the best-scoring one with the reason",
     )
     estimator: Estimator = Field(
         "grad_dot",
