@@ -350,9 +350,8 @@ class Explainer:
                 gram += block @ block.T
                 sums += block.sum(axis=1)
             means = sums / d  # (n,)
-            self._centred_gram = gram - d * np.outer(
-                means, means
-            )  # <a - mean(a), b - mean(b)> = <a, b> - d mean(a) mean(b)
+            # <a - mean(a), b - mean(b)> = <a, b> - d mean(a) mean(b)
+            self._centred_gram = gram - d * np.outer(means, means)
         return self._centred_gram
 
     def select(self, state: QueryState, options: ExplainOptions) -> tuple[np.ndarray, np.ndarray, str | None]:

@@ -269,13 +269,17 @@ def _fista(q: np.ndarray, b: np.ndarray, t0: np.ndarray, iterations: int) -> np.
 
 def _simplex_least_squares(g: npt.NDArray[np.float64], a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """``argmin_{t in simplex} ||a.T @ t - g||^2`` for validated float64 ``g: (d,)``, ``a: (k, d)``."""
-    if a.shape[0] == 1:
-        return np.ones(1)
     return _simplex_gram_qp(a @ a.T, a @ g)
 
 
-def _simplex_gram_qp(q: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """``argmin_{t in simplex} t.Q t - 2 b.t`` for a PSD float64 ``q: (k, k)`` and ``b: (k,)``."""
+def _simplex_gram_qp(
+    q: npt.NDArray[np.float64], b: npt.NDArray[np.float64], max_solves: int | None = None
+) -> npt.NDArray[np.float64]:
+    """``argmin_{t in simplex} t.Q t - 2 b.t`` for a PSD float64 ``q: (k, k)`` and ``b: (k,)``.
+
+    ``max_solves=None``: exact (active set, FISTA if it stalls). Otherwise the active set's
+    iterate after at most that many face solves, with no fallback.
+    """
     k = q.shape[0]
     if k == 1:
         return np.ones(1)
@@ -285,8 +289,9 @@ def _simplex_gram_qp(q: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> 
     q = (q + q.T) / (2.0 * scale)  # exactly symmetric, largest diagonal 1; same minimiser
     b = b / scale
     tol = KKT_RTOL * max(1.0, float(np.max(np.abs(b))))
-    t, converged = _active_set(q, b, tol, max_solves=10 * k + 50)
-    if not converged:
+    budget = 10 * k + 50 if max_solves is None else max(int(max_solves), 0)
+    t, converged = _active_set(q, b, tol, max_solves=budget)
+    if not converged and max_solves is None:
         t_pg = _fista(q, b, t, FISTA_ITERATIONS)
         if _gram_objective(q, b, t_pg) < _gram_objective(q, b, t):
             t = t_pg
@@ -310,16 +315,7 @@ def simplex_weights_gram(gram: np.ndarray, b: np.ndarray, *, max_solves: int | N
         raise InvalidInputError(f"gram must be a non-empty square matrix (k, k), got shape {q.shape}")
     if v.shape != (q.shape[0],):
         raise InvalidInputError(f"b must have shape ({q.shape[0]},) to match gram, got {v.shape}")
-    if max_solves is None:
-        return _simplex_gram_qp(q, v)
-    k = q.shape[0]
-    scale = float(np.max(np.diag(q)))
-    if k == 1 or not scale > 0:
-        return np.full(k, 1.0 / k)
-    qs, bs = (q + q.T) / (2.0 * scale), v / scale
-    t, _ = _active_set(qs, bs, KKT_RTOL * max(1.0, float(np.max(np.abs(bs)))), max_solves=max(int(max_solves), 0))
-    t = np.maximum(t, 0.0)
-    return np.asarray(t / t.sum(), dtype=np.float64)
+    return _simplex_gram_qp(q, v, max_solves)
 
 
 def exact_simplex_weights(test_grad: np.ndarray, train_grads: np.ndarray) -> np.ndarray:
