@@ -4,6 +4,8 @@ For held-out queries of a demo, at one k (paper solver, mean of ratios in dB):
 
 - `reconstruct` as the API runs it (the default pool);
 - `reconstruct` with every training example in the pool;
+- `reconstruct` on the served pool with a beam-search start of width `--beam`
+  (`selection.reconstruct(beam_width=)`, exhaustive once the beam holds every subset);
 - an exhaustive search over every k-subset of the `--support` examples with the largest
   weights in the optimum over the simplex of ALL training gradients (the mixture behind the
   any-selection ceiling, `relevance.ratio_upper_bound`), keeping `reconstruct`'s own
@@ -11,7 +13,7 @@ For held-out queries of a demo, at one k (paper solver, mean of ratios in dB):
 - the grad_cos strategies that come closest (top-k, FL lambda=0.25, AIDE), and the
   any-selection ceiling itself (any k).
 
-    .venv/bin/python benchmarks/reconstruct_headroom.py --demo chat --queries 12 --k 5
+    .venv/bin/python benchmarks/reconstruct_headroom.py --demo chat --queries 30 --k 5
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from exemplar import selection
 from exemplar.demos import held_out_queries, prepare
-from exemplar.explain import Explainer, ExplainOptions
+from exemplar.explain import RECONSTRUCT_POOL_PER_K, Explainer, ExplainOptions
 from exemplar.relevance import exact_simplex_weights, mean_of_ratios_db, ratio_upper_bound, selection_relevance
 
 COSINE = {
@@ -40,9 +42,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", default="chat")
     parser.add_argument("--root", type=Path, default=Path(".cache/demos"))
-    parser.add_argument("--queries", type=int, default=12)
+    parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--support", type=int, default=18, help="exhaustive search over this many examples")
+    parser.add_argument("--beam", type=int, default=50, help="beam width of the beam-search start")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,7 +57,9 @@ def main() -> None:
     ratios: dict[str, list[float]] = {}
     print(
         f"{'query':>5}"
-        + "".join(f"{name:>13}" for name in [*COSINE, "reconstruct", "all rows", "exhaustive", "ceiling"])
+        + "".join(
+            f"{name:>13}" for name in [*COSINE, "reconstruct", "all rows", f"beam {args.beam}", "exhaustive", "ceiling"]
+        )
     )
     for qi, query in enumerate(queries):
         state = explainer.prepare(query)
@@ -68,6 +73,13 @@ def main() -> None:
         ours_rows, _, _ = explainer.select(state, ExplainOptions(k=k, strategy="reconstruct"))
         all_rows = selection.reconstruct(g, vectors, k, solver="paper", pool_size=explainer.store.n)
         ours = explainer.score(state, ours_rows).ratio
+        m = max(explainer.config.pool_size, RECONSTRUCT_POOL_PER_K * k)
+        pool = explainer.reconstruct_candidates(state, m, m, mixture=True)  # the served pool
+        beamed = pool[
+            selection.reconstruct(
+                g, explainer.store.vectors_at(pool), k, solver="paper", pool_size=pool.shape[0], beam_width=args.beam
+            )
+        ]
         weights = exact_simplex_weights(g - g.mean(), centred)  # (n,) the any-selection optimum
         top = np.argsort(-weights, kind="stable")[: args.support]
         exhaustive = max(
@@ -77,6 +89,7 @@ def main() -> None:
             **cosine,
             "reconstruct": ours,
             "all rows": selection_relevance(g, vectors[all_rows]).ratio,
+            f"beam {args.beam}": explainer.score(state, beamed).ratio,
             "exhaustive": exhaustive,
             "ceiling": ratio_upper_bound(g, vectors),
         }

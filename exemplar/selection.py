@@ -555,6 +555,7 @@ def reconstruct(
     pool_size: int = 100,
     swap_sweeps: int = RECONSTRUCT_SWAP_SWEEPS,
     simplex_start: bool = True,
+    beam_width: int = 0,
 ) -> npt.NDArray[np.int64]:
     """Greedy forward selection on the relevance score itself, then swaps ("ours", beyond the paper).
 
@@ -567,13 +568,22 @@ def reconstruct(
     point its way at any norm, and the simplex weights can shrink such a row towards the
     test gradient by mixing it with small ones.
 
-    Two starts (the second only with ``simplex_start``), each completed and refined the
-    same way, and the better final ratio wins (ties to the first):
+    Up to three starts (the second only with ``simplex_start``, the third only with
+    ``beam_width > 0``), each completed and refined the same way, and the best final ratio
+    wins (ties to the earlier start):
 
     1. greedy from the empty selection;
     2. the pool rows with the largest weights in the exact simplex least-squares fit of
        the test gradient by the whole pool (``exact_simplex_weights``), at most
-       ``min(k, m)`` of them, largest first (ties in pool order).
+       ``min(k, m)`` of them, largest first (ties in pool order);
+    3. beam search: starting from the empty selection, each level extends every kept
+       selection by every unselected pool row and keeps the ``beam_width`` distinct
+       selections with the best ratios (ties to the earlier-made), until ``min(k, m)``
+       are selected; the best one starts the refinement. When ``beam_width`` is at least
+       the number of ``j``-subsets of the pool for every ``j <= min(k, m)``, the beam
+       holds every subset and this start is the exact optimum over the pool. Costs
+       about ``beam_width`` times the greedy start; off in the service
+       (``benchmarks/reconstruct_headroom.py`` measures what it would add).
 
     Completion: while fewer than ``min(k, m)`` are selected, add the pool row ``a``
     maximising ``selection_relevance(test_grad, grads[S + [a]], solver).ratio`` (ties
@@ -605,6 +615,7 @@ def reconstruct(
     swap_sweeps = _int_at_least(
         swap_sweeps, 0, "swap_sweeps must be a non-negative integer", "swap_sweeps must be >= 0"
     )
+    beam_width = _int_at_least(beam_width, 0, "beam_width must be a non-negative integer", "beam_width must be >= 0")
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise InvalidInputError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     g = _float32_values(test_grad, "test_grad")
@@ -631,12 +642,18 @@ def reconstruct(
     grads_in = np.asarray(grads)
     scorer = _ReducedScorer(a[pool], g, solver) if solver in ("paper", "exact") else None
 
+    def screened(subsets: list[list[int]]) -> npt.NDArray[np.float64]:
+        """Ratios of ``subsets`` (pool positions): screened in the pool's coordinates when possible."""
+        if scorer is not None:
+            return np.array([scorer.ratio(sub) for sub in subsets])
+        return np.array([selection_relevance(test_grad, grads_in[pool[sub]], solver=solver).ratio for sub in subsets])
+
     def best_of(subsets: list[list[int]]) -> tuple[int, float]:
         """Index into ``subsets`` (pool positions) of the best ratio (ties to the earliest), and that ratio."""
         keep = np.arange(len(subsets))
         if scorer is not None:
-            screened = np.array([scorer.ratio(sub) for sub in subsets])
-            keep = np.flatnonzero(screened >= screened.max() * (1.0 - RECONSTRUCT_SCREEN_RTOL))
+            first = screened(subsets)
+            keep = np.flatnonzero(first >= first.max() * (1.0 - RECONSTRUCT_SCREEN_RTOL))
         ratios = np.array(
             [selection_relevance(test_grad, grads_in[pool[subsets[i]]], solver=solver).ratio for i in keep]
         )
@@ -668,11 +685,23 @@ def reconstruct(
         return order, ratio
 
     order, ratio = improve([])
-    if not simplex_start:
-        return pool[np.asarray(order, dtype=np.int64)]
-    weights = exact_simplex_weights(g, a[pool])  # (m,) the best mixture of the whole pool
-    support = np.flatnonzero(weights > 0)
-    seeded, seeded_ratio = improve([int(j) for j in support[np.argsort(-weights[support], kind="stable")][:steps]])
-    if seeded_ratio > ratio * (1.0 + RECONSTRUCT_SWAP_RTOL):
-        order = seeded
+    if simplex_start:
+        weights = exact_simplex_weights(g, a[pool])  # (m,) the best mixture of the whole pool
+        support = np.flatnonzero(weights > 0)
+        seeded, seeded_ratio = improve([int(j) for j in support[np.argsort(-weights[support], kind="stable")][:steps]])
+        if seeded_ratio > ratio * (1.0 + RECONSTRUCT_SWAP_RTOL):
+            order, ratio = seeded, seeded_ratio
+    if beam_width > 0:
+        beam: list[list[int]] = [[]]
+        for _ in range(steps):
+            made: dict[frozenset[int], list[int]] = {}  # distinct selections, in the order made
+            for sel in beam:
+                for j in np.setdiff1d(np.arange(m), sel):
+                    made.setdefault(frozenset([*sel, int(j)]), [*sel, int(j)])
+            extended = list(made.values())
+            ratios = screened(extended)
+            beam = [extended[i] for i in np.argsort(-ratios, kind="stable")[:beam_width]]
+        beamed, beamed_ratio = improve(beam[best_of(beam)[0]])
+        if beamed_ratio > ratio * (1.0 + RECONSTRUCT_SWAP_RTOL):
+            order = beamed
     return pool[np.asarray(order, dtype=np.int64)]

@@ -1,5 +1,6 @@
 """Oracle and property tests for exemplar.selection (paper.md sections 2 and 4)."""
 
+import itertools
 import math
 
 import numpy as np
@@ -982,3 +983,53 @@ def test_reconstruct_refuses_a_negative_swap_count() -> None:
     test_grad, grads = reconstruct_problem(10, 4, seed=0)
     with pytest.raises(InvalidInputError, match="swap_sweeps"):
         reconstruct(test_grad, grads, 2, swap_sweeps=-1)
+
+
+def brute_force_best_ratio(test_grad: np.ndarray, grads: np.ndarray, k: int, solver: str) -> float:
+    """The best ratio of any k distinct rows: every subset scored directly."""
+    return max(
+        selection_relevance(test_grad, grads[list(subset)], solver=solver).ratio
+        for subset in itertools.combinations(range(grads.shape[0]), k)
+    )
+
+
+@pytest.mark.parametrize("solver", TEST_SOLVERS)
+def test_reconstruct_with_a_beam_wide_enough_for_every_subset_is_the_exact_optimum(solver: str) -> None:
+    """9 rows, k = 3: C(9, 3) = 84 >= C(9, 2) >= C(9, 1), so a beam of 84 holds every
+    subset at every level; plain greedy misses the optimum on some of these seeds."""
+    misses = 0
+    for seed in range(8):
+        test_grad, grads = reconstruct_problem(9, 5, seed=seed)
+        best = brute_force_best_ratio(test_grad, grads, 3, solver)
+        got = reconstruct(test_grad, grads, 3, solver=solver, beam_width=84)
+        assert len(set(got.tolist())) == 3
+        assert selection_relevance(test_grad, grads[got], solver=solver).ratio == pytest.approx(best, rel=1e-9)
+        plain = reconstruct(test_grad, grads, 3, solver=solver, swap_sweeps=0, simplex_start=False)
+        misses += selection_relevance(test_grad, grads[plain], solver=solver).ratio < best * (1.0 - 1e-6)
+    assert misses > 0
+
+
+@pytest.mark.parametrize("solver", TEST_SOLVERS)
+def test_reconstruct_beam_never_lowers_the_score_and_a_narrow_one_finds_missed_optima(solver: str) -> None:
+    """The beam is a third start: the best of the three wins, so it can only add. On
+    14 rows with k = 4, the two default starts miss the optimum on several seeds and a
+    beam of 5 (of C(14, 4) = 1001 subsets) reaches it on some of them."""
+    reached = 0
+    for seed in range(20):
+        test_grad, grads = reconstruct_problem(14, 5, seed=seed)
+        base = selection_relevance(test_grad, grads[reconstruct(test_grad, grads, 4, solver=solver)], solver=solver)
+        got = reconstruct(test_grad, grads, 4, solver=solver, beam_width=5)
+        assert len(set(got.tolist())) == 4
+        ratio = selection_relevance(test_grad, grads[got], solver=solver).ratio
+        assert ratio >= base.ratio * (1.0 - 1e-12)
+        if ratio > base.ratio * 1.01:
+            reached += ratio == pytest.approx(brute_force_best_ratio(test_grad, grads, 4, solver), rel=1e-9)
+    assert reached >= 2
+
+
+def test_reconstruct_refuses_a_negative_beam_width() -> None:
+    test_grad, grads = reconstruct_problem(10, 4, seed=0)
+    with pytest.raises(InvalidInputError, match="beam_width must be >= 0"):
+        reconstruct(test_grad, grads, 2, beam_width=-1)
+    with pytest.raises(InvalidInputError, match="beam_width must be a non-negative integer"):
+        reconstruct(test_grad, grads, 2, beam_width=1.5)  # type: ignore[arg-type]
