@@ -28,7 +28,7 @@ import torch
 
 from exemplar import selection
 from exemplar.demos import held_out_queries, prepare
-from exemplar.explain import RECONSTRUCT_POOL_PER_K, Explainer, ExplainOptions
+from exemplar.explain import Explainer, ExplainOptions
 from exemplar.relevance import exact_simplex_weights, mean_of_ratios_db, ratio_upper_bound, selection_relevance
 
 COSINE = {
@@ -73,8 +73,7 @@ def main() -> None:
         ours_rows, _, _ = explainer.select(state, ExplainOptions(k=k, strategy="reconstruct"))
         all_rows = selection.reconstruct(g, vectors, k, solver="paper", pool_size=explainer.store.n)
         ours = explainer.score(state, ours_rows).ratio
-        m = max(explainer.config.pool_size, RECONSTRUCT_POOL_PER_K * k)
-        pool = explainer.reconstruct_candidates(state, m, m, mixture=True)  # the served pool
+        pool = explainer.reconstruct_pool(state, k)  # the served pool
         beamed = pool[
             selection.reconstruct(
                 g, explainer.store.vectors_at(pool), k, solver="paper", pool_size=pool.shape[0], beam_width=args.beam

@@ -340,6 +340,12 @@ class Explainer:
         weights = simplex_weights_gram(gram, centred_dots[fit_rows], max_solves=RECONSTRUCT_MIXTURE_SOLVES)  # (f,)
         return np.union1d(rows, fit_rows[weights > 0]).astype(np.int64)
 
+    def reconstruct_pool(self, state: QueryState, k: int, pool_size: int | None = None) -> np.ndarray:
+        """The pool `reconstruct` serves from: `reconstruct_candidates` with the mixture rows and
+        `pool_size` (default max(config pool size, `RECONSTRUCT_POOL_PER_K` k)) of each kind."""
+        m = pool_size or max(self.config.pool_size, RECONSTRUCT_POOL_PER_K * k)
+        return self.reconstruct_candidates(state, m, m, mixture=True)
+
     def centred_gram(self) -> np.ndarray:
         """``(n, n)`` float64 Gram matrix of the centred store rows, built on first use and kept."""
         if self._centred_gram is None:
@@ -371,8 +377,7 @@ class Explainer:
                 state.row = self.store.find_row(state.example)
             rows = selection.self_selection(state.row, k)
         elif strategy == "reconstruct":
-            m = options.pool_size or max(self.config.pool_size, RECONSTRUCT_POOL_PER_K * k)
-            pool = self.reconstruct_candidates(state, m, m, mixture=True)
+            pool = self.reconstruct_pool(state, k, options.pool_size)
             rows = pool[
                 selection.reconstruct(
                     state.grad, self.store.vectors_at(pool), k, solver=options.solver, pool_size=pool.shape[0]

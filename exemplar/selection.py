@@ -650,10 +650,8 @@ def reconstruct(
 
     def best_of(subsets: list[list[int]]) -> tuple[int, float]:
         """Index into ``subsets`` (pool positions) of the best ratio (ties to the earliest), and that ratio."""
-        keep = np.arange(len(subsets))
-        if scorer is not None:
-            first = screened(subsets)
-            keep = np.flatnonzero(first >= first.max() * (1.0 - RECONSTRUCT_SCREEN_RTOL))
+        first = screened(subsets)
+        keep = np.flatnonzero(first >= first.max() * (1.0 - RECONSTRUCT_SCREEN_RTOL))
         ratios = np.array(
             [selection_relevance(test_grad, grads_in[pool[subsets[i]]], solver=solver).ratio for i in keep]
         )
