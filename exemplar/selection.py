@@ -37,7 +37,15 @@ import numpy as np
 import numpy.typing as npt
 
 from exemplar.errors import InvalidInputError
-from exemplar.relevance import EPS, SOLVERS, exact_simplex_weights, project_onto_simplex, selection_relevance
+from exemplar.relevance import (
+    EPS,
+    KKT_RTOL,
+    SOLVERS,
+    exact_simplex_weights,
+    project_onto_simplex,
+    selection_relevance,
+    simplex_weights_gram,
+)
 
 STRATEGIES = ("topk", "random", "balanced", "divine", "aide", "self", "reconstruct")
 
@@ -59,6 +67,11 @@ RECONSTRUCT_SCREEN_RTOL = 1e-6
 """``reconstruct`` re-scores with ``selection_relevance`` every candidate whose screened
 ratio is this close (relatively) to the best screened ratio, and lets those scores decide;
 the screening agrees with ``selection_relevance`` to rounding (about 1e-14 in the tests)."""
+
+RECONSTRUCT_BATCH_MAX_CONDITION = 1e8
+"""``reconstruct`` screens a whole step's candidates at once from the Gram matrix (the normal
+equations) only where the extended Gram or KKT matrix is certified better conditioned than
+this (weights then accurate to ~1e-8); any other candidate is screened alone."""
 
 RECONSTRUCT_SWAP_SWEEPS = 2
 """Default number of local-search sweeps ``reconstruct`` runs after its greedy selection."""
@@ -509,6 +522,25 @@ def _float32_values(x: np.ndarray, name: str) -> npt.NDArray[np.float64]:
     return out.astype(np.float64)
 
 
+def _project_rows_onto_simplex(v: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """``project_onto_simplex`` of every row of ``v: (n, k)`` at once, and which rows it handled.
+
+    The same sort-based threshold, evaluated the same way; a row whose clipped weights sum
+    to 0 (entries so large that rounding wiped them out) is flagged False for the caller to
+    score one at a time.
+    """
+    n, k = v.shape
+    u = -np.sort(-v, axis=1)  # (n, k) descending
+    j = np.arange(1, k + 1, dtype=np.float64)
+    mean_top = np.cumsum(u, axis=1) / j  # (n, k)
+    hit = (u - mean_top) + 1 / j > 0  # (n, k), True for j = 1..rho
+    rho = k - np.argmax(hit[:, ::-1], axis=1)  # (n,)
+    t = np.maximum((v - mean_top[np.arange(n), rho - 1][:, None]) + 1 / rho[:, None], 0.0)
+    total = t.sum(axis=1)
+    ok = total > 0
+    return t / np.where(ok, total, 1.0)[:, None], ok
+
+
 class _ReducedScorer:
     """The relevance ratio of any subset of a pool, in the pool's own coordinates.
 
@@ -532,8 +564,12 @@ class _ReducedScorer:
         self.d = d
         self.var_g = float(np.var(g))
         self.solver = solver
+        self.gram = self.coords @ self.coords.T  # (m, m) = P P^T
+        self.dots = self.coords @ self.h  # (m,) = P g
+        self.sq = np.diag(self.gram).copy()  # (m,) squared row norms
 
     def ratio(self, subset: list[int]) -> float:
+        """The ratio of one subset (pool positions)."""
         c_t = self.coords[subset]  # (k, K)
         if self.solver == "paper":
             rtol = max(len(subset), self.d) * float(np.finfo(np.float32).eps)
@@ -544,6 +580,146 @@ class _ReducedScorer:
         mean = float(self.ones @ e) / self.d
         var_r = float(np.sum((e - mean * self.ones) ** 2)) / self.d
         return self.var_g / (var_r + EPS)
+
+    def extensions(self, base: list[int], cands: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """``ratio(base + [j])`` for every pool position ``j`` in ``cands: (n,)`` (none in ``base``).
+
+        All candidates at once in the Gram form, from ``base``'s own solution: one bordered
+        solve per candidate, ``O(|base|^2)`` each (``_paper_extensions``,
+        ``_exact_extensions``). A candidate whose batched weights those cannot certify is
+        scored alone by ``ratio``, so every value is ``ratio``'s up to rounding.
+        """
+        n = cands.shape[0]
+        if self.solver == "paper":
+            weights, ok = self._paper_extensions(base, cands)
+        else:
+            weights, ok = self._exact_extensions(base, cands)
+        weights = np.where(ok[:, None], weights, 0.0)  # (n, s + 1): the base rows, then the candidate
+        e = self.h[None, :] - weights[:, :-1] @ self.coords[base] - weights[:, -1:] * self.coords[cands]  # (n, K)
+        mean = (e @ self.ones) / self.d  # (n,)
+        var_r = np.sum((e - mean[:, None] * self.ones[None, :]) ** 2, axis=1) / self.d
+        out = self.var_g / (var_r + EPS)
+        for i in np.flatnonzero(~ok):
+            out[i] = self.ratio([*base, int(cands[i])])
+        return out.reshape(n)
+
+    def _paper_extensions(
+        self, base: list[int], cands: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """Paper-solver weights of ``base + [j]`` for each candidate, and which are certified.
+
+        With ``M`` the Gram matrix of ``base + [j]`` (base block ``Q``, border ``q``, corner
+        ``c``), ``pinv(A.T) g = M^{-1} A g`` when the pseudo-inverse drops no singular value,
+        and ``M^{-1}`` follows from ``W = Q^{-1}``: ``u = W q``, ``sigma = c - q.u``. Certified
+        when ``1 / ||M^{-1}||_F`` (a lower bound on ``M``'s smallest eigenvalue, from the
+        block inverse) exceeds ``trace(M)`` (an upper bound on its largest) times both
+        ``4 rtol^2`` (so the pseudo-inverse's cutoff at ``rtol`` times the largest singular
+        value drops nothing) and ``1 / RECONSTRUCT_BATCH_MAX_CONDITION``.
+        """
+        n, s = cands.shape[0], len(base)
+        if s == 0:  # one example: weight 1 under any solver
+            return np.ones((n, 1)), np.ones(n, dtype=bool)
+        idx = np.asarray(base, dtype=np.int64)
+        failed = (np.zeros((n, s + 1)), np.zeros(n, dtype=bool))
+        rtol = max(s + 1, self.d) * float(np.finfo(np.float32).eps)
+        floor = max(4.0 * rtol * rtol, 1.0 / RECONSTRUCT_BATCH_MAX_CONDITION)
+        q_bb = self.gram[np.ix_(idx, idx)]  # (s, s)
+        lam, vec = np.linalg.eigh(q_bb)
+        if not lam[0] > floor * lam[-1]:  # the base alone is (nearly) truncated
+            return failed
+        w = (vec / lam) @ vec.T  # (s, s) = Q^{-1}
+        q = self.gram[np.ix_(idx, cands)]  # (s, n)
+        u = w @ q  # (s, n)
+        c = self.sq[cands]  # (n,)
+        sigma = c - np.sum(q * u, axis=0)  # (n,) Schur complements
+        t_base = w @ self.dots[base]  # (s,) the base's own least-squares weights
+        uu = np.sum(u * u, axis=0)  # (n,)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            t_j = (self.dots[cands] - q.T @ t_base) / sigma  # (n,)
+            frob2 = (
+                float(np.sum(w * w)) + 2.0 * np.sum(u * (w @ u), axis=0) / sigma + (uu * uu + 2.0 * uu + 1.0) / sigma**2
+            )  # (n,) ||M^{-1}||_F^2
+            ok = (sigma > 0) & np.isfinite(frob2) & (frob2 > 0)
+            ok &= 1.0 / np.sqrt(np.where(ok, frob2, 1.0)) > floor * (np.trace(q_bb) + c)
+            t_ls = np.column_stack([(t_base[:, None] - u * t_j).T, t_j])  # (n, s + 1)
+        t_ls[~ok] = 0.0
+        weights, projected = _project_rows_onto_simplex(t_ls)
+        return weights, ok & projected
+
+    def _exact_extensions(
+        self, base: list[int], cands: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """Exact-solver weights of ``base + [j]`` for each candidate, and which are certified.
+
+        From the base's optimum ``t`` (support ``F``): a candidate whose reduced gradient is
+        not below ``-tol`` (the exact solver's KKT test) leaves ``t`` optimal. Otherwise the
+        face ``F + [j]`` is solved by a bordered solve of ``F``'s KKT system, and the result
+        is certified when its weights are positive, its KKT residual is within ``tol`` and
+        no other base row has a reduced gradient below ``-tol``.
+        """
+        n, s = cands.shape[0], len(base)
+        if s == 0:
+            return np.ones((n, 1)), np.ones(n, dtype=bool)
+        idx = np.asarray(base, dtype=np.int64)
+        weights = np.zeros((n, s + 1))
+        ok = np.zeros(n, dtype=bool)
+        q_bb = self.gram[np.ix_(idx, idx)]
+        t = simplex_weights_gram(q_bb, self.dots[base])  # (s,)
+        c = self.sq[cands]  # (n,)
+        dots = self.dots[cands]  # (n,)
+        scale = np.maximum(float(np.max(np.diag(q_bb))), c)  # (n,) as the solver scales
+        tol = KKT_RTOL * np.maximum(scale, np.maximum(float(np.max(np.abs(self.dots[base]))), np.abs(dots)))
+        grad_base = q_bb @ t - self.dots[base]  # (s,) half the objective's gradient
+        mu = float(t @ grad_base)
+        reduced = self.gram[np.ix_(cands, idx)] @ t - dots - mu  # (n,)
+        same = reduced >= -tol
+        weights[same, :s] = t
+        ok[same] = True
+        todo = np.flatnonzero(~same)
+        face = np.flatnonzero(t > 0)
+        f = face.shape[0]
+        if todo.size == 0:
+            return weights, ok
+        kkt = np.zeros((f + 1, f + 1))
+        kkt[:f, :f] = q_bb[np.ix_(face, face)]
+        kkt[:f, f] = kkt[f, :f] = 1.0
+        try:
+            kkt_inv = np.linalg.inv(kkt)
+        except np.linalg.LinAlgError:
+            return weights, ok
+        if not np.linalg.norm(kkt, 1) * np.linalg.norm(kkt_inv, 1) < RECONSTRUCT_BATCH_MAX_CONDITION:
+            return weights, ok
+        face_rows = idx[face]
+        cand = cands[todo]
+        border = np.vstack([self.gram[np.ix_(face_rows, cand)], np.ones((1, todo.size))])  # (f + 1, nt)
+        rhs = np.append(self.dots[face_rows], 1.0)  # (f + 1,)
+        x0 = kkt_inv @ rhs  # (f + 1,)
+        u = kkt_inv @ border  # (f + 1, nt)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            sigma = c[todo] - np.sum(border * u, axis=0)  # (nt,)
+            z_j = (dots[todo] - border.T @ x0) / sigma  # (nt,)
+            x = x0[:, None] - u * z_j  # (f + 1, nt): face weights, then the multiplier nu
+            z_face, nu = x[:f], x[f]
+            grad_all = self.gram[np.ix_(idx, face_rows)] @ z_face + self.gram[np.ix_(idx, cand)] * z_j
+            grad_all -= self.dots[base][:, None]  # (s, nt) at the new point, for every base row
+            grad_j = np.sum(self.gram[np.ix_(face_rows, cand)] * z_face, axis=0) + c[todo] * z_j - dots[todo]
+            residual = np.maximum(np.max(np.abs(grad_all[face] + nu), axis=0), np.abs(grad_j + nu))  # (nt,)
+            off = np.setdiff1d(np.arange(s), face)
+            off_ok = np.all(grad_all[off] + nu >= -tol[todo], axis=0) if off.size else np.ones(todo.size, dtype=bool)
+            good = (
+                (sigma > 0)
+                & np.all(z_face > 0, axis=0)
+                & (z_j > 0)
+                & (residual <= tol[todo])
+                & off_ok
+                & (np.abs(np.sum(z_face, axis=0) + z_j - 1.0) <= 1e-9)
+            )
+        rows = todo[good]
+        total = np.sum(z_face[:, good], axis=0) + z_j[good]
+        weights[np.ix_(rows, face)] = (z_face[:, good] / total).T
+        weights[rows, s] = z_j[good] / total
+        ok[rows] = True
+        return weights, ok
 
 
 def reconstruct(
@@ -604,10 +780,11 @@ def reconstruct(
     L2-nearest row when the residuals have no offset, as for large raw gradients, but
     not in general.
 
-    For speed each candidate is first scored in the pool's coordinates
-    (``_ReducedScorer``, for the "paper" and "exact" solvers; other solvers are scored
-    directly); every candidate within ``RECONSTRUCT_SCREEN_RTOL`` of the best screened
-    ratio is then re-scored with ``selection_relevance`` itself, which decides. A test
+    For speed every step first screens all its candidates at once in the pool's
+    coordinates (``_ReducedScorer.extensions``: each candidate's weights from one bordered
+    solve on the current selection's Gram matrix, certified or else computed alone); every
+    candidate within ``RECONSTRUCT_SCREEN_RTOL`` of the best screened ratio is then
+    re-scored with ``selection_relevance`` itself, which decides. A test
     gradient with zero variance scores 0 with every selection: the pool order is returned.
     """
     k = _positive_int(k, "k")
@@ -640,18 +817,12 @@ def reconstruct(
         return pool[:steps]
 
     grads_in = np.asarray(grads)
-    scorer = _ReducedScorer(a[pool], g, solver) if solver in ("paper", "exact") else None
+    scorer = _ReducedScorer(a[pool], g, solver)
 
-    def screened(subsets: list[list[int]]) -> npt.NDArray[np.float64]:
-        """Ratios of ``subsets`` (pool positions): screened in the pool's coordinates when possible."""
-        if scorer is not None:
-            return np.array([scorer.ratio(sub) for sub in subsets])
-        return np.array([selection_relevance(test_grad, grads_in[pool[sub]], solver=solver).ratio for sub in subsets])
-
-    def best_of(subsets: list[list[int]]) -> tuple[int, float]:
-        """Index into ``subsets`` (pool positions) of the best ratio (ties to the earliest), and that ratio."""
-        first = screened(subsets)
-        keep = np.flatnonzero(first >= first.max() * (1.0 - RECONSTRUCT_SCREEN_RTOL))
+    def best_of(subsets: list[list[int]], screened: npt.NDArray[np.float64]) -> tuple[int, float]:
+        """Index into ``subsets`` (pool positions) of the best ratio (ties to the earliest), and that
+        ratio, given their ``screened`` ratios: the near-best are re-scored and decide."""
+        keep = np.flatnonzero(screened >= screened.max() * (1.0 - RECONSTRUCT_SCREEN_RTOL))
         ratios = np.array(
             [selection_relevance(test_grad, grads_in[pool[subsets[i]]], solver=solver).ratio for i in keep]
         )
@@ -661,10 +832,10 @@ def reconstruct(
     def improve(order: list[int]) -> tuple[list[int], float]:
         """Greedy additions from ``order`` until ``steps`` are selected, then up to ``swap_sweeps`` swap sweeps."""
         order = list(order)
-        ratio = best_of([order])[1] if order else 0.0
+        ratio = best_of([order], np.array([scorer.ratio(order)]))[1] if order else 0.0
         while len(order) < steps:
             open_idx = np.setdiff1d(np.arange(m), order)
-            best, ratio = best_of([[*order, int(j)] for j in open_idx])
+            best, ratio = best_of([[*order, int(j)] for j in open_idx], scorer.extensions(order, open_idx))
             order.append(int(open_idx[best]))
         chosen = np.zeros(m, dtype=bool)
         chosen[order] = True
@@ -674,7 +845,10 @@ def reconstruct(
                 open_idx = np.flatnonzero(~chosen)
                 if open_idx.size == 0:
                     break
-                best, new_ratio = best_of([[*order[:i], int(j), *order[i + 1 :]] for j in open_idx])
+                best, new_ratio = best_of(
+                    [[*order[:i], int(j), *order[i + 1 :]] for j in open_idx],
+                    scorer.extensions(order[:i] + order[i + 1 :], open_idx),
+                )
                 if new_ratio > ratio * (1.0 + RECONSTRUCT_SWAP_RTOL):
                     chosen[order[i]], chosen[open_idx[best]] = False, True
                     order[i], ratio, swapped = int(open_idx[best]), new_ratio, True
@@ -692,14 +866,16 @@ def reconstruct(
     if beam_width > 0:
         beam: list[list[int]] = [[]]
         for _ in range(steps):
-            made: dict[frozenset[int], list[int]] = {}  # distinct selections, in the order made
+            made: dict[frozenset[int], tuple[list[int], float]] = {}  # distinct selections, in the order made
             for sel in beam:
-                for j in np.setdiff1d(np.arange(m), sel):
-                    made.setdefault(frozenset([*sel, int(j)]), [*sel, int(j)])
-            extended = list(made.values())
-            ratios = screened(extended)
-            beam = [extended[i] for i in np.argsort(-ratios, kind="stable")[:beam_width]]
-        beamed, beamed_ratio = improve(beam[best_of(beam)[0]])
+                open_idx = np.setdiff1d(np.arange(m), sel)
+                for j, screened_ratio in zip(open_idx, scorer.extensions(sel, open_idx), strict=True):
+                    made.setdefault(frozenset([*sel, int(j)]), ([*sel, int(j)], float(screened_ratio)))
+            extended = [sel for sel, _ in made.values()]
+            ratios = np.array([r for _, r in made.values()])
+            kept = np.argsort(-ratios, kind="stable")[:beam_width]
+            beam = [extended[i] for i in kept]
+        beamed, beamed_ratio = improve(beam[best_of(beam, ratios[kept])[0]])
         if beamed_ratio > ratio * (1.0 + RECONSTRUCT_SWAP_RTOL):
             order = beamed
     return pool[np.asarray(order, dtype=np.int64)]

@@ -10,13 +10,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from exemplar.errors import InvalidInputError
-from exemplar.relevance import SOLVERS, exact_simplex_weights, selection_relevance
+from exemplar.relevance import SOLVERS, exact_simplex_weights, project_onto_simplex, selection_relevance
 from exemplar.selection import (
     DIVINE_GAMMAS,
     ORDERINGS,
     RECONSTRUCT_SWAP_RTOL,
     STRATEGIES,
     TIE_RTOL,
+    _project_rows_onto_simplex,
     _ReducedScorer,
     aide,
     divine,
@@ -853,6 +854,56 @@ def test_reduced_scorer_agrees_with_selection_relevance(solver: str) -> None:
             subset = rng.choice(25, size=int(rng.integers(1, 12)), replace=False).tolist()
             expected = selection_relevance(test_grad, grads[subset], solver=solver).ratio
             assert scorer.ratio(subset) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("solver", TEST_SOLVERS)
+@pytest.mark.parametrize("d", [3, 6, 30, 200])
+def test_batched_extensions_agree_with_scoring_each_subset(solver: str, d: int) -> None:
+    """Every step's batched screening is the same score as screening each extended subset
+    alone, including duplicated and zero rows and bases with more rows than d (where the
+    batch cannot certify its solve and falls back)."""
+    rng = np.random.default_rng(d)
+    for trial in range(12):
+        test_grad, grads = reconstruct_problem(40, d, seed=trial * 7 + d)
+        if trial % 3 == 0:
+            grads[5] = grads[2]
+        if trial % 4 == 1:
+            grads[7] = 0.0
+        g = test_grad.astype(np.float32).astype(np.float64)
+        a = grads.astype(np.float32).astype(np.float64)
+        scorer = _ReducedScorer(a, g, solver)
+        for _ in range(4):
+            base = rng.choice(40, size=int(rng.integers(0, 15)), replace=False).tolist()
+            cands = np.setdiff1d(np.arange(40), base)
+            expected = [selection_relevance(test_grad, grads[[*base, int(j)]], solver=solver).ratio for j in cands]
+            np.testing.assert_allclose(scorer.extensions(base, cands), expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("solver", TEST_SOLVERS)
+def test_batched_extensions_certify_well_conditioned_candidates(solver: str) -> None:
+    """On distinct random rows (d >> k) the batch certifies every candidate itself: the
+    one-at-a-time fallback is the exception, not the path that does the work."""
+    test_grad, grads = reconstruct_problem(60, 50, seed=3)
+    g = test_grad.astype(np.float32).astype(np.float64)
+    scorer = _ReducedScorer(grads.astype(np.float32).astype(np.float64), g, solver)
+    base = [0, 4, 9, 17, 23]
+    cands = np.setdiff1d(np.arange(60), base)
+    batched = scorer._paper_extensions if solver == "paper" else scorer._exact_extensions
+    weights, ok = batched(base, cands)
+    assert ok.all()
+    assert weights.shape == (cands.size, len(base) + 1)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+    assert (weights >= 0).all()
+
+
+def test_batched_simplex_projection_is_the_projection_of_each_row() -> None:
+    rng = np.random.default_rng(0)
+    v = np.vstack([rng.normal(scale=s, size=(20, 7)) for s in (1e-3, 1.0, 1e3)])
+    v[0] = 5.0  # ties
+    got, ok = _project_rows_onto_simplex(v)
+    assert ok.all()
+    for row, out in zip(v, got, strict=True):
+        np.testing.assert_allclose(out, project_onto_simplex(row), rtol=1e-12, atol=1e-15)
 
 
 reconstruct_problems = st.tuples(st.integers(1, 25), st.integers(1, 5)).flatmap(
