@@ -214,7 +214,7 @@ def _active_set(q: np.ndarray, b: np.ndarray, tol: float, max_solves: int) -> tu
     solves = 0
     while True:
         on = np.flatnonzero(support)
-        grad = q[:, on] @ t[on] - b  # t is zero off the support
+        grad = t[on] @ q[on] - b  # t is zero off the support; q is symmetric, and whole rows copy fast
         mu = float(t @ grad)  # = grad_i on the support, averaged with the weights
         reduced = np.where(support, np.inf, grad - mu)
         j = int(np.argmin(reduced))

@@ -68,10 +68,10 @@ RECONSTRUCT_SCREEN_RTOL = 1e-6
 ratio is this close (relatively) to the best screened ratio, and lets those scores decide;
 the screening agrees with ``selection_relevance`` to rounding (about 1e-14 in the tests)."""
 
-RECONSTRUCT_BATCH_MAX_CONDITION = 1e8
-"""``reconstruct`` screens a whole step's candidates at once from the Gram matrix (the normal
-equations) only where the extended Gram or KKT matrix is certified better conditioned than
-this (weights then accurate to ~1e-8); any other candidate is screened alone."""
+RECONSTRUCT_BATCH_MAX_CONDITION = 1e7
+"""``reconstruct`` screens a whole step's candidates at once from Gram matrices (the normal
+equations) only where the directions it solves in are certified better conditioned than this
+(relative rounding of their weights then ~1e-8 at worst); any other candidate is screened alone."""
 
 RECONSTRUCT_SWAP_SWEEPS = 2
 """Default number of local-search sweeps ``reconstruct`` runs after its greedy selection."""
@@ -620,13 +620,12 @@ class _ReducedScorer:
         if s == 0:  # one example: weight 1 under any solver
             return np.ones((n, 1)), np.ones(n, dtype=bool)
         idx = np.asarray(base, dtype=np.int64)
-        failed = (np.zeros((n, s + 1)), np.zeros(n, dtype=bool))
         rtol = max(s + 1, self.d) * float(np.finfo(np.float32).eps)
         floor = max(4.0 * rtol * rtol, 1.0 / RECONSTRUCT_BATCH_MAX_CONDITION)
         q_bb = self.gram[np.ix_(idx, idx)]  # (s, s)
         lam, vec = np.linalg.eigh(q_bb)
         if not lam[0] > floor * lam[-1]:  # the base alone is (nearly) truncated
-            return failed
+            return self._project(*self._paper_eigen_solves(idx, cands, rtol))
         w = (vec / lam) @ vec.T  # (s, s) = Q^{-1}
         q = self.gram[np.ix_(idx, cands)]  # (s, n)
         u = w @ q  # (s, n)
@@ -642,9 +641,43 @@ class _ReducedScorer:
             ok = (sigma > 0) & np.isfinite(frob2) & (frob2 > 0)
             ok &= 1.0 / np.sqrt(np.where(ok, frob2, 1.0)) > floor * (np.trace(q_bb) + c)
             t_ls = np.column_stack([(t_base[:, None] - u * t_j).T, t_j])  # (n, s + 1)
-        t_ls[~ok] = 0.0
-        weights, projected = _project_rows_onto_simplex(t_ls)
+        rest = np.flatnonzero(~ok)
+        t_ls[rest], ok[rest] = self._paper_eigen_solves(idx, cands[rest], rtol)
+        return self._project(t_ls, ok)
+
+    @staticmethod
+    def _project(
+        t_ls: npt.NDArray[np.float64], ok: npt.NDArray[np.bool_]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """The simplex projections of the certified rows of ``t_ls: (n, s + 1)``, and which are usable."""
+        weights, projected = _project_rows_onto_simplex(np.where(ok[:, None], t_ls, 0.0))
         return weights, ok & projected
+
+    def _paper_eigen_solves(
+        self, idx: npt.NDArray[np.int64], cands: npt.NDArray[np.int64], rtol: float
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """``pinv(A.T) g`` for ``A`` = the rows ``idx + [j]``, each candidate ``j``, and which are certified.
+
+        From a batched eigendecomposition of the Gram matrices ``M = V diag(lam) V^T``:
+        ``pinv(A.T) g = V diag(1/lam) V^T A g`` over the eigenvalues the pseudo-inverse keeps
+        (``lam > rtol^2 lam_max``, singular values above ``rtol`` times the largest).
+        Certified when no eigenvalue lies within 0.1% of that cutoff (or within 1000 times
+        the Gram form's rounding, ``(s + 1) eps lam_max``) and every kept one is above
+        ``lam_max / RECONSTRUCT_BATCH_MAX_CONDITION``: rounding in the Gram form then
+        neither flips a cutoff decision nor blurs a kept direction.
+        """
+        rows = np.concatenate([np.broadcast_to(idx, (cands.shape[0], idx.shape[0])), cands[:, None]], axis=1)
+        gram = self.gram[rows[:, :, None], rows[:, None, :]]  # (n, s + 1, s + 1)
+        lam, vec = np.linalg.eigh(gram)  # ascending
+        top = lam[:, -1:]  # (n, 1)
+        cutoff = rtol * rtol * top
+        keep = lam > cutoff
+        band = np.maximum(1e-3 * cutoff, 1e3 * float(np.finfo(np.float64).eps) * lam.shape[1] * top)  # (n, 1)
+        clear = (lam < cutoff - band) | ((lam > cutoff + band) & (lam > top / RECONSTRUCT_BATCH_MAX_CONDITION))
+        ok = np.all(clear, axis=1) & (top[:, 0] > 0)
+        inverse = np.divide(1.0, lam, out=np.zeros_like(lam), where=keep & ok[:, None])  # (n, s + 1)
+        coef = np.einsum("nij,ni->nj", vec, self.dots[rows]) * inverse  # (n, s + 1) = diag(1/lam) V^T A g
+        return np.einsum("nij,nj->ni", vec, coef), ok
 
     def _exact_extensions(
         self, base: list[int], cands: npt.NDArray[np.int64]
@@ -784,7 +817,8 @@ def reconstruct(
     coordinates (``_ReducedScorer.extensions``: each candidate's weights from one bordered
     solve on the current selection's Gram matrix, certified or else computed alone); every
     candidate within ``RECONSTRUCT_SCREEN_RTOL`` of the best screened ratio is then
-    re-scored with ``selection_relevance`` itself, which decides. A test
+    re-scored with ``selection_relevance`` itself, which decides (a swap step whose best
+    screened ratio is below the current one by more than that re-scores nothing). A test
     gradient with zero variance scores 0 with every selection: the pool order is returned.
     """
     k = _positive_int(k, "k")
@@ -845,10 +879,10 @@ def reconstruct(
                 open_idx = np.flatnonzero(~chosen)
                 if open_idx.size == 0:
                     break
-                best, new_ratio = best_of(
-                    [[*order[:i], int(j), *order[i + 1 :]] for j in open_idx],
-                    scorer.extensions(order[:i] + order[i + 1 :], open_idx),
-                )
+                screened = scorer.extensions(order[:i] + order[i + 1 :], open_idx)
+                if screened.max() < ratio * (1.0 - RECONSTRUCT_SCREEN_RTOL):
+                    continue  # no swap here comes near the current ratio: nothing to re-score
+                best, new_ratio = best_of([[*order[:i], int(j), *order[i + 1 :]] for j in open_idx], screened)
                 if new_ratio > ratio * (1.0 + RECONSTRUCT_SWAP_RTOL):
                     chosen[order[i]], chosen[open_idx[best]] = False, True
                     order[i], ratio, swapped = int(open_idx[best]), new_ratio, True

@@ -896,6 +896,22 @@ def test_batched_extensions_certify_well_conditioned_candidates(solver: str) -> 
     assert (weights >= 0).all()
 
 
+def test_batched_paper_extensions_certify_bases_the_pseudo_inverse_truncates() -> None:
+    """A duplicated row makes the base's Gram matrix singular, so the pseudo-inverse drops a
+    direction: the bordered solve cannot be used, and the batched eigendecomposition must
+    certify (and match) every candidate instead of leaving them to the one-at-a-time path."""
+    test_grad, grads = reconstruct_problem(60, 200, seed=4)
+    grads[9] = grads[4]
+    g = test_grad.astype(np.float32).astype(np.float64)
+    scorer = _ReducedScorer(grads.astype(np.float32).astype(np.float64), g, "paper")
+    base = [0, 4, 9, 17]
+    cands = np.setdiff1d(np.arange(60), base)
+    _, ok = scorer._paper_extensions(base, cands)
+    assert ok.all()
+    expected = [selection_relevance(test_grad, grads[[*base, int(j)]], solver="paper").ratio for j in cands]
+    np.testing.assert_allclose(scorer.extensions(base, cands), expected, rtol=1e-9)
+
+
 def test_batched_simplex_projection_is_the_projection_of_each_row() -> None:
     rng = np.random.default_rng(0)
     v = np.vstack([rng.normal(scale=s, size=(20, 7)) for s in (1e-3, 1.0, 1e3)])
