@@ -686,9 +686,11 @@ class _ReducedScorer:
 
         From the base's optimum ``t`` (support ``F``): a candidate whose reduced gradient is
         not below ``-tol`` (the exact solver's KKT test) leaves ``t`` optimal. Otherwise the
-        face ``F + [j]`` is solved by a bordered solve of ``F``'s KKT system, and the result
-        is certified when its weights are positive, its KKT residual is within ``tol`` and
-        no other base row has a reduced gradient below ``-tol``.
+        face ``F + [j]`` is solved by a bordered solve of ``F``'s KKT system (with ``Q``
+        scaled to unit largest diagonal, as the solver does), and the result is certified a
+        posteriori, however well conditioned the face: its weights are positive, its KKT
+        residual is within ``tol`` and no other base row has a reduced gradient below
+        ``-tol``, so it satisfies the exact solver's own optimality test.
         """
         n, s = cands.shape[0], len(base)
         if s == 0:
@@ -713,26 +715,27 @@ class _ReducedScorer:
         f = face.shape[0]
         if todo.size == 0:
             return weights, ok
+        unit = float(np.max(np.diag(q_bb)))  # the KKT system is solved with Q / unit, as the solver scales
+        if not unit > 0:
+            return weights, ok
         kkt = np.zeros((f + 1, f + 1))
-        kkt[:f, :f] = q_bb[np.ix_(face, face)]
+        kkt[:f, :f] = q_bb[np.ix_(face, face)] / unit
         kkt[:f, f] = kkt[f, :f] = 1.0
         try:
             kkt_inv = np.linalg.inv(kkt)
         except np.linalg.LinAlgError:
             return weights, ok
-        if not np.linalg.norm(kkt, 1) * np.linalg.norm(kkt_inv, 1) < RECONSTRUCT_BATCH_MAX_CONDITION:
-            return weights, ok
         face_rows = idx[face]
         cand = cands[todo]
-        border = np.vstack([self.gram[np.ix_(face_rows, cand)], np.ones((1, todo.size))])  # (f + 1, nt)
-        rhs = np.append(self.dots[face_rows], 1.0)  # (f + 1,)
+        border = np.vstack([self.gram[np.ix_(face_rows, cand)] / unit, np.ones((1, todo.size))])  # (f + 1, nt)
+        rhs = np.append(self.dots[face_rows] / unit, 1.0)  # (f + 1,)
         x0 = kkt_inv @ rhs  # (f + 1,)
         u = kkt_inv @ border  # (f + 1, nt)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            sigma = c[todo] - np.sum(border * u, axis=0)  # (nt,)
-            z_j = (dots[todo] - border.T @ x0) / sigma  # (nt,)
-            x = x0[:, None] - u * z_j  # (f + 1, nt): face weights, then the multiplier nu
-            z_face, nu = x[:f], x[f]
+            sigma = c[todo] / unit - np.sum(border * u, axis=0)  # (nt,)
+            z_j = (dots[todo] / unit - border.T @ x0) / sigma  # (nt,)
+            x = x0[:, None] - u * z_j  # (f + 1, nt): face weights, then the multiplier nu / unit
+            z_face, nu = x[:f], x[f] * unit
             grad_all = self.gram[np.ix_(idx, face_rows)] @ z_face + self.gram[np.ix_(idx, cand)] * z_j
             grad_all -= self.dots[base][:, None]  # (s, nt) at the new point, for every base row
             grad_j = np.sum(self.gram[np.ix_(face_rows, cand)] * z_face, axis=0) + c[todo] * z_j - dots[todo]

@@ -14,6 +14,7 @@ from exemplar.relevance import SOLVERS, exact_simplex_weights, project_onto_simp
 from exemplar.selection import (
     DIVINE_GAMMAS,
     ORDERINGS,
+    RECONSTRUCT_SCREEN_RTOL,
     RECONSTRUCT_SWAP_RTOL,
     STRATEGIES,
     TIE_RTOL,
@@ -877,6 +878,25 @@ def test_batched_extensions_agree_with_scoring_each_subset(solver: str, d: int) 
             cands = np.setdiff1d(np.arange(40), base)
             expected = [selection_relevance(test_grad, grads[[*base, int(j)]], solver=solver).ratio for j in cands]
             np.testing.assert_allclose(scorer.extensions(base, cands), expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("solver", TEST_SOLVERS)
+def test_batched_extensions_agree_on_near_collinear_selections(solver: str) -> None:
+    """Bases holding near-duplicates (down to 1e-8 apart) and a near-mixture of two rows: the
+    batched screening must stay within the band that ``reconstruct`` re-scores."""
+    rng = np.random.default_rng(1)
+    for eps in (1e-4, 1e-6, 1e-8):
+        for trial in range(10):
+            test_grad, grads = reconstruct_problem(30, 30, seed=trial)
+            grads[5] = grads[2] + eps * rng.normal(size=30)
+            grads[8] = 0.5 * (grads[2] + grads[11]) + eps * rng.normal(size=30)
+            g = test_grad.astype(np.float32).astype(np.float64)
+            scorer = _ReducedScorer(grads.astype(np.float32).astype(np.float64), g, solver)
+            others = np.setdiff1d(np.arange(30), [2, 5, 8, 11])
+            base = [2, 5, 8, 11, *rng.choice(others, size=int(rng.integers(0, 6)), replace=False).tolist()]
+            cands = np.setdiff1d(np.arange(30), base)
+            expected = [selection_relevance(test_grad, grads[[*base, int(j)]], solver=solver).ratio for j in cands]
+            np.testing.assert_allclose(scorer.extensions(base, cands), expected, rtol=RECONSTRUCT_SCREEN_RTOL)
 
 
 @pytest.mark.parametrize("solver", TEST_SOLVERS)
