@@ -66,7 +66,8 @@ DIVINE_GAMMAS = tuple(float(x) for x in np.logspace(-4, 5, 20))
 RECONSTRUCT_SCREEN_RTOL = 1e-6
 """``reconstruct`` re-scores with ``selection_relevance`` every candidate whose screened
 ratio is this close (relatively) to the best screened ratio, and lets those scores decide;
-the screening agrees with ``selection_relevance`` to rounding (about 1e-14 in the tests)."""
+the screening agrees with ``selection_relevance`` to rounding (1e-9 or closer in the tests,
+~1e-7 at worst on selections holding near-duplicates 1e-8 apart)."""
 
 RECONSTRUCT_BATCH_MAX_CONDITION = 1e7
 """``reconstruct`` screens a whole step's candidates at once from Gram matrices (the normal
@@ -585,9 +586,11 @@ class _ReducedScorer:
         """``ratio(base + [j])`` for every pool position ``j`` in ``cands: (n,)`` (none in ``base``).
 
         All candidates at once in the Gram form, from ``base``'s own solution: one bordered
-        solve per candidate, ``O(|base|^2)`` each (``_paper_extensions``,
-        ``_exact_extensions``). A candidate whose batched weights those cannot certify is
-        scored alone by ``ratio``, so every value is ``ratio``'s up to rounding.
+        solve per candidate, ``O(|base|^2)`` each, or for the paper solver where its
+        pseudo-inverse truncates, one batched eigendecomposition (``_paper_extensions``,
+        ``_paper_eigen_solves``, ``_exact_extensions``). A candidate whose batched weights
+        those cannot certify is scored alone by ``ratio``, so every value is ``ratio``'s up
+        to rounding.
         """
         n = cands.shape[0]
         if self.solver == "paper":
