@@ -57,6 +57,7 @@ from exemplar.relevance import SOLVERS
 from exemplar.selection import ORDERINGS
 from exemplar.store import StoredExample, read_manifest, resolve_index
 from exemplar.tasks import Example
+from exemplar.threads import limit_blas_threads
 
 log = logging.getLogger("exemplar.api")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -188,6 +189,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exemplar-model")
         app.state.executor = executor
+        limit_blas_threads(settings.blas_threads)
         if settings.torch_threads:
             import torch
 

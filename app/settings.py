@@ -37,6 +37,9 @@ class ApiSettings(BaseSettings):
     )
     pool_size: int = Field(100, ge=1, description="candidate pool m of the selection strategies")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    blas_threads: int = Field(
+        1, ge=1, description="numpy BLAS (OpenBLAS) threads; more only slows the selection when cores are shared"
+    )
     batch_size: int = Field(16, ge=1, description="examples per forward/backward")
     batch_max: int = Field(
         8, ge=1, le=64, description="micro-batching: at most this many concurrent queries per forward/backward (1: off)"

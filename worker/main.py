@@ -24,6 +24,7 @@ class WorkerSettings(BaseSettings):
     heartbeat: int = Field(
         30, ge=1, description="seconds between heartbeats; a job is abandoned (and retried) after 3 missed"
     )
+    blas_threads: int = Field(1, ge=1, description="numpy BLAS (OpenBLAS) threads of the worker and its jobs")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     from rq.serializers import JSONSerializer
 
     from exemplar.errors import ExemplarError
+    from exemplar.threads import limit_blas_threads
     from worker.jobs import load_explainer
 
     parser = argparse.ArgumentParser(prog="exemplar-worker", description=__doc__)
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     settings = WorkerSettings(**overrides)
     logging.basicConfig(level=logging.INFO)
+    limit_blas_threads(settings.blas_threads)
     if settings.index_dir is not None:
         try:
             load_explainer(str(settings.index_dir))
