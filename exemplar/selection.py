@@ -593,7 +593,9 @@ class _ReducedScorer:
         to rounding.
         """
         n = cands.shape[0]
-        if self.solver == "paper":
+        if not base:  # one example: weight 1 under either solver
+            weights, ok = np.ones((n, 1)), np.ones(n, dtype=bool)
+        elif self.solver == "paper":
             weights, ok = self._paper_extensions(base, cands)
         else:
             weights, ok = self._exact_extensions(base, cands)
@@ -604,12 +606,12 @@ class _ReducedScorer:
         out = self.var_g / (var_r + EPS)
         for i in np.flatnonzero(~ok):
             out[i] = self.ratio([*base, int(cands[i])])
-        return out.reshape(n)
+        return out
 
     def _paper_extensions(
         self, base: list[int], cands: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-        """Paper-solver weights of ``base + [j]`` for each candidate, and which are certified.
+        """Paper-solver weights of ``base + [j]`` (``base`` not empty) for each candidate, and which are certified.
 
         With ``M`` the Gram matrix of ``base + [j]`` (base block ``Q``, border ``q``, corner
         ``c``), ``pinv(A.T) g = M^{-1} A g`` when the pseudo-inverse drops no singular value,
@@ -619,9 +621,7 @@ class _ReducedScorer:
         ``4 rtol^2`` (so the pseudo-inverse's cutoff at ``rtol`` times the largest singular
         value drops nothing) and ``1 / RECONSTRUCT_BATCH_MAX_CONDITION``.
         """
-        n, s = cands.shape[0], len(base)
-        if s == 0:  # one example: weight 1 under any solver
-            return np.ones((n, 1)), np.ones(n, dtype=bool)
+        s = len(base)
         idx = np.asarray(base, dtype=np.int64)
         rtol = max(s + 1, self.d) * float(np.finfo(np.float32).eps)
         floor = max(4.0 * rtol * rtol, 1.0 / RECONSTRUCT_BATCH_MAX_CONDITION)
@@ -685,7 +685,7 @@ class _ReducedScorer:
     def _exact_extensions(
         self, base: list[int], cands: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-        """Exact-solver weights of ``base + [j]`` for each candidate, and which are certified.
+        """Exact-solver weights of ``base + [j]`` (``base`` not empty) for each candidate, and which are certified.
 
         From the base's optimum ``t`` (support ``F``): a candidate whose reduced gradient is
         not below ``-tol`` (the exact solver's KKT test) leaves ``t`` optimal. Otherwise the
@@ -696,18 +696,17 @@ class _ReducedScorer:
         ``-tol``, so it satisfies the exact solver's own optimality test.
         """
         n, s = cands.shape[0], len(base)
-        if s == 0:
-            return np.ones((n, 1)), np.ones(n, dtype=bool)
         idx = np.asarray(base, dtype=np.int64)
         weights = np.zeros((n, s + 1))
         ok = np.zeros(n, dtype=bool)
         q_bb = self.gram[np.ix_(idx, idx)]
-        t = simplex_weights_gram(q_bb, self.dots[base])  # (s,)
+        b_base = self.dots[idx]  # (s,)
+        t = simplex_weights_gram(q_bb, b_base)  # (s,)
         c = self.sq[cands]  # (n,)
         dots = self.dots[cands]  # (n,)
-        scale = np.maximum(float(np.max(np.diag(q_bb))), c)  # (n,) as the solver scales
-        tol = KKT_RTOL * np.maximum(scale, np.maximum(float(np.max(np.abs(self.dots[base]))), np.abs(dots)))
-        grad_base = q_bb @ t - self.dots[base]  # (s,) half the objective's gradient
+        unit = float(np.max(np.diag(q_bb)))  # the base's largest diagonal; the solver scales by the largest
+        tol = KKT_RTOL * np.maximum(np.maximum(unit, c), np.maximum(float(np.max(np.abs(b_base))), np.abs(dots)))
+        grad_base = q_bb @ t - b_base  # (s,) half the objective's gradient
         mu = float(t @ grad_base)
         reduced = self.gram[np.ix_(cands, idx)] @ t - dots - mu  # (n,)
         same = reduced >= -tol
@@ -718,8 +717,7 @@ class _ReducedScorer:
         f = face.shape[0]
         if todo.size == 0:
             return weights, ok
-        unit = float(np.max(np.diag(q_bb)))  # the KKT system is solved with Q / unit, as the solver scales
-        if not unit > 0:
+        if not unit > 0:  # the KKT system below is solved with Q / unit
             return weights, ok
         kkt = np.zeros((f + 1, f + 1))
         kkt[:f, :f] = q_bb[np.ix_(face, face)] / unit
@@ -740,7 +738,7 @@ class _ReducedScorer:
             x = x0[:, None] - u * z_j  # (f + 1, nt): face weights, then the multiplier nu / unit
             z_face, nu = x[:f], x[f] * unit
             grad_all = self.gram[np.ix_(idx, face_rows)] @ z_face + self.gram[np.ix_(idx, cand)] * z_j
-            grad_all -= self.dots[base][:, None]  # (s, nt) at the new point, for every base row
+            grad_all -= b_base[:, None]  # (s, nt) at the new point, for every base row
             grad_j = np.sum(self.gram[np.ix_(face_rows, cand)] * z_face, axis=0) + c[todo] * z_j - dots[todo]
             residual = np.maximum(np.max(np.abs(grad_all[face] + nu), axis=0), np.abs(grad_j + nu))  # (nt,)
             off = np.setdiff1d(np.arange(s), face)
@@ -859,20 +857,22 @@ def reconstruct(
     grads_in = np.asarray(grads)
     scorer = _ReducedScorer(a[pool], g, solver)
 
+    def scored(subset: list[int]) -> float:
+        """The ratio of ``subset`` (pool positions) by ``selection_relevance`` itself."""
+        return selection_relevance(test_grad, grads_in[pool[subset]], solver=solver).ratio
+
     def best_of(subsets: list[list[int]], screened: npt.NDArray[np.float64]) -> tuple[int, float]:
         """Index into ``subsets`` (pool positions) of the best ratio (ties to the earliest), and that
         ratio, given their ``screened`` ratios: the near-best are re-scored and decide."""
         keep = np.flatnonzero(screened >= screened.max() * (1.0 - RECONSTRUCT_SCREEN_RTOL))
-        ratios = np.array(
-            [selection_relevance(test_grad, grads_in[pool[subsets[i]]], solver=solver).ratio for i in keep]
-        )
+        ratios = np.array([scored(subsets[i]) for i in keep])
         best = int(np.argmax(ratios >= ratios.max() * (1.0 - TIE_RTOL)))
         return int(keep[best]), float(ratios[best])
 
     def improve(order: list[int]) -> tuple[list[int], float]:
         """Greedy additions from ``order`` until ``steps`` are selected, then up to ``swap_sweeps`` swap sweeps."""
         order = list(order)
-        ratio = best_of([order], np.array([scorer.ratio(order)]))[1] if order else 0.0
+        ratio = scored(order) if order else 0.0
         while len(order) < steps:
             open_idx = np.setdiff1d(np.arange(m), order)
             best, ratio = best_of([[*order, int(j)] for j in open_idx], scorer.extensions(order, open_idx))

@@ -3,9 +3,9 @@
 numpy's BLAS (OpenBLAS) starts one thread per core and keeps them spinning between calls.
 The selection code makes many small BLAS calls (Gram matrices, pseudo-inverses of a few
 rows); when another process or torch's own threads are busy on the same cores, those
-spinning threads fight them and `reconstruct` ran 4-10x slower in
-`benchmarks/blas_threads.py`, while one BLAS thread costs nothing measurable on an idle
-machine. torch's thread pool (OpenMP) is separate and not affected.
+spinning threads fight them: beside a busy process `reconstruct` ran 3.9x / 6.1x slower in
+`benchmarks/blas_threads.py` than with one BLAS thread, which costs nothing measurable on an
+idle machine. torch's thread pool (OpenMP) is separate and not affected.
 """
 
 from threadpoolctl import threadpool_limits
