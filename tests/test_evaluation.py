@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from exemplar.evaluation import Config, run_grid
+from exemplar.errors import InvalidInputError
+from exemplar.evaluation import Config, best_paper_config, run_grid, validate_selections
 from exemplar.explain import Explainer
 from exemplar.report import write_report
 from exemplar.tasks import Example
@@ -82,6 +83,39 @@ def test_grid_validation_and_report(clf: Explainer, tmp_path: Path) -> None:
         assert (tmp_path / png).stat().st_size > 1000
 
 
+def test_best_paper_strategies_are_validated_per_k(clf: Explainer, tmp_path: Path) -> None:
+    queries = [Example(text=t) for t in ("the cat sat", "stocks fell", "free prize now")]
+    result = run_grid(clf, queries, estimators=("grad_dot", "grad_cos"), ks=(1, 2), bounds=False)
+    table = result.table()
+    for est in ("grad_dot", "grad_cos"):
+        for k in (1, 2):
+            best = best_paper_config(result, est, k)
+            assert best is not None
+            assert best.estimator == est
+            paper = [v["mean_of_ratios_db"] for (e, label, kk), v in table.items() if e == est and kk == k]
+            assert table[(est, best.label, k)]["mean_of_ratios_db"] == max(paper)
+    assert best_paper_config(result, "datainf", 1) is None
+    reconstruct = Config("-", "reconstruct")
+    best2 = best_paper_config(result, "grad_cos", 2)
+    assert best2 is not None
+    configs_at = {1: [reconstruct], 2: [reconstruct, best2]}
+    recs = validate_selections(clf, queries[:2], result, configs_at)
+    assert [(r.query, r.k, r.strategy) for r in recs] == [
+        (q, k, s) for q in (0, 1) for k, s in ((1, "reconstruct"), (2, "reconstruct"), (2, f"grad_cos {best2.label}"))
+    ]
+    scored = {(r.query, r.config, r.k): r.ratio for r in result.records}
+    assert recs[2].srs_ratio == scored[(0, best2, 2)]
+    assert recs[0].srs_ratio == scored[(0, reconstruct, 1)]
+    result.validation = recs
+    text = write_report(result, tmp_path, demo="tiny", command="test", index_summary={}).read_text()
+    assert f"| grad_cos {best2.label} | - | " in text  # validated at k=2 only
+    assert "Target: reconstruct's mean xi_plus above the best validated paper strategy's at every k" in text
+    with pytest.raises(InvalidInputError, match="did not score top-k most influential at k=3"):
+        validate_selections(clf, queries[:1], result, {3: [Config("grad_dot", "topk")]})
+    with pytest.raises(InvalidInputError, match="did not score self"):
+        validate_selections(clf, queries[:1], result, {1: [Config("grad_dot", "self")]})
+
+
 def test_ceilings_are_skipped_above_the_row_limit(clf: Explainer, monkeypatch: pytest.MonkeyPatch) -> None:
     import exemplar.evaluation as evaluation
 
@@ -136,6 +170,23 @@ def test_validate_cli(classifier_index: Path, tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "not an index" in bad.stderr
+    unknown = subprocess.run(
+        [
+            Path(sys.executable).parent / "exemplar-eval",
+            "validate",
+            "--index",
+            str(classifier_index),
+            "--queries",
+            str(queries),
+            "--strategies",
+            "topk,self",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert unknown.returncode == 2
+    assert "cannot validate self: choose among topk, balanced" in unknown.stderr
 
 
 def test_records_are_written_per_query(clf: Explainer, tmp_path: Path) -> None:
