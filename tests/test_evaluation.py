@@ -125,6 +125,16 @@ def test_ceilings_are_skipped_above_the_row_limit(clf: Explainer, monkeypatch: p
     assert math.isnan(result.bound_db("any_selection"))
 
 
+def _validate(index: Path, queries: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cli = Path(sys.executable).parent / "exemplar-eval"
+    return subprocess.run(
+        [cli, "validate", "--index", str(index), "--queries", str(queries), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_validate_cli(classifier_index: Path, tmp_path: Path) -> None:
     queries = write_jsonl(
         tmp_path / "q.jsonl",
@@ -135,56 +145,14 @@ def test_validate_cli(classifier_index: Path, tmp_path: Path) -> None:
         ],
     )
     out = tmp_path / "v.json"
-    run = subprocess.run(
-        [
-            Path(sys.executable).parent / "exemplar-eval",
-            "validate",
-            "--index",
-            str(classifier_index),
-            "--queries",
-            str(queries),
-            "--k",
-            "2",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = _validate(classifier_index, queries, "--k", "2", "--out", str(out))
     assert run.returncode == 0, run.stderr
     assert "validated selections over 3 test instances" in run.stdout
     assert len(json.loads(out.read_text())) == 3 * 3
-    bad = subprocess.run(
-        [
-            Path(sys.executable).parent / "exemplar-eval",
-            "validate",
-            "--index",
-            str(tmp_path),
-            "--queries",
-            str(queries),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = _validate(tmp_path, queries)
     assert bad.returncode == 2
     assert "not an index" in bad.stderr
-    unknown = subprocess.run(
-        [
-            Path(sys.executable).parent / "exemplar-eval",
-            "validate",
-            "--index",
-            str(classifier_index),
-            "--queries",
-            str(queries),
-            "--strategies",
-            "topk,self",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    unknown = _validate(classifier_index, queries, "--strategies", "topk,self")
     assert unknown.returncode == 2
     assert "cannot validate self: choose among topk, balanced" in unknown.stderr
 
