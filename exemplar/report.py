@@ -7,11 +7,13 @@ import math
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from exemplar.evaluation import GRADIENT_ESTIMATORS, GridResult
-from exemplar.validation import reliability, spearman
+from exemplar.errors import InvalidInputError
+from exemplar.evaluation import GRADIENT_ESTIMATORS, BoundRecord, Config, GridResult, ScoreRecord
+from exemplar.validation import ValidationRecord, paired_difference, reliability, spearman
 
 PAPER_K10 = {  # paper.md section 6, preliminary OLMo-2 numbers at k = 10 (mean-of-ratios dB)
     ("datainf", "top-k most influential"): -28.7,
@@ -54,9 +56,19 @@ def _ceiling(result: GridResult, k: int) -> float:
 
 
 def write_report(
-    result: GridResult, out_dir: Path, *, demo: str, command: str, index_summary: dict[str, object]
+    result: GridResult,
+    out_dir: Path,
+    *,
+    demo: str,
+    command: str,
+    index_summary: dict[str, object],
+    rendered_by: str | None = None,
 ) -> Path:
-    """Write `<out_dir>/<demo>.md` and its PNG plots; returns the markdown path."""
+    """Write `<out_dir>/<demo>.md` and its PNG plots; returns the markdown path.
+
+    ``rendered_by`` is the command that rendered the report again from a run's records
+    (`read_records`), shown under the command of the run itself.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     table = result.table()
     ks = sorted({k for (_, _, k) in table})
@@ -68,6 +80,7 @@ def write_report(
         "",
         f"```\n{command}\n```",
         "",
+        *([f"Rendered again from that run's records by `{rendered_by}`.", ""] if rendered_by else []),
         f"{result.n_queries} held-out test queries; index: {index_summary.get('n_examples')} training examples, "
         f"{index_summary.get('dims')} dims ({index_summary.get('params')} parameters), task {index_summary.get('task')}. "
         f"Scores are the paper's Selection Relevance Score (pinv + simplex projection), aggregated as the paper does "
@@ -200,9 +213,17 @@ def write_report(
     return path
 
 
-def write_records(result: GridResult, path: Path) -> None:
-    """Every per-query score and validation record as JSON lines (the tables only show aggregates)."""
+def write_records(result: GridResult, path: Path, meta: dict[str, object] | None = None) -> None:
+    """Every per-query score and validation record as JSON lines (the tables only show aggregates).
+
+    ``meta`` (the run's demo, command, index summary) is written first, with the query count
+    and wall times, so `read_records` can render the report again without re-running.
+    """
     with path.open("w") as f:
+        if meta is not None:
+            f.write(
+                json.dumps({"kind": "meta", **meta, "n_queries": result.n_queries, "seconds": result.seconds}) + "\n"
+            )
         for r in result.records:
             f.write(
                 json.dumps({"kind": "score", **asdict(r), "config": asdict(r.config), "label": r.config.label}) + "\n"
@@ -211,6 +232,38 @@ def write_records(result: GridResult, path: Path) -> None:
             f.write(json.dumps({"kind": "validation", **asdict(v)}) + "\n")
         for b in result.bounds:
             f.write(json.dumps({"kind": "bound", **asdict(b)}) + "\n")
+
+
+def read_records(path: Path) -> tuple[GridResult, dict[str, Any]]:
+    """The run `write_records` wrote: its result and its meta line ({} when it has none)."""
+    result = GridResult()
+    meta: dict[str, Any] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read records file {path}: {exc.strerror}") from exc
+    for no, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            kind = row.pop("kind")
+            if kind == "meta":
+                meta = row
+            elif kind == "score":
+                row.pop("label", None)
+                result.records.append(ScoreRecord(config=Config(**row.pop("config")), **row))
+            elif kind == "validation":
+                result.validation.append(ValidationRecord(**row))
+            elif kind == "bound":
+                result.bounds.append(BoundRecord(**row))
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise InvalidInputError(f"{path} line {no} is not a record of exemplar-eval: {exc}") from exc
+    if not result.records:
+        raise InvalidInputError(f"{path} holds no score records")
+    result.n_queries = int(meta.get("n_queries", 1 + max(r.query for r in result.records)))
+    result.seconds = {str(k): float(v) for k, v in meta.get("seconds", {}).items()}
+    return result, meta
 
 
 def _validation_section(result: GridResult, out_dir: Path, demo: str) -> list[str]:
@@ -248,7 +301,7 @@ def _validation_section(result: GridResult, out_dir: Path, demo: str) -> list[st
             + f" | {np.mean(all_x):+.2e} |"
         )
     if "reconstruct" in by:
-        lines += ["", _xi_plus_target(by, ks)]
+        lines += ["", _xi_plus_target(recs, ks)]
     lines += [
         "",
         "Reliability (predicting xi_plus > 0 from SRS > 0 dB), 20 log-spaced bins of the linear score:",
@@ -264,26 +317,30 @@ def _validation_section(result: GridResult, out_dir: Path, demo: str) -> list[st
     return lines
 
 
-def _strategies_at(by: dict[str, dict[int, list[float]]]) -> dict[int, dict[str, float]]:
-    """k -> strategy -> mean xi_plus."""
-    out: dict[int, dict[str, float]] = defaultdict(dict)
-    for strategy, per_k in by.items():
-        for k, xs in per_k.items():
-            out[k][strategy] = float(np.mean(xs))
-    return out
+def _xi_plus_target(recs: list[ValidationRecord], ks: list[int]) -> str:
+    """The target line: reconstruct's mean xi_plus against the best validated paper strategy's, per k.
 
-
-def _xi_plus_target(by: dict[str, dict[int, list[float]]], ks: list[int]) -> str:
-    """The target line: reconstruct's mean xi_plus against the best validated paper strategy's, per k."""
-    at = _strategies_at(by)
+    The best paper strategy is picked after the fact (the largest of several noisy means), so
+    the paired difference over the same queries, with its 95% t interval, says how much of a
+    gap is noise.
+    """
+    at: dict[int, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))  # k -> strategy -> query -> xi
+    for r in recs:
+        at[r.k][r.strategy][r.query] = r.xi_plus
     parts, wins = [], []
     for k in ks:
-        paper = {s: x for s, x in at[k].items() if s != "reconstruct"}
-        if "reconstruct" not in at[k] or not paper:
+        ours = at[k].get("reconstruct")
+        paper = {s: xs for s, xs in at[k].items() if s != "reconstruct"}
+        if not ours or not paper:
             continue
-        best = max(paper, key=lambda s: paper[s])
-        wins.append(at[k]["reconstruct"] > paper[best])
-        parts.append(f"k={k} {at[k]['reconstruct']:+.2e} vs {paper[best]:+.2e} ({best})")
+        best = max(paper, key=lambda s: float(np.mean(list(paper[s].values()))))
+        queries = sorted(set(ours) & set(paper[best]))
+        diff, lo, hi = paired_difference([ours[q] for q in queries], [paper[best][q] for q in queries])
+        wins.append(np.mean(list(ours.values())) > np.mean(list(paper[best].values())))
+        parts.append(
+            f"k={k} {np.mean(list(ours.values())):+.2e} vs {np.mean(list(paper[best].values())):+.2e} ({best}), "
+            f"paired difference {diff:+.2e} (95% CI {lo:+.2e} .. {hi:+.2e}, n={len(queries)})"
+        )
     return (
         "Target: reconstruct's mean xi_plus above the best validated paper strategy's at every k: "
         f"**{bool(wins) and all(wins)}** (" + "; ".join(parts) + ")"

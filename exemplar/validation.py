@@ -117,6 +117,18 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(spearmanr(x, y).statistic)
 
 
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over pairs and its t confidence interval; nan bounds below 2 pairs."""
+    from scipy.stats import t
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    mean = float(d.mean())
+    if len(d) < 2:
+        return mean, math.nan, math.nan
+    half = float(t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    return mean, mean - half, mean + half
+
+
 def reliability(records: Sequence[ValidationRecord], bins: int = 20) -> list[dict[str, float]]:
     """Accuracy of predicting `xi_plus > 0` from `SRS > 0 dB`, in log-spaced bins of the linear ratio."""
     ratios = np.array([r.srs_ratio for r in records])

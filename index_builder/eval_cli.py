@@ -168,10 +168,37 @@ def reproduce(
         fail(str(exc))
         return
     grid.seconds["total"] = time.perf_counter() - started
-    path = write_report(grid, out, demo=demo, command=command, index_summary=explainer.store.manifest.summary())
+    summary = explainer.store.manifest.summary()
+    path = write_report(grid, out, demo=demo, command=command, index_summary=summary)
     if records is not None:
-        write_records(grid, records)
+        write_records(grid, records, meta={"demo": demo, "command": command, "index_summary": summary})
     typer.echo(f"wrote {path} in {grid.seconds['total']:.0f} s")
+
+
+@app.command()
+def report(
+    records: Annotated[Path, typer.Option(help="records JSONL written by reproduce --records")],
+    out: Annotated[Path, typer.Option(help="report directory")] = Path("docs/results"),
+    demo: Annotated[str | None, typer.Option(help="report name (default: the run's demo)")] = None,
+) -> None:
+    """Render docs/results/<demo>.md and its plots again from a reproduce run's records, without re-running."""
+    from exemplar.report import read_records, write_report
+
+    try:
+        grid, meta = read_records(records)
+    except ExemplarError as exc:
+        fail(str(exc))
+        return
+    name = demo or meta.get("demo")
+    if not name:
+        fail(f"{records} has no meta line naming its demo: pass --demo")
+        return
+    command = meta.get("command", "(not recorded)")
+    rendered_by = "exemplar-eval report " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    path = write_report(
+        grid, out, demo=name, command=command, index_summary=meta.get("index_summary", {}), rendered_by=rendered_by
+    )
+    typer.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from exemplar.evaluation import Config, best_paper_config, run_grid, validate_se
 from exemplar.explain import Explainer
 from exemplar.report import write_report
 from exemplar.tasks import Example
-from exemplar.validation import StepValidator, jensen_shannon, reliability, spearman
+from exemplar.validation import StepValidator, jensen_shannon, paired_difference, reliability, spearman
 from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -39,6 +39,18 @@ def test_one_step_changes_only_a_copy(clf: Explainer) -> None:
     for p, b in zip(validator.params, before, strict=True):
         assert torch.equal(p, b)
         assert p.grad is None
+
+
+def test_paired_difference_matches_the_paired_t_test() -> None:
+    from scipy.stats import ttest_rel
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=12), rng.normal(size=12)
+    mean, lo, hi = paired_difference(a, b)
+    ci = ttest_rel(a, b).confidence_interval(0.95)
+    assert mean == pytest.approx(float(np.mean(a - b)))
+    assert (lo, hi) == pytest.approx((ci.low, ci.high))
+    assert math.isnan(paired_difference([1.0], [0.0])[1])
 
 
 def test_jsd_and_statistics() -> None:
@@ -110,6 +122,8 @@ def test_best_paper_strategies_are_validated_per_k(clf: Explainer, tmp_path: Pat
     text = write_report(result, tmp_path, demo="tiny", command="test", index_summary={}).read_text()
     assert f"| grad_cos {best2.label} | - | " in text  # validated at k=2 only
     assert "Target: reconstruct's mean xi_plus above the best validated paper strategy's at every k" in text
+    assert "paired difference" in text
+    assert "n=2)" in text
     with pytest.raises(InvalidInputError, match="did not score top-k most influential at k=3"):
         validate_selections(clf, queries[:1], result, {3: [Config("grad_dot", "topk")]})
     with pytest.raises(InvalidInputError, match="did not score self"):
@@ -202,6 +216,26 @@ def test_reproduce_cli_on_a_tiny_index(classifier_index: Path, tmp_path: Path) -
     assert "3 held-out test queries" in report
     assert "Spearman(SRS, xi_plus)" in report
     assert (tmp_path / "r.jsonl").stat().st_size > 0
+    # the report renders again from the records alone, identical but for the line that says so
+    again = subprocess.run(
+        [eval_cli, "report", "--records", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "again")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    rendered = (tmp_path / "again" / "tiny.md").read_text().splitlines()
+    note = [line for line in rendered if line.startswith("Rendered again from that run's records by")]
+    assert note == [
+        f"Rendered again from that run's records by `exemplar-eval report --records {tmp_path / 'r.jsonl'} --out {tmp_path / 'again'}`."
+    ]
+    assert (tmp_path / "again" / "tiny.md").read_text().replace(note[0] + "\n\n", "") == report
+    (tmp_path / "bad.jsonl").write_text('{"kind": "score", "query": 0}\n')
+    bad = subprocess.run(
+        [eval_cli, "report", "--records", str(tmp_path / "bad.jsonl")], capture_output=True, text=True, timeout=300
+    )
+    assert bad.returncode == 2
+    assert "line 1 is not a record of exemplar-eval" in bad.stderr
     missing = subprocess.run(
         [eval_cli, "reproduce", "--index", str(classifier_index)], capture_output=True, text=True, timeout=300
     )
