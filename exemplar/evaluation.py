@@ -221,7 +221,8 @@ def best_paper_config(result: GridResult, estimator: str, k: int) -> Config | No
     return max(ratios, key=lambda c: mean_of_ratios_db(ratios[c]))
 
 
-def _examples(explainer: Explainer, rows: Sequence[int]) -> list[Example]:
+def training_examples(explainer: Explainer, rows: Sequence[int]) -> list[Example]:
+    """The stored training examples at ``rows``, as examples a fine-tuning step can train on."""
     return [
         Example(id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response)
         for e in explainer.store.examples_at(list(rows))
@@ -266,12 +267,12 @@ def validate_selections(
                     f"the grid did not score {', '.join(missing) or 'random'} at k={k} for query {qi}; "
                     "validate strategies of the grid (topk, balanced, divine, aide, random, reconstruct)"
                 )
-            baselines = [validator.effect(target, _examples(explainer, rows)) for rows in randoms[(qi, k)]]
+            baselines = [validator.effect(target, training_examples(explainer, rows)) for rows in randoms[(qi, k)]]
             base_logp = float(np.mean([b.delta_logp for b in baselines]))
             base_jsd = float(np.mean([b.jsd for b in baselines]))
             for config in configs:
                 rec = scored[(qi, config, k)]
-                effect = validator.effect(target, _examples(explainer, rec.rows))
+                effect = validator.effect(target, training_examples(explainer, rec.rows))
                 out.append(
                     ValidationRecord(
                         qi,

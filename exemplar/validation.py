@@ -74,7 +74,15 @@ class StepValidator:
         self.lr = lr
         self.params = [m.weight for _, m in featurizer.layers]
 
-    def effect(self, test: Example, selection: Sequence[Example]) -> StepEffect:
+    def effect(self, test: Example, selection: Sequence[Example], weights: Sequence[float] | None = None) -> StepEffect:
+        """One step on ``selection``: the paper's mean loss, or the ``weights``-weighted sum of losses.
+
+        ``weights`` (the explanation's simplex weights, say) must be non-negative and sum to 1.
+        """
+        if weights is not None and (
+            len(weights) != len(selection) or min(weights) < 0 or not math.isclose(sum(weights), 1.0, abs_tol=1e-6)
+        ):
+            raise ValueError("weights must be one non-negative number per selected example, summing to 1")
         before_logp, before_dist = _log_probs(self.featurizer, test)
         saved = [p.detach().clone() for p in self.params]
         task = self.featurizer.task
@@ -82,7 +90,8 @@ class StepValidator:
             optimizer = torch.optim.AdamW(self.params, lr=self.lr, weight_decay=0.0)
             batch = task.collate([task.encode(e) for e in selection])
             with torch.enable_grad():
-                loss = task.per_example_loss(self.featurizer.model, batch).losses.mean()
+                losses = task.per_example_loss(self.featurizer.model, batch).losses
+                loss = losses.mean() if weights is None else losses @ torch.tensor(weights).to(losses)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()

@@ -41,6 +41,18 @@ def test_one_step_changes_only_a_copy(clf: Explainer) -> None:
         assert p.grad is None
 
 
+def test_weighted_step(clf: Explainer) -> None:
+    validator = StepValidator(clf.featurizer, lr=1e-2)
+    test = Example(text="the cat sat", label="positive")
+    a, b = Example(text="the cat sat on the mat", label="positive"), Example(text="stocks fell", label="negative")
+    assert validator.effect(test, [a, b], [0.5, 0.5]) == pytest.approx(validator.effect(test, [a, b]))
+    assert validator.effect(test, [a, b], [1.0, 0.0]) == pytest.approx(validator.effect(test, [a]))
+    assert validator.effect(test, [a, b], [1.0, 0.0]) != pytest.approx(validator.effect(test, [a, b]))
+    for bad in ([1.0], [0.7, 0.7], [1.5, -0.5]):
+        with pytest.raises(ValueError, match="one non-negative number per selected example"):
+            validator.effect(test, [a, b], bad)
+
+
 def test_paired_difference_matches_the_paired_t_test() -> None:
     from scipy.stats import ttest_rel
 
