@@ -14,6 +14,7 @@ their 95% t intervals.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,7 +45,10 @@ def main() -> None:
     validator = StepValidator(explainer.featurizer)
     ks = [int(k) for k in args.k.split(",")]
     xi: dict[tuple[int, str], list[float]] = {}
-    for query in held_out_queries(explainer.store.path, args.queries):
+    queries = held_out_queries(explainer.store.path, args.queries)
+    for qi, query in enumerate(queries):
+        if qi % 10 == 0:
+            print(f"query {qi + 1} of {len(queries)}", file=sys.stderr, flush=True)
         state = explainer.prepare(query)
         for k in ks:
             randoms = [
