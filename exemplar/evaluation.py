@@ -31,6 +31,8 @@ from exemplar.validation import StepValidator, ValidationRecord
 
 KS = (1, 5, 10, 25)
 GRADIENT_ESTIMATORS = ("grad_dot", "grad_cos", "datainf", "tracin")
+GRID_STRATEGIES = ("topk", "balanced", "divine", "aide", "random", "reconstruct")
+"""The strategies `default_configs` scores, so the ones the validation can take."""
 RANDOM_SEEDS = 5
 BOUND_MAX_ROWS = 20_000
 """Largest index for which `run_grid` computes the certified ceilings (a QP over all rows per query)."""
@@ -265,7 +267,7 @@ def validate_selections(
             if missing or not randoms[(qi, k)]:
                 raise InvalidInputError(
                     f"the grid did not score {', '.join(missing) or 'random'} at k={k} for query {qi}; "
-                    "validate strategies of the grid (topk, balanced, divine, aide, random, reconstruct)"
+                    f"validate strategies of the grid ({', '.join(GRID_STRATEGIES)})"
                 )
             baselines = [validator.effect(target, training_examples(explainer, rows)) for rows in randoms[(qi, k)]]
             base_logp = float(np.mean([b.delta_logp for b in baselines]))

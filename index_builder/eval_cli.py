@@ -32,6 +32,11 @@ def _strs(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _invocation() -> str:
+    """This command line as the user typed it after the program name (e.g. `exemplar-eval report --records F`)."""
+    return "exemplar-eval " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
 def _ints(value: str) -> list[int]:
     try:
         return [int(v) for v in _strs(value)]
@@ -53,14 +58,13 @@ def validate(
     out: Annotated[Path | None, typer.Option(help="write per-pair records as JSON here")] = None,
 ) -> None:
     """One AdamW step on each selection: xi_plus, xi_jsd vs 5 random selections, Spearman and reliability."""
-    from exemplar.evaluation import Config, run_grid
+    from exemplar.evaluation import GRID_STRATEGIES, Config, run_grid
     from exemplar.explain import Explainer
     from exemplar.validation import reliability, spearman
 
-    grid = ("topk", "balanced", "divine", "aide", "random", "reconstruct")
-    unknown = [s for s in _strs(strategies) if s not in grid]
+    unknown = [s for s in _strs(strategies) if s not in GRID_STRATEGIES]
     if unknown:
-        fail(f"cannot validate {', '.join(unknown)}: choose among {', '.join(grid)}")
+        fail(f"cannot validate {', '.join(unknown)}: choose among {', '.join(GRID_STRATEGIES)}")
     try:
         explainer = Explainer.from_index(index)
         test = _queries(queries, explainer.store.manifest.task, n)
@@ -129,7 +133,7 @@ def reproduce(
     from exemplar.explain import Explainer
     from exemplar.report import write_records, write_report
 
-    command = "exemplar-eval reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    command = _invocation()
     started = time.perf_counter()
     try:
         if index is not None:
@@ -194,7 +198,7 @@ def report(
         fail(f"{records} has no meta line naming its demo: pass --demo")
         return
     command = meta.get("command", "(not recorded)")
-    rendered_by = "exemplar-eval report " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    rendered_by = _invocation()
     path = write_report(
         grid, out, demo=name, command=command, index_summary=meta.get("index_summary", {}), rendered_by=rendered_by
     )

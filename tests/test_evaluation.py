@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from exemplar.errors import InvalidInputError
-from exemplar.evaluation import Config, best_paper_config, run_grid, validate_selections
+from exemplar.evaluation import (
+    GRID_STRATEGIES,
+    Config,
+    best_paper_config,
+    default_configs,
+    run_grid,
+    validate_selections,
+)
 from exemplar.explain import Explainer
 from exemplar.report import write_report
 from exemplar.tasks import Example
@@ -140,6 +147,11 @@ def test_best_paper_strategies_are_validated_per_k(clf: Explainer, tmp_path: Pat
         validate_selections(clf, queries[:1], result, {3: [Config("grad_dot", "topk")]})
     with pytest.raises(InvalidInputError, match="did not score self"):
         validate_selections(clf, queries[:1], result, {1: [Config("grad_dot", "self")]})
+
+
+def test_grid_strategies_are_the_ones_the_grid_scores() -> None:
+    configs = default_configs(["grad_dot", "bm25"], {"grad_dot": True, "bm25": False})
+    assert {c.strategy for c in configs} == set(GRID_STRATEGIES)
 
 
 def test_ceilings_are_skipped_above_the_row_limit(clf: Explainer, monkeypatch: pytest.MonkeyPatch) -> None:
