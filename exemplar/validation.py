@@ -73,6 +73,14 @@ class StepValidator:
         self.featurizer = featurizer
         self.lr = lr
         self.params = [m.weight for _, m in featurizer.layers]
+        # every step is undone, so the unstepped model's answer to a test instance is the same
+        # for all its selections: keep the last one (the validation steps query by query)
+        self._before: tuple[Example, tuple[float, torch.Tensor]] | None = None
+
+    def _unstepped(self, test: Example) -> tuple[float, torch.Tensor]:
+        if self._before is None or self._before[0] != test:
+            self._before = (test, _log_probs(self.featurizer, test))
+        return self._before[1]
 
     def effect(self, test: Example, selection: Sequence[Example], weights: Sequence[float] | None = None) -> StepEffect:
         """One step on ``selection``: the paper's mean loss, or the ``weights``-weighted sum of losses.
@@ -83,7 +91,7 @@ class StepValidator:
             len(weights) != len(selection) or min(weights) < 0 or not math.isclose(sum(weights), 1.0, abs_tol=1e-6)
         ):
             raise ValueError("weights must be one non-negative number per selected example, summing to 1")
-        before_logp, before_dist = _log_probs(self.featurizer, test)
+        before_logp, before_dist = self._unstepped(test)
         saved = [p.detach().clone() for p in self.params]
         task = self.featurizer.task
         try:

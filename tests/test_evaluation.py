@@ -60,6 +60,20 @@ def test_weighted_step(clf: Explainer) -> None:
             validator.effect(test, [a, b], bad)
 
 
+def test_cached_unstepped_answer_matches_a_fresh_validator(clf: Explainer) -> None:
+    # the validator reuses the unstepped model's answer to a test instance across its selections
+    test, other = Example(text="the cat sat", label="positive"), Example(text="stocks fell", label="negative")
+    a, b = Example(text="the cat sat on the mat", label="positive"), Example(text="stocks fell", label="negative")
+    warm = StepValidator(clf.featurizer, lr=1e-2)
+    seen = [warm.effect(test, [a]), warm.effect(other, [a]), warm.effect(test, [b]), warm.effect(test, [a, b])]
+    fresh = [
+        StepValidator(clf.featurizer, lr=1e-2).effect(t, s)
+        for t, s in [(test, [a]), (other, [a]), (test, [b]), (test, [a, b])]
+    ]
+    assert seen == fresh
+    assert seen[0] != seen[2]
+
+
 def test_paired_difference_matches_the_paired_t_test() -> None:
     from scipy.stats import ttest_rel
 
