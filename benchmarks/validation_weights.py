@@ -3,7 +3,8 @@
 The paper's validation (paper.md section 5) takes one AdamW step on the mean loss of the
 selection; the score measures the selection mixed with its simplex weights. For held-out
 queries of a demo, at each k, this prints the mean `xi_plus` (against the same five random
-selections) of `reconstruct` and of grad_cos top-k most helpful, each stepped on the mean
+selections) of `reconstruct` and of baselines (default: grad_cos top-k most helpful;
+`--against` picks them, AIDE on grad_cos or datainf among them), each stepped on the mean
 loss (the paper's protocol, as in the reports) and on the loss weighted by the selection's
 own simplex weights (`StepValidator.effect(weights=)`), and the paired differences with
 their 95% t intervals.
@@ -29,6 +30,8 @@ from exemplar.validation import StepValidator, paired_difference
 STRATEGIES = {
     "reconstruct": ExplainOptions(strategy="reconstruct"),
     "cos top-k helpful": ExplainOptions(strategy="topk", estimator="grad_cos", ordering="most_helpful"),
+    "cos aide": ExplainOptions(strategy="aide", estimator="grad_cos"),
+    "datainf aide": ExplainOptions(strategy="aide", estimator="datainf"),
 }
 
 
@@ -39,7 +42,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--k", default="5,10", help="comma-separated k values")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--against",
+        default="cos top-k helpful",
+        help=f"comma-separated baselines stepped both ways beside reconstruct: {', '.join(list(STRATEGIES)[1:])}",
+    )
     args = parser.parse_args()
+    against = [a.strip() for a in args.against.split(",")]
+    if unknown := [a for a in against if a not in STRATEGIES or a == "reconstruct"]:
+        parser.error(f"unknown baseline {', '.join(unknown)}: choose among {', '.join(list(STRATEGIES)[1:])}")
+    strategies = {name: STRATEGIES[name] for name in ["reconstruct", *against]}
     torch.set_num_threads(args.threads)
     explainer = Explainer.from_index(prepare(args.demo, args.root))
     validator = StepValidator(explainer.featurizer)
@@ -55,7 +67,7 @@ def main() -> None:
                 explainer.select(state, ExplainOptions(k=k, strategy="random", seed=s))[0] for s in range(RANDOM_SEEDS)
             ]
             base = np.mean([validator.effect(query, training_examples(explainer, r)).delta_logp for r in randoms])
-            for name, options in STRATEGIES.items():
+            for name, options in strategies.items():
                 rows, _, _ = explainer.select(state, replace(options, k=k))
                 weights = explainer.score(state, rows).weights.astype(np.float64)
                 examples = training_examples(explainer, rows)
@@ -70,12 +82,13 @@ def main() -> None:
         for (kk, name), values in xi.items():
             if kk == k:
                 print(f"  {name:<32} {np.mean(values):+.4f}")
-        pairs = [
-            ("reconstruct, weighted", "reconstruct, mean loss"),
-            ("reconstruct, mean loss", "cos top-k helpful, mean loss"),
-            ("reconstruct, weighted", "cos top-k helpful, mean loss"),
-            ("reconstruct, weighted", "cos top-k helpful, weighted"),
-        ]
+        pairs = [("reconstruct, weighted", "reconstruct, mean loss")]
+        for b in against:
+            pairs += [
+                ("reconstruct, mean loss", f"{b}, mean loss"),
+                ("reconstruct, weighted", f"{b}, mean loss"),
+                ("reconstruct, weighted", f"{b}, weighted"),
+            ]
         for a, b in pairs:
             d, lo, hi = paired_difference(xi[(k, a)], xi[(k, b)])
             print(f"  {a} minus {b}: {d:+.4f} (95% CI {lo:+.4f} .. {hi:+.4f})")
