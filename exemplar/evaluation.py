@@ -26,8 +26,9 @@ from exemplar.relevance import (
     ratio_of_expectations_db,
     ratio_upper_bound,
 )
+from exemplar.selection import ORDERINGS
 from exemplar.tasks import Example
-from exemplar.validation import StepValidator, ValidationRecord
+from exemplar.validation import STEPS, StepEffect, StepValidator, ValidationRecord
 
 KS = (1, 5, 10, 25)
 GRADIENT_ESTIMATORS = ("grad_dot", "grad_cos", "datainf", "tracin")
@@ -55,6 +56,29 @@ class Config:
             suffix = "" if self.ordering == "most_influential" else f" ({self.ordering.replace('_', ' ')})"
             return f"FL lambda={self.lam:g}{suffix}"
         return self.strategy
+
+
+def parse_config(spec: str, estimator: str) -> Config:
+    """A grid configuration from ``STRATEGY[:ORDERING][:LAMBDA]`` (``topk:most_helpful``,
+    ``balanced:0.25``, ``reconstruct``); ``estimator`` for the influence-based strategies."""
+    strategy, *parts = spec.strip().split(":")
+    if strategy not in GRID_STRATEGIES:
+        raise InvalidInputError(f"cannot validate {strategy}: choose among {', '.join(GRID_STRATEGIES)}")
+    ordering, lam = "most_influential", 1.0
+    for part in parts:
+        if part in ORDERINGS and strategy in ("topk", "balanced"):
+            ordering = part
+            continue
+        try:
+            lam = float(part)
+        except ValueError:
+            lam = math.nan
+        if strategy != "balanced" or not 0.0 <= lam <= 1.0:
+            raise InvalidInputError(
+                f"cannot read {part!r} in {spec!r}: topk and balanced take an ordering "
+                f"({', '.join(ORDERINGS)}), balanced also a lambda in [0, 1]"
+            )
+    return Config("-" if strategy in ("random", "reconstruct") else estimator, strategy, ordering, lam)
 
 
 def default_configs(estimators: Sequence[str], signed: dict[str, bool]) -> list[Config]:
@@ -151,6 +175,7 @@ def run_grid(
     validate_configs: Sequence[Config] = (),
     validate_ks: Sequence[int] = KS,
     bounds: bool = True,
+    validation_step: str = "mean",
     progress: Progress | None = None,
 ) -> GridResult:
     """Score every configuration for every query; validate `validate_configs` by fine-tuning.
@@ -159,11 +184,13 @@ def run_grid(
     (``BoundRecord``), so the report can tell a missed target from an unreachable one; they
     need every vector in memory and a QP over all rows, so indexes above ``BOUND_MAX_ROWS``
     rows skip them. The validation (`validate_selections`) runs after the grid, on the
-    selections it scored.
+    selections it scored, stepping each on ``validation_step`` (``STEPS``).
     """
     progress = progress or SilentProgress()
     if not queries:
         raise InvalidInputError("no test queries to evaluate")
+    if validate_configs and validation_step not in STEPS:
+        raise InvalidInputError(f"unknown validation step {validation_step!r}; choose one of: {', '.join(STEPS)}")
     if validate_configs:  # every validated k must be scored too
         ks = sorted({*ks, *validate_ks})
     signed = {e: explainer.store.estimator(e).signed for e in estimators}
@@ -200,7 +227,12 @@ def run_grid(
     if validate_configs:
         t2 = time.perf_counter()
         result.validation = validate_selections(
-            explainer, queries, result, dict.fromkeys(validate_ks, validate_configs), progress=progress
+            explainer,
+            queries,
+            result,
+            dict.fromkeys(validate_ks, validate_configs),
+            step=validation_step,
+            progress=progress,
         )
         result.seconds["validation"] = time.perf_counter() - t2
     return result
@@ -231,12 +263,25 @@ def training_examples(explainer: Explainer, rows: Sequence[int]) -> list[Example
     ]
 
 
+def _step(
+    explainer: Explainer, validator: StepValidator, target: Example, rows: Sequence[int], weighted_by: QueryState | None
+) -> StepEffect:
+    """One AdamW step on the training examples at ``rows``: on their mean loss, or, given the
+    query's state, on their losses weighted by the selection's simplex weights (paper's solver)."""
+    weights = None
+    if weighted_by is not None:
+        w = explainer.score(weighted_by, np.asarray(rows)).weights.astype(np.float64)
+        weights = list(w / w.sum())
+    return validator.effect(target, training_examples(explainer, rows), weights)
+
+
 def validate_selections(
     explainer: Explainer,
     queries: Sequence[Example],
     result: GridResult,
     configs_at: Mapping[int, Sequence[Config]],
     *,
+    step: str = "mean",
     progress: Progress | None = None,
 ) -> list[ValidationRecord]:
     """Fine-tune on the selections the grid scored (paper.md section 5) for ``queries``.
@@ -245,7 +290,12 @@ def validate_selections(
     each k of ``configs_at``, the five random selections the grid scored give the
     baseline, and every configuration in ``configs_at[k]`` gets one AdamW step on its
     selection. A configuration the grid did not score is an error, not a silent gap.
+    ``step="weighted"`` (beyond the paper) weighs every selection's losses, the random
+    baselines' included, by its simplex weights under the paper's solver, the weights the
+    service returns; ``"mean"`` is the paper's protocol.
     """
+    if step not in STEPS:
+        raise InvalidInputError(f"unknown validation step {step!r}; choose one of: {', '.join(STEPS)}")
     progress = progress or SilentProgress()
     scored: dict[tuple[int, Config, int], ScoreRecord] = {}
     for r in result.records:
@@ -260,8 +310,11 @@ def validate_selections(
     for qi, query in enumerate(queries):
         # the explained target: a classifier query is validated on the label that was explained
         target = query
-        if query.text is not None and query.label is None:
-            target = replace(query, label=explainer.prepare(query).prediction["explained_label"])
+        unlabelled = query.text is not None and query.label is None
+        state = explainer.prepare(query) if step == "weighted" or unlabelled else None
+        if state is not None and unlabelled:
+            target = replace(query, label=state.prediction["explained_label"])
+        weighted_by = state if step == "weighted" else None
         for k, configs in sorted(configs_at.items()):
             missing = [c.label for c in configs if (qi, c, k) not in scored]
             if missing or not randoms[(qi, k)]:
@@ -269,12 +322,12 @@ def validate_selections(
                     f"the grid did not score {', '.join(missing) or 'random'} at k={k} for query {qi}; "
                     f"validate strategies of the grid ({', '.join(GRID_STRATEGIES)})"
                 )
-            baselines = [validator.effect(target, training_examples(explainer, rows)) for rows in randoms[(qi, k)]]
+            baselines = [_step(explainer, validator, target, rows, weighted_by) for rows in randoms[(qi, k)]]
             base_logp = float(np.mean([b.delta_logp for b in baselines]))
             base_jsd = float(np.mean([b.jsd for b in baselines]))
             for config in configs:
                 rec = scored[(qi, config, k)]
-                effect = validator.effect(target, training_examples(explainer, rec.rows))
+                stepped = _step(explainer, validator, target, rec.rows, weighted_by)
                 out.append(
                     ValidationRecord(
                         qi,
@@ -282,8 +335,9 @@ def validate_selections(
                         k,
                         rec.ratio,
                         rec.db,
-                        effect.delta_logp - base_logp,
-                        effect.jsd / base_jsd if base_jsd > 0 else math.nan,
+                        stepped.delta_logp - base_logp,
+                        stepped.jsd / base_jsd if base_jsd > 0 else math.nan,
+                        step,
                     )
                 )
         progress.advance(1)

@@ -8,6 +8,10 @@ between the before/after predictive distributions. Random selections of the same
 seeds) give the baselines: `xi_plus = delta_logp(S) - mean delta_logp(random)` and
 `xi_jsd = JSD(S) / mean JSD(random)`.
 
+Beyond the paper, the ``weighted`` step (``STEPS``) weighs each selected example's loss by
+the selection's own simplex weights instead of equally, for the selection and for its random
+baselines alike: it validates the explanation as the service returns it, weights included.
+
 The parameters updated are exactly the ones the gradients describe (the index's tracked
 layers: LoRA matrices, or the linear weights of a classifier); they are restored after
 every step, so the served model is never changed.
@@ -28,6 +32,9 @@ from exemplar.gradients import KroneckerFeaturizer
 from exemplar.tasks import Example
 
 LR = 1e-5
+STEPS = ("mean", "weighted")
+"""How a validation step weighs the selected examples' losses: ``mean`` (the paper's protocol)
+or ``weighted`` (by the selection's own simplex weights, the explanation as the service returns it)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,7 @@ class ValidationRecord:
     srs_db: float
     xi_plus: float
     xi_jsd: float
+    step: str = "mean"  # one of STEPS: how the losses of this selection and its random baselines were weighted
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

@@ -51,24 +51,32 @@ def validate(
     queries: Annotated[Path, typer.Option(help="JSONL test instances (same format as the training data)")],
     n: Annotated[int, typer.Option(help="how many test instances")] = 50,
     strategies: Annotated[
-        str, typer.Option(help="comma-separated strategies to validate")
+        str,
+        typer.Option(
+            help="comma-separated strategies to validate, each STRATEGY[:ORDERING][:LAMBDA] "
+            "(e.g. topk:most_helpful, balanced:0.25; default ordering most_influential, lambda 1)"
+        ),
     ] = "topk,balanced,reconstruct",
     ks: Annotated[str, typer.Option("--k", help="comma-separated k values")] = "5,10",
     estimator: Annotated[str, typer.Option(help="estimator of the influence-based strategies")] = "grad_dot",
+    step: Annotated[
+        str,
+        typer.Option(
+            help="mean: one step on the selection's mean loss (the paper's protocol); weighted: on the losses "
+            "weighted by the selection's simplex weights (the explanation as served; random baselines too)"
+        ),
+    ] = "mean",
     out: Annotated[Path | None, typer.Option(help="write per-pair records as JSON here")] = None,
 ) -> None:
     """One AdamW step on each selection: xi_plus, xi_jsd vs 5 random selections, Spearman and reliability."""
-    from exemplar.evaluation import GRID_STRATEGIES, Config, run_grid
+    from exemplar.evaluation import parse_config, run_grid
     from exemplar.explain import Explainer
     from exemplar.validation import reliability, spearman
 
-    unknown = [s for s in _strs(strategies) if s not in GRID_STRATEGIES]
-    if unknown:
-        fail(f"cannot validate {', '.join(unknown)}: choose among {', '.join(GRID_STRATEGIES)}")
     try:
+        configs = [parse_config(s, estimator) for s in _strs(strategies)]
         explainer = Explainer.from_index(index)
         test = _queries(queries, explainer.store.manifest.task, n)
-        configs = [Config("-" if s in ("random", "reconstruct") else estimator, s) for s in _strs(strategies)]
         result = run_grid(
             explainer,
             test,
@@ -77,6 +85,7 @@ def validate(
             validate_configs=configs,
             validate_ks=_ints(ks),
             bounds=False,
+            validation_step=step,
             progress=TqdmProgress(),
         )
     except ExemplarError as exc:
@@ -84,7 +93,8 @@ def validate(
         return
     recs = result.validation
     pos = [r for r in recs if r.srs_db > 0]
-    typer.echo(f"{len(recs)} validated selections over {len(test)} test instances")
+    protocol = "mean loss, the paper's protocol" if step == "mean" else "losses weighted by the simplex weights"
+    typer.echo(f"{len(recs)} validated selections over {len(test)} test instances (one AdamW step on the {protocol})")
     typer.echo(
         f"Spearman(SRS, xi_plus): all {spearman([r.srs_ratio for r in recs], [r.xi_plus for r in recs]):.3f}, "
         f"SRS > 0 dB {spearman([r.srs_ratio for r in pos], [r.xi_plus for r in pos]):.3f} (n={len(pos)})"
@@ -114,6 +124,13 @@ def reproduce(
         int, typer.Option(help="how many of the queries also get the fine-tuning validation")
     ] = 100,
     validate_ks: Annotated[str, typer.Option(help="comma-separated k values of the validation")] = "1,5,10,25",
+    validate_step: Annotated[
+        str,
+        typer.Option(
+            help="mean: the paper's protocol; weighted: each selection stepped on its losses weighted by its "
+            "simplex weights (beyond the paper)"
+        ),
+    ] = "mean",
     records: Annotated[
         Path | None, typer.Option(help="also write every per-query score and validation record (JSONL)")
     ] = None,
@@ -132,7 +149,10 @@ def reproduce(
     )
     from exemplar.explain import Explainer
     from exemplar.report import write_records, write_report
+    from exemplar.validation import STEPS
 
+    if validate_step not in STEPS:  # before hours of grid, not after
+        fail(f"unknown --validate-step {validate_step!r}; choose one of: {', '.join(STEPS)}")
     command = _invocation()
     started = time.perf_counter()
     try:
@@ -165,7 +185,7 @@ def reproduce(
             configs_at[k] = fixed + [c for c in dict.fromkeys(best) if c is not None and c not in fixed]
         t0 = time.perf_counter()
         grid.validation = validate_selections(
-            explainer, test[:validate_queries], grid, configs_at, progress=TqdmProgress()
+            explainer, test[:validate_queries], grid, configs_at, step=validate_step, progress=TqdmProgress()
         )
         grid.seconds["validation"] = time.perf_counter() - t0
     except ExemplarError as exc:

@@ -15,10 +15,13 @@ import torch
 from exemplar.errors import InvalidInputError
 from exemplar.evaluation import (
     GRID_STRATEGIES,
+    RANDOM_SEEDS,
     Config,
     best_paper_config,
     default_configs,
+    parse_config,
     run_grid,
+    training_examples,
     validate_selections,
 )
 from exemplar.explain import Explainer
@@ -163,6 +166,54 @@ def test_best_paper_strategies_are_validated_per_k(clf: Explainer, tmp_path: Pat
         validate_selections(clf, queries[:1], result, {1: [Config("grad_dot", "self")]})
 
 
+def test_weighted_validation_steps_every_selection_on_its_simplex_weights(clf: Explainer, tmp_path: Path) -> None:
+    queries = [Example(text="the cat sat", label="neutral"), Example(text="stocks fell")]
+    result = run_grid(clf, queries, estimators=("grad_dot",), ks=(3,), bounds=False)
+    configs_at = {3: [Config("-", "reconstruct"), Config("grad_dot", "topk")]}
+    recs = validate_selections(clf, queries, result, configs_at, step="weighted")
+    mean = validate_selections(clf, queries, result, configs_at)
+    assert {r.step for r in recs} == {"weighted"}
+    assert {r.step for r in mean} == {"mean"}
+    # oracle: the same steps by hand, each selection (random ones too) on its own score weights
+    validator = StepValidator(clf.featurizer)
+    labels = {"reconstruct": configs_at[3][0], "grad_dot top-k most influential": configs_at[3][1]}
+    for r in recs:
+        state = clf.prepare(queries[r.query])
+        target = Example(text=queries[r.query].text, label=state.prediction["explained_label"])
+        deltas = {}
+        for x in result.records:
+            if x.query == r.query and (x.config.strategy == "random" or x.config == labels[r.strategy]):
+                w = clf.score(state, np.asarray(x.rows)).weights.astype(np.float64)
+                step = validator.effect(target, training_examples(clf, x.rows), list(w / w.sum()))
+                deltas.setdefault(x.config.strategy, []).append(step.delta_logp)
+        assert len(deltas["random"]) == RANDOM_SEEDS
+        (ours,) = deltas[labels[r.strategy].strategy]
+        assert r.xi_plus == pytest.approx(ours - np.mean(deltas["random"]), rel=1e-6, abs=1e-9)
+    # the weights change the step: the two protocols do not give the same numbers
+    assert [r.xi_plus for r in recs] != pytest.approx([r.xi_plus for r in mean], rel=1e-6, abs=1e-12)
+    result.validation = recs
+    text = write_report(result, tmp_path, demo="tiny", command="test", index_summary={}).read_text()
+    assert "weighted by the selection's simplex weights" in text
+    assert "Target (weighted step: outside the paper's protocol):" in text
+    with pytest.raises(InvalidInputError, match="unknown validation step 'sum'; choose one of: mean, weighted"):
+        validate_selections(clf, queries, result, configs_at, step="sum")
+    with pytest.raises(InvalidInputError, match="unknown validation step"):
+        run_grid(clf, queries, ks=(1,), validate_configs=[Config("-", "reconstruct")], validation_step="sum")
+
+
+def test_parse_config_reads_strategy_ordering_and_lambda() -> None:
+    assert parse_config("reconstruct", "grad_cos") == Config("-", "reconstruct")
+    assert parse_config("topk:most_helpful", "grad_cos") == Config("grad_cos", "topk", "most_helpful")
+    assert parse_config(" balanced:0.25", "datainf") == Config("datainf", "balanced", "most_influential", 0.25)
+    assert parse_config("balanced:most_harmful:1", "grad_dot") == Config("grad_dot", "balanced", "most_harmful", 1.0)
+    assert parse_config("aide", "grad_dot") == Config("grad_dot", "aide")
+    with pytest.raises(InvalidInputError, match="cannot validate self: choose among topk, balanced"):
+        parse_config("self", "grad_dot")
+    for bad in ("topk:0.5", "balanced:2", "balanced:most_useful", "reconstruct:most_helpful", "aide:0.5"):
+        with pytest.raises(InvalidInputError, match="topk and balanced take an ordering"):
+            parse_config(bad, "grad_dot")
+
+
 def test_grid_strategies_are_the_ones_the_grid_scores() -> None:
     configs = default_configs(["grad_dot", "bm25"], {"grad_dot": True, "bm25": False})
     assert {c.strategy for c in configs} == set(GRID_STRATEGIES)
@@ -207,6 +258,33 @@ def test_validate_cli(classifier_index: Path, tmp_path: Path) -> None:
     unknown = _validate(classifier_index, queries, "--strategies", "topk,self")
     assert unknown.returncode == 2
     assert "cannot validate self: choose among topk, balanced" in unknown.stderr
+    spec = _validate(classifier_index, queries, "--strategies", "topk:0.5")
+    assert spec.returncode == 2
+    assert "cannot read '0.5' in 'topk:0.5'" in spec.stderr
+    step = _validate(classifier_index, queries, "--step", "sum")
+    assert step.returncode == 2
+    assert "unknown validation step 'sum'; choose one of: mean, weighted" in step.stderr
+    weighted = _validate(
+        classifier_index,
+        queries,
+        "--n",
+        "2",
+        "--k",
+        "2",
+        "--strategies",
+        "reconstruct,topk:most_helpful,balanced:0.5",
+        "--step",
+        "weighted",
+        "--out",
+        str(out),
+    )
+    assert weighted.returncode == 0, weighted.stderr
+    assert "losses weighted by the simplex weights" in weighted.stdout
+    assert "grad_dot top-k most helpful" in weighted.stdout
+    assert "grad_dot FL lambda=0.5" in weighted.stdout
+    records = json.loads(out.read_text())
+    assert len(records) == 2 * 3
+    assert {r["step"] for r in records} == {"weighted"}
 
 
 def test_records_are_written_per_query(clf: Explainer, tmp_path: Path) -> None:
