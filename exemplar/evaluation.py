@@ -195,6 +195,12 @@ def run_grid(
         ks = sorted({*ks, *validate_ks})
     signed = {e: explainer.store.estimator(e).signed for e in estimators}
     configs = default_configs(estimators, signed)
+    unscored = [c for c in validate_configs if c not in configs]
+    if unscored:  # found before the grid runs, not after
+        raise InvalidInputError(
+            f"the grid does not score {', '.join(c.label for c in unscored)}: balanced takes a lambda other "
+            "than 1 only with the most_influential ordering, helpful/harmful orderings need a signed estimator"
+        )
     result = GridResult(n_queries=len(queries))
     seconds: dict[str, float] = defaultdict(float)
     bounded = bounds and explainer.store.n <= BOUND_MAX_ROWS

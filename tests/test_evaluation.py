@@ -199,6 +199,10 @@ def test_weighted_validation_steps_every_selection_on_its_simplex_weights(clf: E
         validate_selections(clf, queries, result, configs_at, step="sum")
     with pytest.raises(InvalidInputError, match="unknown validation step"):
         run_grid(clf, queries, ks=(1,), validate_configs=[Config("-", "reconstruct")], validation_step="sum")
+    with pytest.raises(InvalidInputError, match=r"the grid does not score FL lambda=0.25 \(most helpful\)"):
+        run_grid(clf, queries, ks=(1,), validate_configs=[parse_config("balanced:0.25:most_helpful", "grad_dot")])
+    with pytest.raises(InvalidInputError, match="the grid does not score top-k most helpful"):
+        run_grid(clf, queries, estimators=("bm25",), validate_configs=[parse_config("topk:most_helpful", "bm25")])
 
 
 def test_parse_config_reads_strategy_ordering_and_lambda() -> None:
