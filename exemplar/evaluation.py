@@ -81,6 +81,12 @@ def parse_config(spec: str, estimator: str) -> Config:
     return Config("-" if strategy in ("random", "reconstruct") else estimator, strategy, ordering, lam)
 
 
+def check_step(step: str) -> None:
+    """Raise unless ``step`` is a validation step (``STEPS``)."""
+    if step not in STEPS:
+        raise InvalidInputError(f"unknown validation step {step!r}; choose one of: {', '.join(STEPS)}")
+
+
 def default_configs(estimators: Sequence[str], signed: dict[str, bool]) -> list[Config]:
     """The paper's grid (section 4) plus ours; helpful/harmful only for signed estimators."""
     configs: list[Config] = [Config("-", "random"), Config("-", "reconstruct")]
@@ -189,9 +195,8 @@ def run_grid(
     progress = progress or SilentProgress()
     if not queries:
         raise InvalidInputError("no test queries to evaluate")
-    if validate_configs and validation_step not in STEPS:
-        raise InvalidInputError(f"unknown validation step {validation_step!r}; choose one of: {', '.join(STEPS)}")
     if validate_configs:  # every validated k must be scored too
+        check_step(validation_step)
         ks = sorted({*ks, *validate_ks})
     signed = {e: explainer.store.estimator(e).signed for e in estimators}
     configs = default_configs(estimators, signed)
@@ -300,8 +305,7 @@ def validate_selections(
     baselines' included, by its simplex weights under the paper's solver, the weights the
     service returns; ``"mean"`` is the paper's protocol.
     """
-    if step not in STEPS:
-        raise InvalidInputError(f"unknown validation step {step!r}; choose one of: {', '.join(STEPS)}")
+    check_step(step)
     progress = progress or SilentProgress()
     scored: dict[tuple[int, Config, int], ScoreRecord] = {}
     for r in result.records:

@@ -144,18 +144,17 @@ def reproduce(
         KS,
         Config,
         best_paper_config,
+        check_step,
         run_grid,
         validate_selections,
     )
     from exemplar.explain import Explainer
     from exemplar.report import write_records, write_report
-    from exemplar.validation import STEPS
 
-    if validate_step not in STEPS:  # before hours of grid, not after
-        fail(f"unknown --validate-step {validate_step!r}; choose one of: {', '.join(STEPS)}")
     command = _invocation()
     started = time.perf_counter()
     try:
+        check_step(validate_step)  # before hours of grid, not after
         if index is not None:
             if test_file is None:
                 fail("--index needs --test FILE.jsonl with the test instances")
