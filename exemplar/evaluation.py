@@ -57,6 +57,11 @@ class Config:
             return f"FL lambda={self.lam:g}{suffix}"
         return self.strategy
 
+    @property
+    def validated_label(self) -> str:
+        """The strategy name its validation records carry: the label, after the estimator when it has one."""
+        return self.label if self.estimator == "-" else f"{self.estimator} {self.label}"
+
 
 def parse_config(spec: str, estimator: str) -> Config:
     """A grid configuration from ``STRATEGY[:ORDERING][:LAMBDA]`` (``topk:most_helpful``,
@@ -341,7 +346,7 @@ def validate_selections(
                 out.append(
                     ValidationRecord(
                         qi,
-                        config.label if config.estimator == "-" else f"{config.estimator} {config.label}",
+                        config.validated_label,
                         k,
                         rec.ratio,
                         rec.db,

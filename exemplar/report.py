@@ -13,7 +13,7 @@ import numpy as np
 
 from exemplar.errors import InvalidInputError
 from exemplar.evaluation import GRADIENT_ESTIMATORS, BoundRecord, Config, GridResult, ScoreRecord
-from exemplar.validation import ValidationRecord, paired_difference, reliability, spearman
+from exemplar.validation import PairedXiPlus, ValidationRecord, paired_xi_plus, reliability, spearman
 
 PAPER_K10 = {  # paper.md section 6, preliminary OLMo-2 numbers at k = 10 (mean-of-ratios dB)
     ("datainf", "top-k most influential"): -28.7,
@@ -332,23 +332,18 @@ def _xi_plus_target(recs: list[ValidationRecord], ks: list[int]) -> str:
     the paired difference over the same queries, with its 95% t interval, says how much of a
     gap is noise.
     """
-    at: dict[int, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))  # k -> strategy -> query -> xi
-    for r in recs:
-        at[r.k][r.strategy][r.query] = r.xi_plus
+    best_at: dict[int, PairedXiPlus] = {}
+    for p in paired_xi_plus(recs, "reconstruct"):  # per k, best mean first
+        best_at.setdefault(p.k, p)
     parts, wins = [], []
     for k in ks:
-        ours = at[k].get("reconstruct")
-        paper = {s: xs for s, xs in at[k].items() if s != "reconstruct"}
-        if not ours or not paper:
+        if k not in best_at:
             continue
-        means = {s: float(np.mean(list(xs.values()))) for s, xs in at[k].items()}
-        best = max(paper, key=means.__getitem__)
-        queries = sorted(set(ours) & set(paper[best]))
-        diff, lo, hi = paired_difference([ours[q] for q in queries], [paper[best][q] for q in queries])
-        wins.append(means["reconstruct"] > means[best])
+        p = best_at[k]
+        wins.append(p.reference_mean > p.mean)
         parts.append(
-            f"k={k} {means['reconstruct']:+.2e} vs {means[best]:+.2e} ({best}), "
-            f"paired difference {diff:+.2e} (95% CI {lo:+.2e} .. {hi:+.2e}, n={len(queries)})"
+            f"k={k} {p.reference_mean:+.2e} vs {p.mean:+.2e} ({p.strategy}), "
+            f"paired difference {p.difference:+.2e} (95% CI {p.lo:+.2e} .. {p.hi:+.2e}, n={p.n})"
         )
     outside = "" if {r.step for r in recs} <= {"mean"} else " (weighted step: outside the paper's protocol)"
     return (

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -152,6 +153,46 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
         return mean, math.nan, math.nan
     half = float(t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
     return mean, mean - half, mean + half
+
+
+@dataclass(frozen=True)
+class PairedXiPlus:
+    """One strategy's mean ``xi_plus`` against a reference strategy's at one k, over the same queries."""
+
+    k: int
+    strategy: str
+    reference_mean: float  # the reference strategy's mean xi_plus over the shared queries
+    mean: float  # this strategy's
+    difference: float  # mean of reference minus this strategy, per query
+    lo: float  # its 95% t interval
+    hi: float
+    n: int  # shared queries
+
+
+def paired_xi_plus(records: Sequence[ValidationRecord], reference: str) -> list[PairedXiPlus]:
+    """``reference``'s ``xi_plus`` minus every other validated strategy's, per k, paired per query.
+
+    Only queries where both were validated at that k count. Ordered by k, then by the other
+    strategy's mean, best first. Empty when ``reference`` was not validated.
+    """
+    at: dict[int, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))  # k -> strategy -> query -> xi
+    for r in records:
+        at[r.k][r.strategy][r.query] = r.xi_plus
+    out = []
+    for k in sorted(at):
+        ours = at[k].get(reference)
+        if not ours:
+            continue
+        rows = []
+        for strategy, xs in at[k].items():
+            queries = sorted(set(ours) & set(xs))
+            if strategy == reference or not queries:
+                continue
+            a, b = [ours[q] for q in queries], [xs[q] for q in queries]
+            diff, lo, hi = paired_difference(a, b)
+            rows.append(PairedXiPlus(k, strategy, float(np.mean(a)), float(np.mean(b)), diff, lo, hi, len(queries)))
+        out.extend(sorted(rows, key=lambda p: -p.mean))
+    return out
 
 
 def reliability(records: Sequence[ValidationRecord], bins: int = 20) -> list[dict[str, float]]:

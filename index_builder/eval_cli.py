@@ -54,9 +54,10 @@ def validate(
         str,
         typer.Option(
             help="comma-separated strategies to validate, each STRATEGY[:ORDERING][:LAMBDA] "
-            "(e.g. topk:most_helpful, balanced:0.25; default ordering most_influential, lambda 1)"
+            "(e.g. topk:most_helpful, balanced:0.25; default ordering most_influential, lambda 1); "
+            "the first is compared with each of the others, paired over the same queries"
         ),
-    ] = "topk,balanced,reconstruct",
+    ] = "reconstruct,topk,balanced",
     ks: Annotated[str, typer.Option("--k", help="comma-separated k values")] = "5,10",
     estimator: Annotated[str, typer.Option(help="estimator of the influence-based strategies")] = "grad_dot",
     step: Annotated[
@@ -71,7 +72,7 @@ def validate(
     """One AdamW step on each selection: xi_plus, xi_jsd vs 5 random selections, Spearman and reliability."""
     from exemplar.evaluation import parse_config, run_grid
     from exemplar.explain import Explainer
-    from exemplar.validation import reliability, spearman
+    from exemplar.validation import paired_xi_plus, reliability, spearman
 
     try:
         configs = [parse_config(s, estimator) for s in _strs(strategies)]
@@ -103,6 +104,14 @@ def validate(
     for strategy in sorted({r.strategy for r in recs}):
         xs = [r.xi_plus for r in recs if r.strategy == strategy]
         typer.echo(f"  {strategy:<32} mean xi_plus {sum(xs) / len(xs):+.3e}  (n={len(xs)})")
+    reference = configs[0].validated_label
+    if len(configs) > 1:
+        typer.echo(f"{reference} minus each other strategy, paired over the same queries (95% t interval):")
+    for p in paired_xi_plus(recs, reference):
+        typer.echo(
+            f"  k={p.k:<3} {p.strategy:<32} {p.mean:+.3e}  difference {p.difference:+.3e} "
+            f"({p.lo:+.3e} .. {p.hi:+.3e}, n={p.n})"
+        )
     for b in reliability(recs):
         typer.echo(
             f"  reliability bin ratio [{b['ratio_lo']:.3g}, {b['ratio_hi']:.3g}): n={b['n']:.0f} accuracy {b['accuracy']:.2f}"

@@ -27,7 +27,15 @@ from exemplar.evaluation import (
 from exemplar.explain import Explainer
 from exemplar.report import write_report
 from exemplar.tasks import Example
-from exemplar.validation import StepValidator, jensen_shannon, paired_difference, reliability, spearman
+from exemplar.validation import (
+    StepValidator,
+    ValidationRecord,
+    jensen_shannon,
+    paired_difference,
+    paired_xi_plus,
+    reliability,
+    spearman,
+)
 from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -87,6 +95,27 @@ def test_paired_difference_matches_the_paired_t_test() -> None:
     assert mean == pytest.approx(float(np.mean(a - b)))
     assert (lo, hi) == pytest.approx((ci.low, ci.high))
     assert math.isnan(paired_difference([1.0], [0.0])[1])
+
+
+def test_paired_xi_plus_pairs_each_strategy_with_the_reference_per_k() -> None:
+    rng = np.random.default_rng(1)
+    xi = {(s, k, q): float(rng.normal()) for s in ("ours", "a", "b") for k in (1, 5) for q in range(6)}
+    del xi[("a", 5, 0)]  # "a" not validated on query 0 at k=5: that query drops from the pair
+    recs = [ValidationRecord(q, s, k, 1.0, 0.0, x, 1.0) for (s, k, q), x in xi.items()]
+    got = paired_xi_plus(recs, "ours")
+    assert [(p.k, p.strategy) for p in got] == sorted(
+        [(k, s) for k in (1, 5) for s in ("a", "b")],
+        key=lambda ks: (ks[0], -np.mean([x for (s, k, _), x in xi.items() if (s, k) == (ks[1], ks[0])])),
+    )
+    for p in got:
+        queries = [q for q in range(6) if (p.strategy, p.k, q) in xi]
+        ours = [xi[("ours", p.k, q)] for q in queries]
+        theirs = [xi[(p.strategy, p.k, q)] for q in queries]
+        assert p.n == len(queries) == (5 if (p.strategy, p.k) == ("a", 5) else 6)
+        assert p.reference_mean == pytest.approx(np.mean(ours))
+        assert p.mean == pytest.approx(np.mean(theirs))
+        assert (p.difference, p.lo, p.hi) == pytest.approx(paired_difference(ours, theirs))
+    assert paired_xi_plus(recs, "missing") == []
 
 
 def test_jsd_and_statistics() -> None:
@@ -286,6 +315,9 @@ def test_validate_cli(classifier_index: Path, tmp_path: Path) -> None:
     assert "losses weighted by the simplex weights" in weighted.stdout
     assert "grad_dot top-k most helpful" in weighted.stdout
     assert "grad_dot FL lambda=0.5" in weighted.stdout
+    assert "reconstruct minus each other strategy, paired over the same queries" in weighted.stdout
+    assert weighted.stdout.count("difference ") == 2
+    assert weighted.stdout.count(", n=2)") == 2
     records = json.loads(out.read_text())
     assert len(records) == 2 * 3
     assert {r["step"] for r in records} == {"weighted"}
