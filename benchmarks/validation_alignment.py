@@ -33,7 +33,7 @@ import torch
 from exemplar.demos import held_out_queries, prepare
 from exemplar.evaluation import RANDOM_SEEDS, training_examples
 from exemplar.explain import Explainer, ExplainOptions
-from exemplar.validation import StepValidator, spearman
+from exemplar.validation import STEPS, StepValidator, spearman
 
 STRATEGIES = {
     "reconstruct": ExplainOptions(strategy="reconstruct"),
@@ -43,7 +43,6 @@ STRATEGIES = {
     "dot top-k": ExplainOptions(strategy="topk", estimator="grad_dot"),
     "dot FL lambda=1": ExplainOptions(strategy="balanced", estimator="grad_dot"),
 }
-STEPS = ("mean", "weighted")
 PROPERTIES = ("srs", "cos_mean", "cos_mix")
 
 
@@ -86,7 +85,7 @@ def main() -> None:
     validator = StepValidator(explainer.featurizer)
     ks = [int(k) for k in args.k.split(",")]
     queries = held_out_queries(explainer.store.path, args.queries)
-    points: list[Point] = []
+    groups: list[list[Point]] = []  # the selections of one query at one k
     for qi, query in enumerate(queries):
         print(f"query {qi + 1} of {len(queries)}", file=sys.stderr, flush=True)
         state = explainer.prepare(query)
@@ -116,10 +115,8 @@ def main() -> None:
                 base = float(np.mean([p.delta[step] for p in found if p.random]))
                 for p in found:
                     p.xi[step] = p.delta[step] - base
-            points.extend(found)
-    groups: dict[tuple[int, int], list[Point]] = {}
-    for p in points:
-        groups.setdefault((p.query, p.k), []).append(p)
+            groups.append(found)
+    points = [p for grp in groups for p in grp]
     print(
         f"{args.demo}: {len(queries)} queries, k = {args.k}, {len(points)} selections "
         f"({len(STRATEGIES)} strategies and {RANDOM_SEEDS} random per query and k); "
@@ -129,7 +126,7 @@ def main() -> None:
     for step in STEPS:
         cells = []
         for prop in PROPERTIES:
-            within = [spearman([_value(p, prop) for p in grp], [p.xi[step] for p in grp]) for grp in groups.values()]
+            within = [spearman([_value(p, prop) for p in grp], [p.xi[step] for p in grp]) for grp in groups]
             pooled = spearman([_value(p, prop) for p in points], [p.xi[step] for p in points])
             cells.append(f"{prop} {np.nanmean(within):+.3f} / {pooled:+.3f}")
         print(f"  {step + ' step':<14} " + "   ".join(cells))
