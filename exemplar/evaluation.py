@@ -32,6 +32,8 @@ from exemplar.validation import STEPS, StepEffect, StepValidator, ValidationReco
 
 KS = (1, 5, 10, 25)
 GRADIENT_ESTIMATORS = ("grad_dot", "grad_cos", "datainf", "tracin")
+PAPER_GRADIENT_ESTIMATORS = ("grad_dot", "datainf")
+"""The gradient estimators the paper used (paper.md section 3); grad_cos and tracin are ours."""
 GRID_STRATEGIES = ("topk", "balanced", "divine", "aide", "random", "reconstruct")
 """The strategies `default_configs` scores, so the ones the validation can take."""
 RANDOM_SEEDS = 5

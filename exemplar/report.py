@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from exemplar.errors import InvalidInputError
-from exemplar.evaluation import GRADIENT_ESTIMATORS, BoundRecord, Config, GridResult, ScoreRecord
+from exemplar.evaluation import (
+    GRADIENT_ESTIMATORS,
+    PAPER_GRADIENT_ESTIMATORS,
+    BoundRecord,
+    Config,
+    GridResult,
+    ScoreRecord,
+)
 from exemplar.validation import PairedXiPlus, ValidationRecord, paired_xi_plus, reliability, spearman
 
 PAPER_K10 = {  # paper.md section 6, preliminary OLMo-2 numbers at k = 10 (mean-of-ratios dB)
@@ -326,14 +333,32 @@ def _validation_section(result: GridResult, out_dir: Path, demo: str) -> list[st
 
 
 def _xi_plus_target(recs: list[ValidationRecord], ks: list[int]) -> str:
-    """The target line: reconstruct's mean xi_plus against the best validated paper strategy's, per k.
+    """The target lines: reconstruct's mean xi_plus against the best validated paper strategy's, per k.
 
     The best paper strategy is picked after the fact (the largest of several noisy means), so
     the paired difference over the same queries, with its 95% t interval, says how much of a
-    gap is noise.
+    gap is noise. When strategies of our own estimators (grad_cos, tracin) were validated too,
+    a second line restricts the comparison to the paper's gradient estimators.
     """
+    paired = paired_xi_plus(recs, "reconstruct")
+    outside = "" if {r.step for r in recs} <= {"mean"} else " (weighted step: outside the paper's protocol)"
+    line = (
+        f"Target{outside}: reconstruct's mean xi_plus above the best validated paper strategy's at every k: "
+        + _beats_best(paired, ks)
+    )
+    paper = [p for p in paired if p.strategy.split(" ", 1)[0] in PAPER_GRADIENT_ESTIMATORS]
+    if paper and len(paper) < len(paired):
+        line += (
+            f"\n\nThe same against the paper's own estimators ({', '.join(PAPER_GRADIENT_ESTIMATORS)}) only: "
+            + _beats_best(paper, ks)
+        )
+    return line
+
+
+def _beats_best(paired: list[PairedXiPlus], ks: list[int]) -> str:
+    """``**True**`` when reconstruct's mean is above the best other strategy's at every k, with the pairs."""
     best_at: dict[int, PairedXiPlus] = {}
-    for p in paired_xi_plus(recs, "reconstruct"):  # per k, best mean first
+    for p in paired:  # per k, best mean first
         best_at.setdefault(p.k, p)
     parts, wins = [], []
     for k in ks:
@@ -345,11 +370,7 @@ def _xi_plus_target(recs: list[ValidationRecord], ks: list[int]) -> str:
             f"k={k} {p.reference_mean:+.2e} vs {p.mean:+.2e} ({p.strategy}), "
             f"paired difference {p.difference:+.2e} (95% CI {p.lo:+.2e} .. {p.hi:+.2e}, n={p.n})"
         )
-    outside = "" if {r.step for r in recs} <= {"mean"} else " (weighted step: outside the paper's protocol)"
-    return (
-        f"Target{outside}: reconstruct's mean xi_plus above the best validated paper strategy's at every k: "
-        f"**{bool(wins) and all(wins)}** (" + "; ".join(parts) + ")"
-    )
+    return f"**{bool(wins) and all(wins)}** (" + "; ".join(parts) + ")"
 
 
 def _plots(

@@ -174,11 +174,20 @@ def test_best_paper_strategies_are_validated_per_k(clf: Explainer, tmp_path: Pat
     assert best_paper_config(result, "datainf", 1) is None
     reconstruct = Config("-", "reconstruct")
     best2 = best_paper_config(result, "grad_cos", 2)
+    paper2 = best_paper_config(result, "grad_dot", 2)
     assert best2 is not None
-    configs_at = {1: [reconstruct], 2: [reconstruct, best2]}
+    assert paper2 is not None
+    configs_at = {1: [reconstruct], 2: [reconstruct, best2, paper2]}
     recs = validate_selections(clf, queries[:2], result, configs_at)
     assert [(r.query, r.k, r.strategy) for r in recs] == [
-        (q, k, s) for q in (0, 1) for k, s in ((1, "reconstruct"), (2, "reconstruct"), (2, f"grad_cos {best2.label}"))
+        (q, k, s)
+        for q in (0, 1)
+        for k, s in (
+            (1, "reconstruct"),
+            (2, "reconstruct"),
+            (2, f"grad_cos {best2.label}"),
+            (2, f"grad_dot {paper2.label}"),
+        )
     ]
     scored = {(r.query, r.config, r.k): r.ratio for r in result.records}
     assert recs[2].srs_ratio == scored[(0, best2, 2)]
@@ -189,6 +198,15 @@ def test_best_paper_strategies_are_validated_per_k(clf: Explainer, tmp_path: Pat
     assert "Target: reconstruct's mean xi_plus above the best validated paper strategy's at every k" in text
     assert "paired difference" in text
     assert "n=2)" in text
+    # a second target line leaves out our own estimators: only grad_dot's strategy is compared there
+    (paper_line,) = [line for line in text.splitlines() if line.startswith("The same against the paper's own")]
+    assert f"(grad_dot {paper2.label})" in paper_line
+    assert "grad_cos" not in paper_line.split(":", 1)[1]
+    ours = {r.query: r.xi_plus for r in recs if r.k == 2 and r.strategy == "reconstruct"}
+    theirs = {r.query: r.xi_plus for r in recs if r.k == 2 and r.strategy == f"grad_dot {paper2.label}"}
+    diff = np.mean([ours[q] - theirs[q] for q in (0, 1)])
+    assert f"paired difference {diff:+.2e}" in paper_line
+    assert f"**{np.mean(list(ours.values())) > np.mean(list(theirs.values()))}**" in paper_line
     with pytest.raises(InvalidInputError, match="did not score top-k most influential at k=3"):
         validate_selections(clf, queries[:1], result, {3: [Config("grad_dot", "topk")]})
     with pytest.raises(InvalidInputError, match="did not score self"):
