@@ -374,6 +374,66 @@ def selection_relevance(test_grad: np.ndarray, train_grads: np.ndarray, solver: 
     return Relevance(weights=weights, ratio=ratio, db=db, var_g=var_g, var_r=var_r)
 
 
+def paper_weights_gram(gram: np.ndarray, b: np.ndarray, dims: int) -> np.ndarray:
+    """The "paper" solver's weights from the Gram form: ``project_onto_simplex(pinv(A.T) @ g)``.
+
+    ``gram = A A^T: (k, k)``, ``b = A g: (k,)``, ``dims = d``. With ``A.T = U S V^T``,
+    ``pinv(A.T) @ g = V S^-2 V^T (A g)`` over the kept singular values, and ``S^2`` are the
+    eigenvalues of ``gram``; a singular value is kept when it exceeds ``rtol`` times the
+    largest, ``rtol = max(k, d) * eps(float32)``, the ``torch.linalg.pinv`` default the
+    authors ran in float32. At ``d >= 1 / eps(float32) ~ 8.4M`` nothing is kept, ``t_ls = 0``
+    and the weights are uniform ``1/k``, as theirs were: no ``(k, d)`` matrix is needed.
+    """
+    q = _as_float(gram, "gram", np.float64)
+    v = _as_float(b, "b", np.float64)
+    k = q.shape[0]
+    if k == 1:
+        return np.ones(1)
+    lam, vec = np.linalg.eigh((q + q.T) / 2.0)  # ascending eigenvalues = squared singular values
+    sigma = np.sqrt(np.maximum(lam, 0.0))
+    rtol = max(k, int(dims)) * float(np.finfo(np.float32).eps)
+    keep = sigma > rtol * float(sigma[-1])
+    t_ls = vec[:, keep] @ ((vec[:, keep].T @ v) / lam[keep])  # (k,)
+    return project_onto_simplex(t_ls)
+
+
+def gram_relevance(
+    gram: np.ndarray,
+    b: np.ndarray,
+    gg: float,
+    sums: np.ndarray,
+    sum_g: float,
+    dims: int,
+    solver: str = "paper",
+) -> Relevance:
+    """The SRS from inner products alone: ``selection_relevance(g, A, solver)`` without ``A``.
+
+    ``gram = A A^T: (k, k)``, ``b = A g: (k,)``, ``gg = g . g``, ``sums = A 1: (k,)`` (each
+    row's coordinate sum), ``sum_g = 1 . g`` and ``dims = d``: what `exemplar.fullspace`
+    computes in the model's own space, where ``d`` is millions and ``A`` is never formed.
+    ``d Var(r) = ||r||^2 - (1 . r)^2 / d`` with ``||r||^2 = g.g - 2 t.b + t.Q t`` and
+    ``1 . r = 1 . g - t . sums``; float64 throughout.
+    """
+    if solver not in SOLVERS:
+        raise InvalidInputError(f"unknown solver {solver!r}; available solvers: {SOLVERS}")
+    q = _as_float(gram, "gram", np.float64)
+    v = _as_float(b, "b", np.float64)
+    s = _as_float(sums, "sums", np.float64)
+    k = q.shape[0]
+    if q.ndim != 2 or q.shape != (k, k) or k == 0 or v.shape != (k,) or s.shape != (k,):
+        raise InvalidInputError(f"gram must be (k, k) with b and sums (k,); got {q.shape}, {v.shape}, {s.shape}")
+    if dims < 1:
+        raise InvalidInputError(f"dims must be >= 1; got {dims}")
+    weights = _simplex_gram_qp(q, v) if solver == "exact" else paper_weights_gram(q, v, dims)
+    r_sq = float(gg) - 2.0 * float(weights @ v) + float(weights @ q @ weights)
+    r_sum = float(sum_g) - float(weights @ s)
+    var_g = max(float(gg) / dims - (float(sum_g) / dims) ** 2, 0.0)
+    var_r = max(r_sq / dims - (r_sum / dims) ** 2, 0.0)
+    ratio = var_g / (var_r + EPS)
+    db = 10.0 * math.log10(ratio) if ratio > 0 else -math.inf
+    return Relevance(weights=weights, ratio=ratio, db=db, var_g=var_g, var_r=var_r)
+
+
 def ratio_upper_bound(test_grad: np.ndarray, train_grads: np.ndarray) -> float:
     """A certified upper bound on the SRS ratio of ANY selection from ``train_grads: (n, d)``.
 

@@ -1,0 +1,147 @@
+"""Oracle tests: the batched full-space Gram equals materialised per-example gradients (float64),
+and the score from a Gram equals the score from the materialised matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from exemplar import fullspace
+from exemplar.fullspace import KroneckerGram, ReferenceGram
+from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig, select_linear_layers
+from exemplar.relevance import gram_relevance, paper_weights_gram, project_onto_simplex, selection_relevance
+from exemplar.tasks import CausalLMTask, ClassificationTask, Example, Task
+from tests.tiny_models import LABELS, add_lora, tiny_causal_lm, tiny_classifier, tiny_tokenizer
+
+# float64 products of float32 activations, summed in other orders than the oracle's
+GRAM_RTOL = 1e-5
+
+TEXTS = ["the cat sat on the mat", "stocks fell", "i love this movie so much and the team won", "free prize", "a"]
+PAIRS = [
+    ("is this message spam or ham", "spam"),
+    ("what a boring afternoon", "see you at lunch tomorrow"),
+    ("the team", "won the final match"),
+    ("free prize call now to claim the new phone released with a faster chip", "no"),
+]
+
+
+def _classification() -> tuple[torch.nn.Module, Task, list[Example]]:
+    task = ClassificationTask(tiny_tokenizer(), {label: i for i, label in enumerate(LABELS)})
+    examples = [Example(text=t, label=LABELS[i % 3]) for i, t in enumerate(TEXTS)] + [Example(text="the dog")]
+    return tiny_classifier(), task, examples
+
+
+def _causal(lora: bool) -> tuple[torch.nn.Module, Task, list[Example]]:
+    model = add_lora(tiny_causal_lm()) if lora else tiny_causal_lm()
+    return model, CausalLMTask(tiny_tokenizer(chat=True)), [Example(prompt=p, response=r) for p, r in PAIRS]
+
+
+CASES = {
+    "bert-linear": lambda: (*_classification(), "linear"),
+    "llama-linear": lambda: (*_causal(False), "linear"),
+    "llama-lora": lambda: (*_causal(True), "lora"),
+}
+
+
+def _pair(case: str, **kwargs: int) -> tuple[KroneckerGram, ReferenceGram, list[Example]]:
+    model, task, examples, params = CASES[case]()
+    featurizer = KroneckerFeaturizer(model, task, ProjectionConfig(params=params, proj_dim=4), batch_size=3)
+    fast = KroneckerGram(model, task, featurizer.layers, batches=featurizer.batches, **kwargs)
+    slow = ReferenceGram(model, task, select_linear_layers(model, params))
+    return fast, slow, examples
+
+
+def _assert_gram_close(fast: fullspace.FullGram, slow: fullspace.FullGram) -> None:
+    scale = float(np.abs(slow.gram).max())
+    assert scale > 0 and np.abs(slow.sums).max() > 0, "oracle gradients are zero: the test would be vacuous"
+    np.testing.assert_allclose(fast.gram, slow.gram, rtol=GRAM_RTOL, atol=GRAM_RTOL * scale)
+    # coordinate sums nearly cancel (LayerNorm), down to float32 noise: compare them on the scale
+    # of the largest sum a gradient of this norm can have, sqrt(d) |G|, which is what the
+    # variance's mean term is measured against
+    np.testing.assert_allclose(fast.sums, slow.sums, rtol=0, atol=GRAM_RTOL * np.sqrt(slow.dims * scale))
+    np.testing.assert_allclose(fast.losses, slow.losses, rtol=1e-5)
+    assert fast.dims == slow.dims
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("form", ["cheaper", "tokens"])
+def test_gram_matches_materialised_gradients(case: str, form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Padded batches of 3 (different lengths), and both per-layer forms."""
+    if form == "tokens":
+        monkeypatch.setattr(fullspace, "DENSE_MAX_ELEMENTS", 0)
+    fast, slow, examples = _pair(case)
+    _assert_gram_close(fast.gram(examples), slow.gram(examples))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gram_across_chunks_matches(case: str) -> None:
+    """Chunks of a few tokens: every cross-chunk block is recomputed and must agree."""
+    fast, slow, examples = _pair(case, max_chunk_tokens=12)
+    assert len(fast._chunks([fast.task.encode(e) for e in examples])) > 2
+    _assert_gram_close(fast.gram(examples), slow.gram(examples))
+
+
+def test_dims_count_every_tracked_weight() -> None:
+    model, task, _ = _causal(True)
+    layers = select_linear_layers(model, "lora")
+    assert ReferenceGram(model, task, layers).dims == sum(m.weight.numel() for _, m in layers)
+
+
+# ---------------------------------------------------------------- score from a Gram
+
+
+def _score_inputs(g: np.ndarray, a: np.ndarray) -> dict[str, object]:
+    return {
+        "gram": a @ a.T,
+        "b": a @ g,
+        "gg": float(g @ g),
+        "sums": a.sum(axis=1),
+        "sum_g": float(g.sum()),
+        "dims": g.shape[0],
+    }
+
+
+@pytest.mark.parametrize("solver", ["paper", "exact"])
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_gram_relevance_equals_materialised_score(solver: str, k: int) -> None:
+    rng = np.random.default_rng(k)
+    d = 500
+    # float32 values (the score casts to float32) with a mean offset, so the variance's mean term matters
+    g = (rng.normal(size=d) + 0.3).astype(np.float32).astype(np.float64)
+    a = (0.6 * g + rng.normal(size=(k, d))).astype(np.float32).astype(np.float64)
+    fast = gram_relevance(**_score_inputs(g, a), solver=solver)  # type: ignore[arg-type]
+    slow = selection_relevance(g, a, solver=solver)
+    np.testing.assert_allclose(fast.weights, slow.weights, atol=1e-9)
+    assert fast.db == pytest.approx(slow.db, abs=1e-9)
+    assert fast.var_r == pytest.approx(slow.var_r, rel=1e-9)
+
+
+@pytest.mark.parametrize("spread", [1e-1, 1e-2, 1e-3])
+def test_paper_weights_from_gram_equal_torch_pinv_on_the_matrix(spread: float) -> None:
+    """Singular values 1 .. spread at d = 100,000: rtol = 0.0119 truncates the smaller ones, as torch does."""
+    rng = np.random.default_rng(0)
+    k, d = 6, 100_000
+    u, _ = np.linalg.qr(rng.normal(size=(d, k)))
+    v, _ = np.linalg.qr(rng.normal(size=(k, k)))
+    sigma = np.geomspace(1.0, spread, k)
+    at = ((u * sigma) @ v.T).astype(np.float32)  # (d, k) = A.T
+    g = (at @ rng.normal(size=k) + 0.01 * rng.normal(size=d)).astype(np.float32)
+    t_torch = (torch.linalg.pinv(torch.from_numpy(at)) @ torch.from_numpy(g)).double().numpy()
+    a, g64 = at.T.astype(np.float64), g.astype(np.float64)
+    ours = paper_weights_gram(a @ a.T, a @ g64, d)
+    np.testing.assert_allclose(ours, project_onto_simplex(t_torch), atol=2e-4)
+    truncated = int(np.sum(sigma <= max(k, d) * np.finfo(np.float32).eps))  # rtol = 0.0119
+    assert truncated == (0 if spread == 1e-1 else 1 if spread == 1e-2 else 2)
+
+
+def test_paper_weights_are_uniform_beyond_8_4m_dims_like_torch() -> None:
+    """At d >= 1/eps(float32) torch's default pinv tolerance exceeds 1 and returns zero: uniform weights."""
+    rng = np.random.default_rng(1)
+    k, d = 3, 9_000_000
+    a = rng.normal(size=(k, d)).astype(np.float32)
+    g = (a[0] + 0.5 * a[1]).astype(np.float32)
+    pinv = torch.linalg.pinv(torch.from_numpy(a.T))
+    assert float(pinv.abs().max()) == 0.0
+    gram = a.astype(np.float64) @ a.T.astype(np.float64)
+    np.testing.assert_array_equal(paper_weights_gram(gram, a.astype(np.float64) @ g, d), np.full(k, 1 / 3))
