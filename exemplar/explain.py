@@ -8,6 +8,14 @@ two FAISS inner-product searches (proponents with `q`, opponents with `-q`), oth
 vectorised scan over the memory-mapped vectors. Candidates are re-scored exactly before
 selection. The selection is then scored with the Selection Relevance Score.
 
+Scores live in one of two spaces (`SCORE_SPACES`): "full" (the default) scores the
+returned examples on their full gradients w.r.t. the tracked weights (`exemplar.fullspace`:
+one batched forward/backward of the k examples and the query), the space the paper defines
+the score in; "projected" scores the index's projected vectors (no model work, for bulk
+evaluation). Retrieval and selection always run in the projection; `reconstruct` and `auto`
+then choose among their final candidates by the score in the requested space, since a
+selection tuned on a projection overfits it.
+
 `Explainer.compare` featurises a query once and scores several selections of it (dB by
 strategy at one k, dB by k for one strategy), for the web page's comparison chart.
 """
@@ -26,9 +34,10 @@ import numpy as np
 from exemplar import selection
 from exemplar.errors import ExemplarError, IndexIncompatibleError, InvalidInputError
 from exemplar.estimators import ESTIMATOR_NAMES, Estimator, Query
+from exemplar.fullspace import FullGram, KroneckerGram
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
-from exemplar.relevance import SOLVERS, Relevance, selection_relevance, simplex_weights_gram
+from exemplar.relevance import SOLVERS, Relevance, gram_relevance, selection_relevance, simplex_weights_gram
 from exemplar.search import DEFAULT_PRESET, check_preset
 from exemplar.store import Checkpoint, FaissGradientStore, StoredExample, resolve_index
 from exemplar.tasks import Example, make_task
@@ -51,6 +60,14 @@ COMPARE_STRATEGIES = ("topk", "balanced", "divine", "aide", "reconstruct", "rand
 """Strategies `compare` scores by default ("self" only works for training examples; "auto" is the best of three)."""
 COMPARE_KS = (1, 5, 10, 25)
 """The k `compare` scores by default, capped by `max_k` and the index size."""
+SCORE_SPACES = ("full", "projected")
+"""Where a selection is scored: "full" = the model's own gradients of the tracked weights (exact, one
+forward/backward of the selection); "projected" = the index's projected vectors (no model work)."""
+FULL_GROUP_ROWS = 64
+"""`compare` scores its selections in the full space in groups of at most this many distinct rows
+(one Gram per group; a single larger selection is its own group)."""
+WEIGHT_ZERO = 1e-6
+"""A simplex weight at or below this counts as zero: that example takes no part in the reconstruction."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,7 @@ class ExplainConfig:
     pool_size: int = 100
     max_k: int = 50
     truncate_queries: bool = True  # False: a query longer than the index's max_length is refused
+    score_space: str = "full"  # the default of requests that do not say (SCORE_SPACES)
 
 
 @dataclass(frozen=True)
@@ -75,6 +93,7 @@ class ExplainOptions:
     pool_size: int | None = None
     solver: str = "paper"
     preset: str = DEFAULT_PRESET  # search effort of approximate indexes (exemplar.search.PRESETS)
+    score_space: str | None = None  # SCORE_SPACES; None: the deployment's default (ExplainConfig)
 
     def check(self, config: ExplainConfig, signed: bool) -> None:
         if not 1 <= self.k <= config.max_k:
@@ -100,6 +119,10 @@ class ExplainOptions:
         if self.pool_size is not None and not 1 <= self.pool_size <= 10_000:
             raise InvalidInputError(f"pool_size must be between 1 and 10000; got {self.pool_size}")
         check_preset(self.preset)
+        if self.score_space is not None and self.score_space not in SCORE_SPACES:
+            raise InvalidInputError(
+                f"unknown score_space {self.score_space!r}; choose one of: {', '.join(SCORE_SPACES)}"
+            )
 
 
 @dataclass
@@ -116,6 +139,26 @@ class QueryState:
     @property
     def query(self) -> Query:
         return Query(self.grad, self.token_ids, self.checkpoint_grads)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A selection one strategy proposes: `rows` in selection order and their influence."""
+
+    strategy: str
+    rows: np.ndarray
+    influence: np.ndarray
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The selection chosen for a request, scored in `space` (`relevance`) and in the projection."""
+
+    proposal: Proposal
+    relevance: Relevance
+    projected: Relevance
+    space: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +182,13 @@ class Explanation:
     options: ExplainOptions = field(default_factory=ExplainOptions)
     reason: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    score_space: str = "projected"
+    projected_score_db: float = float("nan")
+
+    @property
+    def n_weighted(self) -> int:
+        """How many examples carry weight (> `WEIGHT_ZERO`): the ones that make up the reconstruction."""
+        return sum(1 for s in self.examples if s.weight > WEIGHT_ZERO)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (a non-finite score becomes None)."""
@@ -154,6 +204,9 @@ class Explanation:
             ],
             "score_db": self.score_db if np.isfinite(self.score_db) else None,
             "score_ratio": self.score_ratio,
+            "score_space": self.score_space,
+            "projected_score_db": self.projected_score_db if np.isfinite(self.projected_score_db) else None,
+            "n_weighted": self.n_weighted,
             "strategy": self.strategy,
             "preset": self.options.preset,
             "options": asdict(self.options),
@@ -172,6 +225,7 @@ class ComparePoint:
     score_ratio: float
     n_examples: int
     reason: str | None = None
+    projected_score_db: float = float("nan")
 
 
 @dataclass
@@ -201,6 +255,7 @@ class Explainer:
         self._model_lock = threading.Lock()
         self._checkpoint_featurizers: list[KroneckerFeaturizer] | None = None
         self._centred_gram: np.ndarray | None = None
+        self.full = KroneckerGram(featurizer.model, featurizer.task, featurizer.layers, batches=featurizer.batches)
 
     @classmethod
     def from_index(
@@ -360,8 +415,16 @@ class Explainer:
             self._centred_gram = gram - d * np.outer(means, means)
         return self._centred_gram
 
-    def select(self, state: QueryState, options: ExplainOptions) -> tuple[np.ndarray, np.ndarray, str | None]:
-        """Rows chosen by `options.strategy` (in selection order), their influence, and a reason (auto only)."""
+    def resolve(self, options: ExplainOptions) -> ExplainOptions:
+        """`options` with the deployment's defaults filled in (the score space)."""
+        if options.score_space is None:
+            return replace(options, score_space=self.config.score_space)
+        return options
+
+    def proposals(self, state: QueryState, options: ExplainOptions) -> list[Proposal]:
+        """What `options.strategy` proposes, selected in the projection: one selection; for
+        `reconstruct` the ends of its search (best in the projection first); for `auto` those of
+        each of `AUTO_CANDIDATES`, in that order."""
         estimator = self.store.estimator(options.estimator)
         options.check(self.config, estimator.signed)
         if options.estimator == "tracin":
@@ -369,49 +432,128 @@ class Explainer:
         m = options.pool_size or self.config.pool_size
         k, strategy = options.k, options.strategy
         if strategy == "auto":
-            return self._auto(state, options)
-        if strategy == "random":
-            rows = selection.random_selection(self.store.n, k, options.seed)
-        elif strategy == "self":
-            if state.row is None:
-                state.row = self.store.find_row(state.example)
-            rows = selection.self_selection(state.row, k)
-        elif strategy == "reconstruct":
-            pool = self.reconstruct_pool(state, k, options.pool_size)
-            rows = pool[
-                selection.reconstruct(
-                    state.grad, self.store.vectors_at(pool), k, solver=options.solver, pool_size=pool.shape[0]
+            return [p for name in AUTO_CANDIDATES for p in self.proposals(state, replace(options, strategy=name))]
+        if strategy in ("random", "self", "reconstruct"):
+            if strategy == "random":
+                picks = [selection.random_selection(self.store.n, k, options.seed)]
+            elif strategy == "self":
+                if state.row is None:
+                    state.row = self.store.find_row(state.example)
+                picks = [selection.self_selection(state.row, k)]
+            else:
+                pool = self.reconstruct_pool(state, k, options.pool_size)
+                picks = [
+                    pool[picked]
+                    for picked in selection.reconstruct_selections(
+                        state.grad, self.store.vectors_at(pool), k, solver=options.solver, pool_size=pool.shape[0]
+                    )
+                ]
+            return [
+                Proposal(
+                    strategy, rows, np.asarray(estimator.influence(self.store, state.query, rows), dtype=np.float64)
                 )
+                for rows in picks
             ]
-        else:
-            pool, influence = self.candidates(state, estimator, options.ordering, m, options.preset)
-            if strategy == "topk":
-                picked = selection.topk(influence, k, ordering=options.ordering)
-            elif strategy == "balanced":
-                grads = self.store.vectors_at(pool)
-                picked = selection.facility_location(
-                    influence, grads, k, lam=options.lam, pool_size=m, ordering=options.ordering
-                )
-            elif strategy == "divine":
-                picked = selection.divine(
-                    influence, self.store.vectors_at(pool), k, ordering=options.ordering, pool_size=m
-                )
-            else:  # aide
-                picked = selection.aide(influence, self.store.vectors_at(pool), state.grad, k, pool_size=m)
-            return pool[picked], influence[picked], None
-        return rows, np.asarray(estimator.influence(self.store, state.query, rows), dtype=np.float64), None
+        pool, influence = self.candidates(state, estimator, options.ordering, m, options.preset)
+        if strategy == "topk":
+            picked = selection.topk(influence, k, ordering=options.ordering)
+        elif strategy == "balanced":
+            grads = self.store.vectors_at(pool)
+            picked = selection.facility_location(
+                influence, grads, k, lam=options.lam, pool_size=m, ordering=options.ordering
+            )
+        elif strategy == "divine":
+            picked = selection.divine(influence, self.store.vectors_at(pool), k, ordering=options.ordering, pool_size=m)
+        else:  # aide
+            picked = selection.aide(influence, self.store.vectors_at(pool), state.grad, k, pool_size=m)
+        return [Proposal(strategy, pool[picked], influence[picked])]
 
-    def _auto(self, state: QueryState, options: ExplainOptions) -> tuple[np.ndarray, np.ndarray, str]:
-        scored = []
-        for name in AUTO_CANDIDATES:
-            rows, influence, _ = self.select(state, replace(options, strategy=name))
-            scored.append((self.score(state, rows, options.solver).db, name, rows, influence))
-        best = max(scored, key=lambda s: s[0])
-        reason = f"{best[1]} scored highest: " + ", ".join(f"{name} {db:.2f} dB" for db, name, _, _ in scored)
-        return best[2], best[3], reason
+    def choose(self, state: QueryState, options: ExplainOptions) -> Scored:
+        """The selection `options` asks for, scored in its score space (and in the projection)."""
+        options = self.resolve(options)
+        proposals = self.proposals(state, options)
+        return self._pick(options, proposals, *self._score_proposals(state, proposals, options))
+
+    def _score_proposals(
+        self, state: QueryState, proposals: Sequence[Proposal], options: ExplainOptions
+    ) -> tuple[list[Relevance], list[Relevance]]:
+        """Each proposal's score in `options.score_space`, and in the projection."""
+        projected = [self.score(state, p.rows, options.solver) for p in proposals]
+        if options.score_space != "full":
+            return projected, projected
+        return self.full_scores(state, [p.rows for p in proposals], options.solver), projected
+
+    @staticmethod
+    def _pick(
+        options: ExplainOptions,
+        proposals: Sequence[Proposal],
+        scores: Sequence[Relevance],
+        projected: Sequence[Relevance],
+    ) -> Scored:
+        """The best-scoring proposal (the first of equals); for `auto` the reason, by strategy."""
+        best = max(range(len(proposals)), key=lambda i: scores[i].db)
+        space = str(options.score_space)
+        reason = None
+        if options.strategy == "auto":
+            by_strategy: dict[str, float] = {}
+            for p, r in zip(proposals, scores, strict=True):
+                by_strategy[p.strategy] = max(by_strategy.get(p.strategy, -np.inf), r.db)
+            reason = f"{proposals[best].strategy} scored highest ({space} space): " + ", ".join(
+                f"{name} {db:.2f} dB" for name, db in by_strategy.items()
+            )
+        return Scored(proposals[best], scores[best], projected[best], space, reason)
+
+    def select(self, state: QueryState, options: ExplainOptions) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """Rows chosen by `options.strategy` in the projection alone (in selection order), their
+        influence, and a reason (auto only): no model work, for bulk evaluation."""
+        scored = self.choose(state, replace(options, score_space="projected"))
+        return scored.proposal.rows, scored.proposal.influence, scored.reason
 
     def score(self, state: QueryState, rows: np.ndarray, solver: str = "paper") -> Relevance:
+        """The score of `rows` on the index's projected vectors."""
         return selection_relevance(state.grad, self.store.vectors_at(rows), solver=solver)
+
+    def full_gram(self, state: QueryState, rows: np.ndarray) -> FullGram:
+        """Full-space Gram of the query (position 0) and the training examples `rows` (positions 1..)."""
+        stored = self.store.examples_at(np.asarray(rows).tolist())
+        examples = [state.example] + [
+            Example(id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response) for e in stored
+        ]
+        with self._model_lock:
+            return self.full.gram(examples)
+
+    def full_scores(
+        self, state: QueryState, selections: Sequence[np.ndarray], solver: str = "paper"
+    ) -> list[Relevance]:
+        """The score of each selection (rows) on the full gradients: one Gram per group of at most
+        `FULL_GROUP_ROWS` distinct rows, so overlapping selections share their forward/backward passes."""
+        groups: list[tuple[list[int], set[int]]] = []
+        for i, rows in enumerate(selections):
+            members = {int(r) for r in rows}
+            for group, union in groups:
+                if len(union | members) <= FULL_GROUP_ROWS:
+                    group.append(i)
+                    union |= members
+                    break
+            else:
+                groups.append(([i], members))
+        out: list[Relevance | None] = [None] * len(selections)
+        for group, union in groups:
+            union_rows = np.array(sorted(union), dtype=np.int64)
+            gram = self.full_gram(state, union_rows)
+            position = {int(r): j + 1 for j, r in enumerate(union_rows)}
+            for i in group:
+                ix = np.array([position[int(r)] for r in selections[i]], dtype=np.int64)
+                out[i] = gram_relevance(
+                    gram.gram[np.ix_(ix, ix)],
+                    gram.gram[ix, 0],
+                    float(gram.gram[0, 0]),
+                    gram.sums[ix],
+                    float(gram.sums[0]),
+                    gram.dims,
+                    solver,
+                )
+        return [r for r in out if r is not None]
 
     def explain(self, query: Example, options: ExplainOptions | None = None, **kwargs: Any) -> Explanation:
         """Explain one output: options as an `ExplainOptions` or as keyword arguments."""
@@ -434,8 +576,9 @@ class Explainer:
         `options.strategy`) at `options.k`; `by_k`: `options.strategy` at each of `ks`
         (default `COMPARE_KS` up to `max_k` and the index size, plus `options.k`), ascending.
         Every combination is checked before the model runs, so bad options cost nothing.
+        In the full space every selection is scored from shared Grams (`full_scores`).
         """
-        options = options or ExplainOptions()
+        options = self.resolve(options or ExplainOptions())
         if strategies is None:
             strategies = (*COMPARE_STRATEGIES, options.strategy)
         if ks is None:
@@ -453,19 +596,28 @@ class Explainer:
         t0 = time.perf_counter()
         state = self.prepare(query)
         t1 = time.perf_counter()
+        points = list(dict.fromkeys([(name, options.k) for name in names] + [(options.strategy, k) for k in sizes]))
+        asked = {p: replace(options, strategy=p[0], k=p[1]) for p in points}
+        proposed = {p: self.proposals(state, asked[p]) for p in points}
+        flat = [prop for p in points for prop in proposed[p]]
+        scores, projected = self._score_proposals(state, flat, options)
         scored: dict[tuple[str, int], ComparePoint] = {}
-
-        def point(strategy: str, k: int) -> ComparePoint:
-            if (strategy, k) not in scored:
-                rows, _, reason = self.select(state, replace(options, strategy=strategy, k=k))
-                relevance = self.score(state, rows, options.solver)
-                scored[strategy, k] = ComparePoint(
-                    strategy, k, float(relevance.db), float(relevance.ratio), len(rows), reason
-                )
-            return scored[strategy, k]
-
-        by_strategy = [point(name, options.k) for name in names]
-        by_k = [point(options.strategy, k) for k in sizes]
+        start = 0
+        for p in points:
+            n = len(proposed[p])
+            best = self._pick(asked[p], proposed[p], scores[start : start + n], projected[start : start + n])
+            start += n
+            scored[p] = ComparePoint(
+                p[0],
+                p[1],
+                float(best.relevance.db),
+                float(best.relevance.ratio),
+                len(best.proposal.rows),
+                best.reason,
+                float(best.projected.db),
+            )
+        by_strategy = [scored[name, options.k] for name in names]
+        by_k = [scored[options.strategy, k] for k in sizes]
         t2 = time.perf_counter()
         timings = {"gradient": (t1 - t0) * 1e3, "selection_and_score": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
         return Comparison(state.prediction, options, by_strategy, by_k, timings)
@@ -512,20 +664,31 @@ class Explainer:
 
     def _finish(self, state: QueryState, options: ExplainOptions, gradient_ms: float) -> Explanation:
         """Selection, weights and score for a featurised query."""
+        options = self.resolve(options)
         t1 = time.perf_counter()
-        rows, influence, reason = self.select(state, options)
+        proposals = self.proposals(state, options)
         t2 = time.perf_counter()
-        relevance = self.score(state, rows, options.solver)
+        scored = self._pick(options, proposals, *self._score_proposals(state, proposals, options))
         t3 = time.perf_counter()
+        rows, relevance = scored.proposal.rows, scored.relevance
         examples = self.store.examples_at(rows.tolist())
         timings = {"gradient": gradient_ms, "selection": (t2 - t1) * 1e3, "score": (t3 - t2) * 1e3}
         timings["total"] = gradient_ms + (time.perf_counter() - t1) * 1e3
         selected = [
-            Selected(ex, float(w), float(i)) for ex, w, i in zip(examples, relevance.weights, influence, strict=True)
+            Selected(ex, float(w), float(i))
+            for ex, w, i in zip(examples, relevance.weights, scored.proposal.influence, strict=True)
         ]
-        strategy = options.strategy if reason is None else reason.split(" ", 1)[0]
         return Explanation(
-            state.prediction, selected, float(relevance.db), float(relevance.ratio), strategy, options, reason, timings
+            state.prediction,
+            selected,
+            float(relevance.db),
+            float(relevance.ratio),
+            scored.proposal.strategy,
+            options,
+            scored.reason,
+            timings,
+            score_space=scored.space,
+            projected_score_db=float(scored.projected.db),
         )
 
 

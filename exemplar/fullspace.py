@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -171,6 +171,29 @@ class KroneckerGram:
             out.index_add_(0, seg, x.sum(dim=1) * y.sum(dim=1))
         return out.numpy()
 
+    def _pass(self, batch: dict[str, torch.Tensor]) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], Any]:
+        """One forward/backward: each tracked layer's input and output gradient (by layer position)."""
+        inputs: dict[int, torch.Tensor] = {}
+        outputs: dict[int, torch.Tensor] = {}
+
+        def hook(index: int) -> Callable[..., None]:
+            def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+                inputs[index] = args[0].detach()
+                outputs[index] = output
+
+            return record
+
+        handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(self.layers)]
+        try:
+            with torch.enable_grad():
+                out = self.task.per_example_loss(self.model, batch)
+                seen = sorted(outputs)
+                grads = torch.autograd.grad(out.losses.sum(), [outputs[i] for i in seen], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        return inputs, {i: g for i, g in zip(seen, grads, strict=True) if g is not None}, out
+
     def _factors(self, encoded: Sequence[Encoded]) -> _Factors:
         """One forward/backward per batch; real tokens only, float64."""
         n_layers = len(self.layers)
@@ -180,27 +203,8 @@ class KroneckerGram:
         losses = [0.0] * len(encoded)
         for group in self.batches(encoded):
             batch = self.task.collate([encoded[i] for i in group])
-            inputs: dict[int, torch.Tensor] = {}
-            outputs: dict[int, torch.Tensor] = {}
-
-            def hook(index: int) -> Callable[..., None]:
-                def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-                    inputs[index] = args[0].detach()
-                    outputs[index] = output
-
-                return record
-
-            handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(self.layers)]
-            try:
-                with torch.enable_grad():
-                    out = self.task.per_example_loss(self.model, batch)
-                    seen = [i for i in range(n_layers) if i in outputs]
-                    grads = torch.autograd.grad(out.losses.sum(), [outputs[i] for i in seen], allow_unused=True)
-            finally:
-                for h in handles:
-                    h.remove()
+            inputs, grad_of, out = self._pass(batch)
             bsz = batch["input_ids"].shape[0]
-            grad_of = dict(zip(seen, grads, strict=True))
             rows = torch.tensor(group, dtype=torch.long)
             for i, (_, layer) in enumerate(self.layers):
                 d_out = grad_of.get(i)

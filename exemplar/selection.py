@@ -770,7 +770,36 @@ def reconstruct(
     simplex_start: bool = True,
     beam_width: int = 0,
 ) -> npt.NDArray[np.int64]:
+    """The best of ``reconstruct_selections`` in these coordinates (its first); see there."""
+    return reconstruct_selections(
+        test_grad,
+        grads,
+        k,
+        solver=solver,
+        pool_size=pool_size,
+        swap_sweeps=swap_sweeps,
+        simplex_start=simplex_start,
+        beam_width=beam_width,
+    )[0]
+
+
+def reconstruct_selections(
+    test_grad: np.ndarray,
+    grads: np.ndarray,
+    k: int,
+    *,
+    solver: str = "exact",
+    pool_size: int = 100,
+    swap_sweeps: int = RECONSTRUCT_SWAP_SWEEPS,
+    simplex_start: bool = True,
+    beam_width: int = 0,
+) -> list[npt.NDArray[np.int64]]:
     """Greedy forward selection on the relevance score itself, then swaps ("ours", beyond the paper).
+
+    Returns the distinct selections the search ended on (each start before and after its
+    swaps), best ratio in these coordinates first: a caller that scores in another space
+    (the model's full gradients, ``exemplar.fullspace``) picks among them there, since a
+    selection tuned on a projection overfits it.
 
     ``test_grad: (d,)``, ``grads: (n, d)`` (the candidates the caller retrieved). Pool =
     the union of the ``pool_size`` rows with the smallest Euclidean distance
@@ -852,7 +881,7 @@ def reconstruct(
     m = pool.shape[0]
     steps = min(k, m)
     if m == 0 or float(np.var(g)) == 0.0:
-        return pool[:steps]
+        return [pool[:steps]]
 
     grads_in = np.asarray(grads)
     scorer = _ReducedScorer(a[pool], g, solver)
@@ -869,6 +898,8 @@ def reconstruct(
         best = int(np.argmax(ratios >= ratios.max() * (1.0 - TIE_RTOL)))
         return int(keep[best]), float(ratios[best])
 
+    ends: list[tuple[list[int], float]] = []  # every start's selection before and after its swaps
+
     def improve(order: list[int]) -> tuple[list[int], float]:
         """Greedy additions from ``order`` until ``steps`` are selected, then up to ``swap_sweeps`` swap sweeps."""
         order = list(order)
@@ -877,6 +908,7 @@ def reconstruct(
             open_idx = np.setdiff1d(np.arange(m), order)
             best, ratio = best_of([[*order, int(j)] for j in open_idx], scorer.extensions(order, open_idx))
             order.append(int(open_idx[best]))
+        ends.append((list(order), ratio))
         chosen = np.zeros(m, dtype=bool)
         chosen[order] = True
         for _ in range(swap_sweeps):
@@ -894,6 +926,7 @@ def reconstruct(
                     order[i], ratio, swapped = int(open_idx[best]), new_ratio, True
             if not swapped:
                 break
+        ends.append((list(order), ratio))
         return order, ratio
 
     order, ratio = improve([])
@@ -917,5 +950,10 @@ def reconstruct(
             beam = [extended[i] for i in kept]
         beamed, beamed_ratio = improve(beam[best_of(beam, ratios[kept])[0]])
         if beamed_ratio > ratio * (1.0 + RECONSTRUCT_SWAP_RTOL):
-            order = beamed
-    return pool[np.asarray(order, dtype=np.int64)]
+            order, ratio = beamed, beamed_ratio
+    others: dict[frozenset[int], tuple[list[int], float]] = {}
+    for sel, sel_ratio in ends:
+        if frozenset(sel) != frozenset(order):
+            others.setdefault(frozenset(sel), (sel, sel_ratio))
+    ranked = sorted(others.values(), key=lambda e: -e[1])  # stable: ties keep the order made
+    return [pool[np.asarray(sel, dtype=np.int64)] for sel in [order, *(sel for sel, _ in ranked)]]

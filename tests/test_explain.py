@@ -11,7 +11,9 @@ import pytest
 
 from exemplar.errors import InvalidInputError
 from exemplar.explain import COMPARE_STRATEGIES, STRATEGIES, Explainer, ExplainOptions, Explanation
-from exemplar.relevance import selection_relevance
+from exemplar.fullspace import ReferenceGram
+from exemplar.gradients import select_linear_layers
+from exemplar.relevance import Relevance, selection_relevance
 from exemplar.selection import ORDERINGS
 from exemplar.tasks import Example
 
@@ -19,6 +21,11 @@ from exemplar.tasks import Example
 @pytest.fixture(scope="module")
 def clf(classifier_index: Path) -> Explainer:
     return Explainer.from_index(classifier_index)
+
+
+@pytest.fixture(scope="module")
+def causal_explainer(causal_index: Path) -> Explainer:
+    return Explainer.from_index(causal_index)
 
 
 def brute_influence(explainer: Explainer, estimator: str, query: Example) -> np.ndarray:
@@ -95,27 +102,88 @@ def test_candidates_are_the_top_rows_under_each_ordering(clf: Explainer, estimat
     np.testing.assert_allclose(influence, expected[rows], rtol=1e-4, atol=1e-7)
 
 
+SAME_DB_ATOL = 1e-3
+"""One selection scored in two calls: the full-space passes batch the examples differently (float32 rounding)."""
+FULL_DB_ATOL = 0.05
+"""Served full-space score vs materialised full gradients (the issue's bar; measured ~1e-6 dB here)."""
+
+
+def full_space_oracle(explainer: Explainer, query: Example, rows: np.ndarray, solver: str) -> Relevance:
+    """The score of `rows` from each example's materialised full gradient (per-example autograd)."""
+    g, a = full_gradients(explainer, query, rows)
+    return selection_relevance(g, a, solver=solver)
+
+
+def full_gradients(explainer: Explainer, query: Example, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The query's and `rows`' materialised full gradients, `(d,)` and `(k, d)` float64."""
+    model, task = explainer.featurizer.model, explainer.featurizer.task
+    oracle = ReferenceGram(model, task, select_linear_layers(model, explainer.store.manifest.params))
+    stored = explainer.store.examples_at(rows.tolist())
+    training = [Example(text=e.text, label=e.label, prompt=e.prompt, response=e.response) for e in stored]
+    full, _ = oracle.gradients([query, *training])
+    return full[0], full[1:]
+
+
+def assert_weights_reconstruct_like_the_oracle(
+    explainer: Explainer, query: Example, result: Explanation, oracle: Relevance
+) -> None:
+    """The served weights leave the oracle's residual variance on the full gradients (duplicated
+    examples make the weights themselves non-unique)."""
+    g, a = full_gradients(explainer, query, np.array([s.example.row for s in result.examples]))
+    var_r = float(np.var(g - a.T @ np.array([s.weight for s in result.examples])))
+    assert var_r == pytest.approx(oracle.var_r, rel=1e-4, abs=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["paper", "exact"])
 @pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "self"])
-def test_every_strategy_gives_a_consistent_explanation(clf: Explainer, strategy: str) -> None:
+def test_every_strategy_is_scored_on_the_full_gradients(clf: Explainer, strategy: str, solver: str) -> None:
     query = Example(text="i love this movie", label="positive")
-    result = clf.explain(query, k=4, strategy=strategy)
+    result = clf.explain(query, k=4, strategy=strategy, solver=solver)
     ids = [s.example.id for s in result.examples]
     assert len(ids) == 4 == len(set(ids))
     weights = np.array([s.weight for s in result.examples])
     assert (weights >= 0).all()
     assert weights.sum() == pytest.approx(1.0, abs=1e-5)
-    state = clf.prepare(query)
     rows = np.array([s.example.row for s in result.examples])
-    assert result.score_db == pytest.approx(selection_relevance(state.grad, clf.store.vectors_at(rows)).db, abs=1e-4)
+    oracle = full_space_oracle(clf, query, rows, solver)
+    assert result.score_space == "full"
+    assert result.score_db == pytest.approx(oracle.db, abs=FULL_DB_ATOL)
+    assert_weights_reconstruct_like_the_oracle(clf, query, result, oracle)
+    state = clf.prepare(query)
+    projected = selection_relevance(state.grad, clf.store.vectors_at(rows), solver=solver).db
+    assert result.projected_score_db == pytest.approx(projected, abs=1e-4)
+    assert result.n_weighted == int(np.sum(weights > 1e-6))
     assert result.prediction["explained_label"] == "positive"
     assert set(result.timings_ms) >= {"gradient", "selection", "score", "total"}
+
+
+@pytest.mark.parametrize("solver", ["paper", "exact"])
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "self"])
+def test_causal_lm_scores_on_the_full_gradients(causal_explainer: Explainer, strategy: str, solver: str) -> None:
+    query = Example(prompt="is this message spam or ham", response="spam")
+    result = causal_explainer.explain(query, k=3, strategy=strategy, solver=solver)
+    rows = np.array([s.example.row for s in result.examples])
+    oracle = full_space_oracle(causal_explainer, query, rows, solver)
+    assert result.score_db == pytest.approx(oracle.db, abs=FULL_DB_ATOL)
+    assert_weights_reconstruct_like_the_oracle(causal_explainer, query, result, oracle)
+
+
+def test_projected_score_space_scores_the_index_vectors(clf: Explainer) -> None:
+    query = Example(text="i love this movie", label="positive")
+    result = clf.explain(query, k=4, strategy="balanced", score_space="projected")
+    rows = np.array([s.example.row for s in result.examples])
+    expected = selection_relevance(clf.prepare(query).grad, clf.store.vectors_at(rows))
+    assert result.score_space == "projected"
+    assert result.score_db == pytest.approx(expected.db, abs=1e-4) == result.projected_score_db
+    with pytest.raises(InvalidInputError, match="score_space"):
+        clf.explain(query, k=4, score_space="somewhere")
 
 
 def test_auto_returns_the_best_scoring_strategy(clf: Explainer) -> None:
     query = Example(text="stocks fell sharply")
     auto = clf.explain(query, k=3, strategy="auto")
     scores = {s: clf.explain(query, k=3, strategy=s).score_db for s in ("topk", "balanced", "reconstruct")}
-    assert auto.score_db == pytest.approx(max(scores.values()), abs=1e-6)
+    assert auto.score_db == pytest.approx(max(scores.values()), abs=SAME_DB_ATOL)
     assert auto.reason is not None
     assert auto.strategy in scores
     assert auto.reason.startswith(auto.strategy)
@@ -192,8 +260,8 @@ def test_reconstruct_beats_topk_and_exact_solver_beats_paper(clf: Explainer) -> 
     topk = clf.explain(query, k=5, strategy="topk").score_db
     ours = clf.explain(query, k=5, strategy="reconstruct").score_db
     assert ours >= topk
-    paper = clf.explain(query, k=5, strategy="balanced", solver="paper")
-    exact = clf.explain(query, k=5, strategy="balanced", solver="exact")
+    paper = clf.explain(query, k=5, strategy="balanced", solver="paper", score_space="projected")
+    exact = clf.explain(query, k=5, strategy="balanced", solver="exact", score_space="projected")
     assert [s.example.id for s in paper.examples] == [s.example.id for s in exact.examples]
     g = clf.prepare(query).grad.astype(np.float64)
     a = clf.store.vectors_at(np.array([s.example.row for s in paper.examples])).astype(np.float64)
@@ -206,9 +274,14 @@ def test_reconstruct_beats_topk_and_exact_solver_beats_paper(clf: Explainer) -> 
 
 def test_self_strategy_finds_the_training_example(clf: Explainer) -> None:
     first = clf.store.examples_at([5])[0]
-    result = clf.explain(Example(text=first.text, label=first.label), k=1, strategy="self")
+    query = Example(text=first.text, label=first.label)
+    result = clf.explain(query, k=1, strategy="self")
     assert [s.example.id for s in result.examples] == [first.id]
-    assert result.score_db > 40  # the query's gradient is the stored one
+    assert result.projected_score_db > 40  # the query's gradient is the stored one
+    # in the full space too, where Var(g) is small and the score is Var(g) / (0 + EPS)
+    oracle = full_space_oracle(clf, query, np.array([5]), "paper")
+    assert oracle.var_r == 0
+    assert result.score_db == pytest.approx(oracle.db, abs=1e-3)
     with pytest.raises(InvalidInputError, match="not a training example"):
         clf.explain(Example(text="a sentence that is not in the training set"), k=1, strategy="self")
 
@@ -249,9 +322,9 @@ def test_compare_featurises_once_and_scores_like_explain(clf: Explainer, monkeyp
     for point in result.by_strategy:
         assert point.k == 4 == point.n_examples
         expected = clf.explain(query, k=4, strategy=point.strategy).score_db
-        assert point.score_db == pytest.approx(expected, abs=1e-6), point.strategy
+        assert point.score_db == pytest.approx(expected, abs=SAME_DB_ATOL), point.strategy
     for point in result.by_k:
-        assert point.score_db == pytest.approx(clf.explain(query, k=point.k).score_db, abs=1e-6), point.k
+        assert point.score_db == pytest.approx(clf.explain(query, k=point.k).score_db, abs=SAME_DB_ATOL), point.k
     chosen = next(p for p in result.by_k if p.k == 4)
     assert chosen == next(p for p in result.by_strategy if p.strategy == "balanced")
     assert result.prediction["explained_label"] == "negative"
@@ -269,7 +342,7 @@ def test_compare_explicit_choices_auto_and_small_indexes(clf: Explainer) -> None
     assert result.by_strategy[1].reason is None
     assert result.by_k[1].n_examples <= clf.store.n  # k beyond the index size: every example at most
     best = max(clf.explain(query, k=3, strategy=s).score_db for s in ("topk", "balanced", "reconstruct"))
-    assert result.by_strategy[0].score_db == pytest.approx(best, abs=1e-6)
+    assert result.by_strategy[0].score_db == pytest.approx(best, abs=SAME_DB_ATOL)
 
 
 @pytest.mark.parametrize(
@@ -298,7 +371,7 @@ def test_compare_refuses_bad_options_before_featurising(
 def test_compare_self_needs_a_training_example(clf: Explainer) -> None:
     first = clf.store.examples_at([5])[0]
     result = clf.compare(Example(text=first.text, label=first.label), ExplainOptions(k=1, strategy="self"))
-    assert all(p.n_examples == 1 and p.score_db > 40 for p in result.by_k)
+    assert all(p.n_examples == 1 and p.projected_score_db > 40 and p.score_db > 30 for p in result.by_k)
     with pytest.raises(InvalidInputError, match="not a training example"):
         clf.compare(Example(text="not a training sentence"), ExplainOptions(strategy="self"))
 

@@ -54,7 +54,7 @@ def _pair(case: str, **kwargs: int) -> tuple[KroneckerGram, ReferenceGram, list[
 
 def _assert_gram_close(fast: fullspace.FullGram, slow: fullspace.FullGram) -> None:
     scale = float(np.abs(slow.gram).max())
-    assert scale > 0 and np.abs(slow.sums).max() > 0, "oracle gradients are zero: the test would be vacuous"
+    assert scale > 0, "oracle gradients are zero: the test would be vacuous"
     np.testing.assert_allclose(fast.gram, slow.gram, rtol=GRAM_RTOL, atol=GRAM_RTOL * scale)
     # coordinate sums nearly cancel (LayerNorm), down to float32 noise: compare them on the scale
     # of the largest sum a gradient of this norm can have, sqrt(d) |G|, which is what the
