@@ -52,7 +52,7 @@ from app.schemas import (
 from app.security import RateLimiter, authenticate
 from app.settings import ApiSettings, explain_config
 from exemplar.errors import AuthenticationError, ExemplarError, InvalidInputError
-from exemplar.explain import STRATEGIES, ComparePoint, Comparison, Explainer, ExplainOptions, Explanation
+from exemplar.explain import SCORE_SPACES, STRATEGIES, ComparePoint, Comparison, Explainer, ExplainOptions, Explanation
 from exemplar.relevance import SOLVERS
 from exemplar.selection import ORDERINGS
 from exemplar.store import StoredExample, read_manifest, resolve_index
@@ -138,6 +138,10 @@ def to_response(result: Explanation, k: int, index: dict[str, Any]) -> ExplainRe
         examples=[to_example_out(s.example, s.weight, s.influence) for s in result.examples],
         score_db=result.score_db if math.isfinite(result.score_db) else None,
         score_ratio=result.score_ratio,
+        score_space=result.score_space,
+        solver=result.options.solver,
+        projected_score_db=result.projected_score_db if math.isfinite(result.projected_score_db) else None,
+        n_weighted=result.n_weighted,
         strategy=result.strategy,
         reason=result.reason,
         preset=result.options.preset,
@@ -151,8 +155,15 @@ def to_response(result: Explanation, k: int, index: dict[str, Any]) -> ExplainRe
 def to_compare_response(result: Comparison, index: dict[str, Any]) -> CompareResponse:
     def point(p: ComparePoint) -> ComparePointOut:
         db = p.score_db if math.isfinite(p.score_db) else None
+        projected = p.projected_score_db if math.isfinite(p.projected_score_db) else None
         return ComparePointOut(
-            strategy=p.strategy, k=p.k, n_examples=p.n_examples, score_db=db, score_ratio=p.score_ratio, reason=p.reason
+            strategy=p.strategy,
+            k=p.k,
+            n_examples=p.n_examples,
+            score_db=db,
+            score_ratio=p.score_ratio,
+            projected_score_db=projected,
+            reason=p.reason,
         )
 
     return CompareResponse(
@@ -179,6 +190,7 @@ def options_of(body: OptionFields) -> ExplainOptions:
         pool_size=body.pool_size,
         solver=body.solver,
         preset=body.preset,
+        score_space=body.score_space,
     )
 
 
@@ -365,6 +377,8 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         explainer = get_explainer(request)
         manifest = explainer.store.manifest
         cache: ExplanationCache = request.app.state.cache
+        if body.score_space is None:  # the key holds the request with its defaults filled in
+            body = body.model_copy(update={"score_space": explainer.config.score_space})
         key = request_key(index_version(manifest), body.model_dump(mode="json"))
         if cache.enabled:
             cached = await asyncio.to_thread(cache.get, key)
@@ -432,6 +446,8 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             strategies=list(STRATEGIES),
             orderings=list(ORDERINGS),
             solvers=list(SOLVERS),
+            score_spaces=list(SCORE_SPACES),
+            score_space=explainer.config.score_space,
             max_k=explainer.config.max_k,
             pool_size=explainer.config.pool_size,
         )
@@ -455,6 +471,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         index_dir = str(explainer.store.path.resolve())
         owner = request.state.client
         options = body.options.model_dump()
+        options["score_space"] = options["score_space"] or get_explainer(request).config.score_space
         return await asyncio.to_thread(jobs.submit, index_dir, queries, options, owner, settings.truncate_queries)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS, tags=["jobs"], dependencies=protected)

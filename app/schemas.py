@@ -11,6 +11,7 @@ Estimator = Literal["grad_dot", "grad_cos", "datainf", "bm25", "tracin"]
 Ordering = Literal["most_influential", "least_influential", "most_helpful", "most_harmful"]
 Solver = Literal["paper", "exact"]
 Preset = Literal["exact", "balanced", "fast"]
+ScoreSpace = Literal["full", "projected"]
 
 
 class QueryFields(BaseModel):
@@ -78,6 +79,13 @@ class OptionFields(BaseModel):
         "always re-scored exactly, so the preset only changes which candidates are found. An exact (Flat) index "
         "ignores it",
     )
+    score_space: ScoreSpace | None = Field(
+        None,
+        description="where the score and the weights are computed: full = on the examples' exact gradients w.r.t. "
+        "the model's tracked weights (one forward/backward of the k examples; the paper's definition); projected = on "
+        "the index's projected vectors (no model work, for bulk evaluation). Default: the server's "
+        "EXEMPLAR_SCORE_SPACE (full). Retrieval and selection always use the projection",
+    )
     lam: float = Field(1.0, ge=0.0, le=1.0, description="balanced only: 1 = pure coverage of the pool, 0 = top-k")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random only: the seed")
 
@@ -117,6 +125,9 @@ class ComparePointOut(BaseModel):
     n_examples: int = Field(description="examples actually selected (fewer than k when the pool or index is smaller)")
     score_db: float | None = Field(description="Selection Relevance Score in dB; null when the query gradient is zero")
     score_ratio: float
+    projected_score_db: float | None = Field(
+        None, description="the same selection's score on the projected vectors (equals score_db when projected)"
+    )
     reason: str | None = Field(None, description="auto only: which strategy won and why")
 
 
@@ -145,6 +156,8 @@ class IndexInfo(BaseModel):
     strategies: list[Strategy]
     orderings: list[Ordering]
     solvers: list[Solver]
+    score_spaces: list[ScoreSpace]
+    score_space: ScoreSpace = Field(description="the score space of requests that do not choose one")
     max_k: int = Field(description="largest k the service accepts")
     pool_size: int = Field(description="default candidate pool m")
 
@@ -185,11 +198,14 @@ class ExampleOut(BaseModel):
     source: str
     meta: dict[str, Any] = Field(default_factory=dict)
     weight: float | None = Field(
-        None, description="simplex weight in the reconstruction (>= 0, sums to 1 over the selection)"
+        None,
+        description="simplex weight in the reconstruction (>= 0, sums to 1 over the selection; 0: selected but not part "
+        "of the reconstruction)",
     )
     influence: float | None = Field(
         None,
-        description="Grad-Dot influence I = -<g_train, g_query>; negative = helpful (lowers the query loss), positive = harmful",
+        description="the request's estimator's influence (Grad-Dot: I = -<g_train, g_query>, on the projected "
+        "vectors); negative = helpful (lowers the query loss), positive = harmful",
     )
 
     @model_serializer(mode="wrap")
@@ -209,6 +225,18 @@ class ExplainResponse(BaseModel):
         "nothing, < 0 worse; null when the query gradient is zero (nothing to explain)"
     )
     score_ratio: float = Field(description="the score as a linear ratio Var(g) / (Var(residual) + 1e-8)")
+    score_space: ScoreSpace = Field(
+        description="where score_db and the weights were computed: full = the exact gradients of the model's tracked "
+        "weights; projected = the index's projected vectors"
+    )
+    solver: Solver = Field(description="the coefficient solver of the weights and the score")
+    projected_score_db: float | None = Field(
+        description="the same selection's score on the index's projected vectors (what retrieval and selection see)"
+    )
+    n_weighted: int = Field(
+        description="how many examples carry weight (> 1e-6): the reconstruction uses only these; an example with "
+        "weight 0 was selected but adds nothing to it"
+    )
     strategy: Strategy
     reason: str | None = Field(None, description="auto only: why this strategy was chosen")
     preset: Preset = Field(description="the search preset used to find the candidates")

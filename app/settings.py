@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,11 @@ class ApiSettings(BaseSettings):
         "with 422",
     )
     pool_size: int = Field(100, ge=1, description="candidate pool m of the selection strategies")
+    score_space: Literal["full", "projected"] = Field(
+        "full",
+        description="where requests that do not say are scored: full = the exact gradients of the model's tracked "
+        "weights (one forward/backward of the selected examples per request); projected = the index's vectors",
+    )
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     blas_threads: int = Field(
         1, ge=1, description="numpy BLAS (OpenBLAS) threads; more only slows the selection when cores are shared"
@@ -70,7 +76,12 @@ class ApiSettings(BaseSettings):
 
 def explain_config(settings: ApiSettings) -> ExplainConfig:
     """The explainer limits these settings ask for."""
-    return ExplainConfig(pool_size=settings.pool_size, max_k=settings.max_k, truncate_queries=settings.truncate_queries)
+    return ExplainConfig(
+        pool_size=settings.pool_size,
+        max_k=settings.max_k,
+        truncate_queries=settings.truncate_queries,
+        score_space=settings.score_space,
+    )
 
 
 def get_settings() -> ApiSettings:

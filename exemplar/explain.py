@@ -34,7 +34,7 @@ import numpy as np
 from exemplar import selection
 from exemplar.errors import ExemplarError, IndexIncompatibleError, InvalidInputError
 from exemplar.estimators import ESTIMATOR_NAMES, Estimator, Query
-from exemplar.fullspace import FullGram, KroneckerGram
+from exemplar.fullspace import FullGram, KroneckerGram, LayerFactors
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
 from exemplar.relevance import SOLVERS, Relevance, gram_relevance, selection_relevance, simplex_weights_gram
@@ -135,6 +135,7 @@ class QueryState:
     prediction: dict[str, Any]
     row: int | None = None
     checkpoint_grads: list[np.ndarray] | None = None
+    factors: LayerFactors | None = None  # kept for full-space scoring: the query's pass is not redone
 
     @property
     def query(self) -> Query:
@@ -265,31 +266,34 @@ class Explainer:
         store, featurizer = open_index(index_dir, batch_size=batch_size)
         return cls(store, featurizer, config)
 
-    def prepare(self, query: Example) -> QueryState:
-        """Featurise the query (one forward/backward)."""
-        return self.prepare_many([query])[0]
+    def prepare(self, query: Example, *, keep_factors: bool = False) -> QueryState:
+        """Featurise the query (one forward/backward); `keep_factors` for full-space scoring."""
+        return self.prepare_many([query], keep_factors=keep_factors)[0]
 
-    def prepare_many(self, queries: Sequence[Example]) -> list[QueryState]:
+    def prepare_many(self, queries: Sequence[Example], *, keep_factors: bool = False) -> list[QueryState]:
         """Featurise several queries in shared batched forward/backward passes.
 
         With `config.truncate_queries` off, a query longer than the index's `max_length`
-        tokens is refused (`InvalidInputError`) instead of being cut.
+        tokens is refused (`InvalidInputError`) instead of being cut. With `keep_factors`
+        each state keeps its layers' inputs and output gradients, so scoring it in the full
+        space does not run the query again.
         """
         with self._model_lock:
             for query in queries:
                 self._check_query(query)
-            return self._featurize_checked(queries)
+            return self._featurize_checked(queries, keep_factors)
 
-    def _featurize_checked(self, queries: Sequence[Example]) -> list[QueryState]:
+    def _featurize_checked(self, queries: Sequence[Example], keep_factors: bool = False) -> list[QueryState]:
         """`prepare_many` without the checks, for a caller that holds the model lock and checked them."""
-        feats = self.featurizer.featurize(queries)
+        feats = self.featurizer.featurize(queries, keep_factors=keep_factors)
         token_ids = [self.featurizer.task.lexical_ids(q) for q in queries]
         states = []
         for i, query in enumerate(queries):
             prediction = dict(feats.predictions[i])
             prediction["loss"] = feats.losses[i]
             prediction["truncated"] = feats.truncated[i]
-            states.append(QueryState(query, feats.vectors[i], token_ids[i], prediction))
+            factors = feats.factors[i] if feats.factors is not None else None
+            states.append(QueryState(query, feats.vectors[i], token_ids[i], prediction, factors=factors))
         return states
 
     def check_query(self, query: Example, truncate: bool | None = None) -> None:
@@ -514,13 +518,14 @@ class Explainer:
         return selection_relevance(state.grad, self.store.vectors_at(rows), solver=solver)
 
     def full_gram(self, state: QueryState, rows: np.ndarray) -> FullGram:
-        """Full-space Gram of the query (position 0) and the training examples `rows` (positions 1..)."""
+        """Full-space Gram of the query (position 0) and the training examples `rows` (positions 1..);
+        the query's own pass is reused when its state kept its factors."""
         stored = self.store.examples_at(np.asarray(rows).tolist())
-        examples = [state.example] + [
-            Example(id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response) for e in stored
-        ]
+        training = [Example(id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response) for e in stored]
         with self._model_lock:
-            return self.full.gram(examples)
+            if state.factors is not None:
+                return self.full.gram(training, prefix=state.factors)
+            return self.full.gram([state.example, *training])
 
     def full_scores(
         self, state: QueryState, selections: Sequence[np.ndarray], solver: str = "paper"
@@ -557,9 +562,9 @@ class Explainer:
 
     def explain(self, query: Example, options: ExplainOptions | None = None, **kwargs: Any) -> Explanation:
         """Explain one output: options as an `ExplainOptions` or as keyword arguments."""
-        options = options or ExplainOptions(**kwargs)
+        options = self.resolve(options or ExplainOptions(**kwargs))
         t0 = time.perf_counter()
-        state = self.prepare(query)
+        state = self.prepare(query, keep_factors=options.score_space == "full")
         return self._finish(state, options, (time.perf_counter() - t0) * 1e3)
 
     def compare(
@@ -594,7 +599,7 @@ class Explainer:
         for k in sizes:
             replace(options, k=k).check(self.config, signed)
         t0 = time.perf_counter()
-        state = self.prepare(query)
+        state = self.prepare(query, keep_factors=options.score_space == "full")
         t1 = time.perf_counter()
         points = list(dict.fromkeys([(name, options.k) for name in names] + [(options.strategy, k) for k in sizes]))
         asked = {p: replace(options, strategy=p[0], k=p[1]) for p in points}
@@ -631,6 +636,7 @@ class Explainer:
         gradient time.
         """
         t0 = time.perf_counter()
+        keep = any(self.resolve(options).score_space == "full" for _, options in requests)
         states: list[QueryState | ExemplarError | None] = []
         try:
             with self._model_lock:  # cheap per-query checks first, so one bad query does not split the batch
@@ -641,13 +647,13 @@ class Explainer:
                     except ExemplarError as exc:
                         states.append(exc)
                 valid = [i for i, st in enumerate(states) if st is None]
-                prepared_states = self._featurize_checked([requests[i][0] for i in valid]) if valid else []
+                prepared_states = self._featurize_checked([requests[i][0] for i in valid], keep) if valid else []
             for i, prepared in zip(valid, prepared_states, strict=True):
                 states[i] = prepared
         except ExemplarError:  # not caught by the checks: find the culprit one by one
             for i in valid:
                 try:
-                    states[i] = self.prepare(requests[i][0])
+                    states[i] = self.prepare(requests[i][0], keep_factors=keep)
                 except ExemplarError as exc:
                     states[i] = exc
         gradient_ms = (time.perf_counter() - t0) * 1e3

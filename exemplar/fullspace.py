@@ -14,8 +14,10 @@ fewer multiply-adds for that layer (`N` real tokens of `n` examples):
   kernels (`N^2 (in + out)`), best when tokens are few and layers wide.
 
 Coordinate sums (for the variance's mean term) are `sum(G_i) = sum_t (1 . dy_it)(1 . x_it)`.
-Products run in float64 (the score subtracts nearly equal quantities when a selection
-reconstructs the query well); padding tokens are dropped.
+Each layer's products run in `dtype`, float64 by default: the paper's solver inverts the
+Gram's eigenvalues down to its truncation threshold, and float32 products (about twice as
+fast) moved its score on a tiny model by 0.13 dB; the sum over layers is float64. Padded
+tokens have a zero output gradient and add nothing.
 
 Implementations of `GramComputer`:
 - `KroneckerGram`: the production path: batched forward/backward passes with module hooks,
@@ -28,7 +30,8 @@ Implementations of `GramComputer`:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -71,40 +74,84 @@ def _layer_dims(layers: Sequence[tuple[str, torch.nn.Linear]]) -> int:
 
 
 @dataclass
-class _Factors:
-    """One chunk's per-layer token inputs `xs[l]: (N_l, in)`, output gradients `ys[l]: (N_l, out)`
-    and the example each token belongs to, `segments[l]: (N_l,)` (positions within the chunk);
-    only tokens with a non-zero output gradient are kept."""
+class LayerFactors:
+    """One chunk's tracked-layer inputs and output gradients, as the forward/backward passes left
+    them: per layer `l` and batch `b`, `xs[l][b]: (B, T_l, in)` and `ys[l][b]: (B, T_l, out)`
+    (padded; a padded token's output gradient is zero, so it adds nothing), and `rows[b]: (B,)`
+    the batch's positions within the chunk."""
 
-    xs: list[torch.Tensor]
-    ys: list[torch.Tensor]
-    segments: list[torch.Tensor]
+    xs: list[list[torch.Tensor]]
+    ys: list[list[torch.Tensor]]
+    rows: list[torch.Tensor]
     n: int
     losses: list[float]
+    real: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, repr=False
+    )  # `_real_tokens` by (layer, dtype), computed once per chunk
+
+    @classmethod
+    def of_example(cls, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], j: int, loss: float) -> LayerFactors:
+        """Example `j`'s factors from one batch's per-layer `xs[l]: (B, T_l, in)`, `ys[l]: (B, T_l, out)`."""
+        return cls(
+            xs=[[x[j : j + 1]] for x in xs],
+            ys=[[y[j : j + 1]] for y in ys],
+            rows=[torch.zeros(1, dtype=torch.long)],
+            n=1,
+            losses=[loss],
+        )
+
+    def tokens(self, layer: int) -> int:
+        return sum(x.shape[0] * x.shape[1] for x in self.xs[layer])
 
 
-def _cross(a: _Factors, b: _Factors, layer: int, shapes: tuple[int, int]) -> torch.Tensor:
-    """`(a.n, b.n)` float64 inner products of the two chunks' gradients at one layer."""
-    xa, ya, xb, yb = a.xs[layer], a.ys[layer], b.xs[layer], b.ys[layer]
-    sa, sb = a.segments[layer], b.segments[layer]
+def _dense(f: LayerFactors, layer: int, dtype: torch.dtype) -> torch.Tensor:
+    """`(n, out * in)` this layer's per-example gradients `sum_t dy_t x_t^T`."""
+    first = f.xs[layer][0] if f.xs[layer] else None
+    if first is None:
+        return torch.zeros(f.n, 0, dtype=dtype)
+    out = torch.zeros(f.n, f.ys[layer][0].shape[-1] * first.shape[-1], dtype=dtype)
+    for x, y, rows in zip(f.xs[layer], f.ys[layer], f.rows, strict=True):
+        out[rows] = torch.bmm(y.transpose(1, 2).to(dtype), x.to(dtype)).reshape(x.shape[0], -1)
+    return out
+
+
+def _real_tokens(f: LayerFactors, layer: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This layer's tokens with a non-zero output gradient (the others add nothing): inputs
+    `(N, in)`, output gradients `(N, out)` in `dtype`, and each token's position in the chunk `(N,)`."""
+    if (layer, dtype) in f.real:
+        return f.real[layer, dtype]
+    xs, ys, segs = [], [], []
+    for x, y, rows in zip(f.xs[layer], f.ys[layer], f.rows, strict=True):
+        flat_y = y.reshape(-1, y.shape[-1])
+        keep = (flat_y != 0).any(dim=1)
+        xs.append(x.reshape(-1, x.shape[-1])[keep].to(dtype))
+        ys.append(flat_y[keep].to(dtype))
+        segs.append(rows.repeat_interleave(y.shape[1])[keep])
+    f.real[layer, dtype] = (torch.cat(xs), torch.cat(ys), torch.cat(segs))
+    return f.real[layer, dtype]
+
+
+DENSE_PENALTY = 3.0
+"""The dense form writes and reads `n * in * out` values per layer and runs memory-bound; its
+multiply-adds count this many times in the choice of form (measured on the tweets demo, 2 cores)."""
+
+
+def _cross(a: LayerFactors, b: LayerFactors, layer: int, shapes: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """`(a.n, b.n)` inner products of the two chunks' gradients at one layer, in the cheaper form."""
     d_in, d_out = shapes
-    na, nb, ta, tb = a.n, b.n, xa.shape[0], xb.shape[0]
-    tokens_cost = ta * tb * (d_in + d_out)
-    dense_cost = (ta + tb) * d_in * d_out + na * nb * d_in * d_out
-    if dense_cost < tokens_cost and (na + nb) * d_in * d_out <= DENSE_MAX_ELEMENTS:
-        return _dense(xa, ya, sa, na) @ _dense(xb, yb, sb, nb).T
-    kernel = (xa @ xb.T) * (ya @ yb.T)  # (ta, tb)
-    rows = torch.zeros(na, tb, dtype=torch.float64).index_add_(0, sa, kernel)
-    return torch.zeros(na, nb, dtype=torch.float64).index_add_(1, sb, rows)
-
-
-def _dense(x: torch.Tensor, y: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
-    """`(n, out * in)` per-example gradients `sum_t dy_t x_t^T` of one layer."""
-    out = torch.zeros(n, y.shape[1], x.shape[1], dtype=torch.float64)
-    for i in range(n):
-        mask = segment == i
-        out[i] = y[mask].T @ x[mask]
-    return out.reshape(n, -1)
+    same = a is b
+    xa, ya, sa = _real_tokens(a, layer, dtype)
+    xb, yb, sb = (xa, ya, sa) if same else _real_tokens(b, layer, dtype)
+    tokens_cost = xa.shape[0] * xb.shape[0] * (d_in + d_out)
+    padded = a.tokens(layer) + (0 if same else b.tokens(layer))
+    dense_cost = DENSE_PENALTY * (padded + a.n * b.n) * d_in * d_out
+    if dense_cost < tokens_cost and (a.n + b.n) * d_in * d_out <= DENSE_MAX_ELEMENTS:
+        da = _dense(a, layer, dtype)
+        return da @ (da if same else _dense(b, layer, dtype)).T
+    # sum_{t, t'} (x_t . x_t') (dy_t . dy_t') over the tokens of each pair of examples
+    kernel = (xa @ xb.T) * (ya @ yb.T)  # (Na, Nb)
+    rows = torch.zeros(a.n, kernel.shape[1], dtype=dtype).index_add_(0, sa, kernel)
+    return torch.zeros(a.n, b.n, dtype=dtype).index_add_(1, sb, rows)
 
 
 class KroneckerGram:
@@ -118,29 +165,43 @@ class KroneckerGram:
         *,
         batches: Callable[[Sequence[Encoded]], list[list[int]]],
         max_chunk_tokens: int = MAX_CHUNK_TOKENS,
+        dtype: torch.dtype = torch.float64,
     ) -> None:
         self.model, self.task, self.layers = model, task, list(layers)
         self.batches = batches
         self.max_chunk_tokens = max_chunk_tokens
+        self.dtype = dtype
         self.dims = _layer_dims(self.layers)
         self.shapes = [(m.in_features, m.out_features) for _, m in self.layers]
 
-    def gram(self, examples: Sequence[Example]) -> FullGram:
-        if not examples:
+    def gram(self, examples: Sequence[Example], prefix: LayerFactors | None = None) -> FullGram:
+        """The Gram of `examples`; with `prefix` (factors an earlier pass kept, such as the query's
+        from its featurisation: `KroneckerFeaturizer.featurize(keep_factors=True)`) its examples
+        come first, at positions `0 .. prefix.n - 1`, and are not recomputed."""
+        p = prefix.n if prefix is not None else 0
+        if p + len(examples) == 0:
             raise InvalidInputError("the full-space Gram needs at least one example")
         encoded = [self.task.encode(e) for e in examples]
-        chunks = self._chunks(encoded)
-        n = len(examples)
+        chunks: list[tuple[list[int], Callable[[], LayerFactors]]] = []
+        if prefix is not None:
+            chunks.append((list(range(p)), lambda: prefix))
+        for rows in self._chunks(encoded) if encoded else []:
+            chunks.append(([p + r for r in rows], partial(self._factors, [encoded[r] for r in rows])))
+        n = p + len(examples)
         gram = np.zeros((n, n))
         sums = np.zeros(n)
         losses = np.zeros(n)
-        for ci, rows_i in enumerate(chunks):
-            fi = self._factors([encoded[r] for r in rows_i])
+        carried: LayerFactors | None = None  # the next chunk, when the last cross block computed it
+        for ci, (rows_i, make_i) in enumerate(chunks):
+            fi = carried if carried is not None else make_i()
+            carried = None
             losses[rows_i] = fi.losses
             sums[rows_i] = self._sums(fi)
             gram[np.ix_(rows_i, rows_i)] = self._block(fi, fi)
-            for rows_j in chunks[ci + 1 :]:  # bounded memory: recompute the later chunk
-                block = self._block(fi, self._factors([encoded[r] for r in rows_j]))
+            # bounded memory: two chunks at a time, later ones recomputed; the nearest last, to carry it
+            for rows_j, make_j in reversed(chunks[ci + 1 :]):
+                carried = make_j()
+                block = self._block(fi, carried)
                 gram[np.ix_(rows_i, rows_j)] = block
                 gram[np.ix_(rows_j, rows_i)] = block.T
         return FullGram(gram=(gram + gram.T) / 2, sums=sums, dims=self.dims, losses=losses)
@@ -159,16 +220,17 @@ class KroneckerGram:
         chunks.append(current)
         return chunks
 
-    def _block(self, a: _Factors, b: _Factors) -> np.ndarray:
+    def _block(self, a: LayerFactors, b: LayerFactors) -> np.ndarray:
         total = torch.zeros(a.n, b.n, dtype=torch.float64)
         for layer, shapes in enumerate(self.shapes):
-            total += _cross(a, b, layer, shapes)
+            total += _cross(a, b, layer, shapes, self.dtype).double()
         return total.numpy()
 
-    def _sums(self, f: _Factors) -> np.ndarray:
+    def _sums(self, f: LayerFactors) -> np.ndarray:
         out = torch.zeros(f.n, dtype=torch.float64)
-        for x, y, seg in zip(f.xs, f.ys, f.segments, strict=True):
-            out.index_add_(0, seg, x.sum(dim=1) * y.sum(dim=1))
+        for xs, ys in zip(f.xs, f.ys, strict=True):
+            for x, y, rows in zip(xs, ys, f.rows, strict=True):
+                out[rows] += (x.sum(dim=-1, dtype=torch.float64) * y.sum(dim=-1, dtype=torch.float64)).sum(dim=-1)
         return out.numpy()
 
     def _pass(self, batch: dict[str, torch.Tensor]) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], Any]:
@@ -194,45 +256,27 @@ class KroneckerGram:
                 h.remove()
         return inputs, {i: g for i, g in zip(seen, grads, strict=True) if g is not None}, out
 
-    def _factors(self, encoded: Sequence[Encoded]) -> _Factors:
-        """One forward/backward per batch; real tokens only, float64."""
-        n_layers = len(self.layers)
-        xs: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
-        ys: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
-        segs: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    def _factors(self, encoded: Sequence[Encoded]) -> LayerFactors:
+        """One forward/backward per batch; what each tracked layer saw and got back, kept as it is."""
+        xs: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        ys: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        rows: list[torch.Tensor] = []
         losses = [0.0] * len(encoded)
         for group in self.batches(encoded):
             batch = self.task.collate([encoded[i] for i in group])
             inputs, grad_of, out = self._pass(batch)
             bsz = batch["input_ids"].shape[0]
-            rows = torch.tensor(group, dtype=torch.long)
             for i, (_, layer) in enumerate(self.layers):
                 d_out = grad_of.get(i)
-                if d_out is None:  # layer not on the loss path (or never run): zero gradient
-                    continue
-                # tokens whose output gradient is zero (padding, prompt positions of a causal
-                # LM's head, ...) add nothing to G = sum_t dy_t x_t^T: drop them
-                y = d_out.reshape(-1, layer.out_features)  # (B * T_l, out)
-                keep = (y != 0).any(dim=1)
-                xs[i].append(inputs[i].reshape(-1, layer.in_features)[keep].double())
-                ys[i].append(y[keep].double())
-                segs[i].append(rows.repeat_interleave(y.shape[0] // bsz)[keep])
+                if d_out is None:  # not on the loss path (or never run): a zero gradient
+                    d_out = torch.zeros(bsz, 1, layer.out_features)
+                    inputs[i] = torch.zeros(bsz, 1, layer.in_features)
+                ys[i].append(d_out.reshape(bsz, -1, layer.out_features))
+                xs[i].append(inputs[i].reshape(bsz, -1, layer.in_features))
+            rows.append(torch.tensor(group, dtype=torch.long))
             for j, i in enumerate(group):
                 losses[i] = float(out.losses[j].detach())
-        empty = torch.zeros(0, dtype=torch.long)
-        return _Factors(
-            xs=[
-                torch.cat(x) if x else torch.zeros(0, m.in_features, dtype=torch.float64)
-                for x, (_, m) in zip(xs, self.layers, strict=True)
-            ],
-            ys=[
-                torch.cat(y) if y else torch.zeros(0, m.out_features, dtype=torch.float64)
-                for y, (_, m) in zip(ys, self.layers, strict=True)
-            ],
-            segments=[torch.cat(s) if s else empty for s in segs],
-            n=len(encoded),
-            losses=losses,
-        )
+        return LayerFactors(xs=xs, ys=ys, rows=rows, n=len(encoded), losses=losses)
 
 
 class ReferenceGram:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from exemplar.errors import InvalidInputError
+from exemplar.fullspace import LayerFactors
 from exemplar.tasks import Encoded, Example, Task
 
 ProgressFn = Callable[[int], None]
@@ -96,12 +97,15 @@ def projection_matrix(seed: int, name: str, side: str, rows: int, cols: int) -> 
 
 @dataclass
 class FeatureBatch:
-    """Projected gradients `vectors: (n, D)` float32 with each example's loss and prediction."""
+    """Projected gradients `vectors: (n, D)` float32 with each example's loss and prediction;
+    with `keep_factors`, each example's unprojected layer inputs and output gradients, from which
+    `exemplar.fullspace` computes its exact full-space inner products without another pass."""
 
     vectors: np.ndarray
     losses: list[float]
     predictions: list[dict[str, Any]]
     truncated: list[bool]
+    factors: list[LayerFactors] | None = None
 
 
 class Featurizer(Protocol):
@@ -110,7 +114,9 @@ class Featurizer(Protocol):
     dims: int
     layer_names: list[str]
 
-    def featurize(self, examples: Sequence[Example], progress: ProgressFn | None = None) -> FeatureBatch: ...
+    def featurize(
+        self, examples: Sequence[Example], progress: ProgressFn | None = None, *, keep_factors: bool = False
+    ) -> FeatureBatch: ...
 
 
 class _Projected:
@@ -162,29 +168,42 @@ class KroneckerFeaturizer(_Projected):
             groups.append(current)
         return groups
 
-    def featurize(self, examples: Sequence[Example], progress: ProgressFn | None = None) -> FeatureBatch:
+    def featurize(
+        self, examples: Sequence[Example], progress: ProgressFn | None = None, *, keep_factors: bool = False
+    ) -> FeatureBatch:
         encoded = [self.task.encode(e) for e in examples]
         n = len(encoded)
         vectors = np.zeros((n, self.dims), dtype=np.float32)
         losses: list[float] = [0.0] * n
         predictions: list[dict[str, Any]] = [{} for _ in range(n)]
+        factors: list[LayerFactors | None] = [None] * n
         for group in self.batches(encoded):
             batch = self.task.collate([encoded[i] for i in group])
-            vecs, out = self._batch(batch)
+            vecs, out, raw = self._batch(batch, keep_factors)
             vectors[group] = vecs
             for j, i in enumerate(group):
                 losses[i] = float(out.losses[j].detach())
                 predictions[i] = out.predictions[j]
+                if raw is not None:
+                    factors[i] = LayerFactors.of_example(raw[0], raw[1], j, losses[i])
             if progress is not None:
                 progress(len(group))
-        return FeatureBatch(vectors, losses, predictions, [e.truncated for e in encoded])
+        kept = [f for f in factors if f is not None] if keep_factors else None
+        return FeatureBatch(vectors, losses, predictions, [e.truncated for e in encoded], kept)
 
-    def _batch(self, batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, Any]:
+    def _batch(
+        self, batch: dict[str, torch.Tensor], keep_factors: bool = False
+    ) -> tuple[np.ndarray, Any, tuple[list[torch.Tensor], list[torch.Tensor]] | None]:
+        """Projected vectors `(B, D)`, the loss output and, with `keep_factors`, every tracked layer's
+        raw inputs `(B, T_l, in)` and output gradients `(B, T_l, out)` in layer order."""
         inputs: dict[str, torch.Tensor] = {}
         outputs: dict[str, torch.Tensor] = {}
+        raw_inputs: dict[str, torch.Tensor] = {}
 
         def hook(name: str) -> Callable[..., None]:
             def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+                if keep_factors:
+                    raw_inputs[name] = args[0].detach()
                 inputs[name] = args[0].detach() @ self.p_in[name].T  # (B, T, s)
                 outputs[name] = output
 
@@ -201,11 +220,19 @@ class KroneckerFeaturizer(_Projected):
                 h.remove()
         bsz = batch["input_ids"].shape[0]
         s = self.config.side
+        raw: tuple[list[torch.Tensor], list[torch.Tensor]] | None = ([], []) if keep_factors else None
         with torch.no_grad():
             parts = []
             grad_of = dict(zip(names, grads, strict=True))
-            for name in self.layer_names:
+            for name, layer in self.layers:
                 d_out = grad_of.get(name)
+                if raw is not None:
+                    if d_out is None:  # a zero gradient
+                        raw[0].append(torch.zeros(bsz, 1, layer.in_features))
+                        raw[1].append(torch.zeros(bsz, 1, layer.out_features))
+                    else:
+                        raw[0].append(raw_inputs[name].reshape(bsz, -1, layer.in_features))
+                        raw[1].append(d_out.detach().reshape(bsz, -1, layer.out_features))
                 if d_out is None:  # layer not on the loss path: zero gradient
                     parts.append(torch.zeros(bsz, s * s))
                     continue
@@ -213,13 +240,16 @@ class KroneckerFeaturizer(_Projected):
                 b = inputs[name].reshape(bsz, -1, s).float()
                 parts.append(torch.einsum("bto,bti->boi", a, b).reshape(bsz, s * s))
             vecs = torch.cat(parts, dim=1).numpy()
-        return vecs, out
+        return vecs, out, raw
 
 
 class ReferenceFeaturizer(_Projected):
     """Slow oracle: per-example full weight gradients by autograd, then the projection."""
 
-    def featurize(self, examples: Sequence[Example], progress: ProgressFn | None = None) -> FeatureBatch:
+    def featurize(
+        self, examples: Sequence[Example], progress: ProgressFn | None = None, *, keep_factors: bool = False
+    ) -> FeatureBatch:
+        """The projected vectors (`keep_factors` is not supported here: no factors are kept)."""
         rows, losses, predictions, truncated = [], [], [], []
         weights = [m.weight for _, m in self.layers]
         for example in examples:

@@ -131,7 +131,8 @@ def assert_weights_reconstruct_like_the_oracle(
     examples make the weights themselves non-unique)."""
     g, a = full_gradients(explainer, query, np.array([s.example.row for s in result.examples]))
     var_r = float(np.var(g - a.T @ np.array([s.weight for s in result.examples])))
-    assert var_r == pytest.approx(oracle.var_r, rel=1e-4, abs=1e-12)
+    # within FULL_DB_ATOL: the paper solver's truncated pinv reacts to float32 rounding of the Gram
+    assert var_r == pytest.approx(oracle.var_r, rel=10 ** (FULL_DB_ATOL / 10) - 1, abs=1e-12)
 
 
 @pytest.mark.parametrize("solver", ["paper", "exact"])
@@ -312,7 +313,7 @@ def test_compare_featurises_once_and_scores_like_explain(clf: Explainer, monkeyp
     query = Example(text="stocks fell sharply", label="negative")
     calls = []
     prepare = clf.prepare
-    monkeypatch.setattr(clf, "prepare", lambda q: calls.append(q) or prepare(q))
+    monkeypatch.setattr(clf, "prepare", lambda q, **kw: calls.append(q) or prepare(q, **kw))
     result = clf.compare(query, ExplainOptions(k=4, strategy="balanced"))
     assert len(calls) == 1
     assert [p.strategy for p in result.by_strategy] == list(COMPARE_STRATEGIES)  # balanced is among them

@@ -37,6 +37,9 @@ const ESTIMATOR_NAMES = {
   bm25: "BM25 (lexical)",
   tracin: "TracIn",
 };
+const WEIGHT_ZERO = 1e-6; // a weight at or below this is zero (exemplar.explain.WEIGHT_ZERO)
+const SOLVER_NAMES = { paper: "the paper's solver (pinv, projected onto the simplex)",
+  exact: "the exact simplex least-squares solver" };
 const SCALE_DB = 10; // the colour scale spans -10..+10 dB; scores beyond sit at its ends
 
 const state = { index: null, apiKey: "", inFlight: null };
@@ -114,6 +117,16 @@ function formatNumber(x) {
   const abs = Math.abs(x);
   const text = abs !== 0 && (abs < 1e-3 || abs >= 1e4) ? abs.toExponential(2) : abs.toPrecision(3);
   return (x < 0 ? "\u2212" : "") + text;
+}
+
+// Where the score was computed, and the same selection's score in the index's projection.
+function scoreSpaceWords(result) {
+  const solver = SOLVER_NAMES[result.solver] || result.solver;
+  if (result.score_space === "full") {
+    return `Scored on the exact gradients of the model's weights, with ${solver}; `
+      + `on the index's projected gradients the same examples score ${formatDb(result.projected_score_db)}.`;
+  }
+  return `Scored on the index's projected gradients, with ${solver}.`;
 }
 
 // A colour for a score: red below 0 dB, grey at 0, green above (clamped to the scale).
@@ -380,7 +393,14 @@ function renderExplanation(result) {
   const strategy = STRATEGY_NAMES[result.strategy] || result.strategy;
   const how = result.reason ? ` Auto chose ${strategy}: ${result.reason}.` : "";
   $("score-reading").textContent = `${scoreReading(db)} Strategy ${strategy}, k = ${result.k}.${how}`;
-  $("cards").replaceChildren(...result.examples.map((e, i) => renderCard(e, i, result.options.estimator)));
+  $("score-space").textContent = scoreSpaceWords(result);
+  // the explanation is the examples with weight; the others were selected but add nothing
+  const weighted = result.examples.filter((e) => e.weight > WEIGHT_ZERO);
+  const unweighted = result.examples.filter((e) => !(e.weight > WEIGHT_ZERO));
+  const estimator = result.options.estimator;
+  $("cards").replaceChildren(...weighted.map((e, i) => renderCard(e, i, estimator)));
+  $("unweighted-cards").replaceChildren(...unweighted.map((e, i) => renderCard(e, weighted.length + i, estimator)));
+  $("unweighted").hidden = unweighted.length === 0;
   $("results").hidden = false;
 }
 
