@@ -206,6 +206,24 @@ class KroneckerGram:
                 gram[np.ix_(rows_j, rows_i)] = block.T
         return FullGram(gram=(gram + gram.T) / 2, sums=sums, dims=self.dims, losses=losses)
 
+    def factors(self, examples: Sequence[Example]) -> LayerFactors:
+        """The layer inputs and output gradients of `examples` (one chunk, whatever its size)."""
+        return self._factors([self.task.encode(e) for e in examples])
+
+    def cross(
+        self, fixed: LayerFactors, examples: Sequence[Example], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """`(fixed.n, len(examples))` full-space inner products of `fixed`'s examples with each of
+        `examples`, streamed chunk by chunk: each example's full gradient is never held beyond its
+        chunk (for scans of a whole training set, `benchmarks/fidelity.py`)."""
+        encoded = [self.task.encode(e) for e in examples]
+        out = np.zeros((fixed.n, len(examples)))
+        for rows in self._chunks(encoded) if encoded else []:
+            out[:, rows] = self._block(fixed, self._factors([encoded[r] for r in rows]))
+            if progress is not None:
+                progress(len(rows))
+        return out
+
     def _chunks(self, encoded: Sequence[Encoded]) -> list[list[int]]:
         chunks: list[list[int]] = []
         current: list[int] = []
