@@ -530,8 +530,9 @@ class Explainer:
     def full_scores(
         self, state: QueryState, selections: Sequence[np.ndarray], solver: str = "paper"
     ) -> list[Relevance]:
-        """The score of each selection (rows) on the full gradients: one Gram per group of at most
-        `FULL_GROUP_ROWS` distinct rows, so overlapping selections share their forward/backward passes."""
+        """The score of each selection (rows) on the full gradients. Selections are grouped so that a
+        group's distinct rows are at most `FULL_GROUP_ROWS`: one forward/backward per group, and
+        each selection's Gram multiplies only its own pairs (`KroneckerGram.subset_grams`)."""
         groups: list[tuple[list[int], set[int]]] = []
         for i, rows in enumerate(selections):
             members = {int(r) for r in rows}
@@ -544,16 +545,25 @@ class Explainer:
                 groups.append(([i], members))
         out: list[Relevance | None] = [None] * len(selections)
         for group, union in groups:
-            union_rows = np.array(sorted(union), dtype=np.int64)
-            gram = self.full_gram(state, union_rows)
-            position = {int(r): j + 1 for j, r in enumerate(union_rows)}
-            for i in group:
-                ix = np.array([position[int(r)] for r in selections[i]], dtype=np.int64)
+            union_rows = sorted(union)
+            stored = self.store.examples_at(union_rows)
+            training = [
+                Example(id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response) for e in stored
+            ]
+            offset = 0 if state.factors is not None else 1  # without kept factors the query runs again, first
+            examples = training if state.factors is not None else [state.example, *training]
+            position = {r: j + offset for j, r in enumerate(union_rows)}
+            subsets = [[position[int(r)] for r in selections[i]] for i in group]
+            if state.factors is None:
+                subsets = [[0, *subset] for subset in subsets]
+            with self._model_lock:
+                grams = self.full.subset_grams(examples, subsets, prefix=state.factors)
+            for i, gram in zip(group, grams, strict=True):
                 out[i] = gram_relevance(
-                    gram.gram[np.ix_(ix, ix)],
-                    gram.gram[ix, 0],
+                    gram.gram[1:, 1:],
+                    gram.gram[1:, 0],
                     float(gram.gram[0, 0]),
-                    gram.sums[ix],
+                    gram.sums[1:],
                     float(gram.sums[0]),
                     gram.dims,
                     solver,

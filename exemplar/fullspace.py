@@ -100,6 +100,23 @@ class LayerFactors:
             losses=[loss],
         )
 
+    def subset(self, positions: Sequence[int]) -> LayerFactors:
+        """The factors of the examples at `positions` (in that order), each example its own batch
+        of its real tokens: a Gram of them multiplies only their own pairs."""
+        xs: list[list[torch.Tensor]] = []
+        ys: list[list[torch.Tensor]] = []
+        for layer in range(len(self.xs)):
+            x, y, seg = _real_tokens(self, layer, self.xs[layer][0].dtype if self.xs[layer] else torch.float32)
+            xs.append([x[seg == p][None] for p in positions])
+            ys.append([y[seg == p][None] for p in positions])
+        return LayerFactors(
+            xs=xs,
+            ys=ys,
+            rows=[torch.tensor([j], dtype=torch.long) for j in range(len(positions))],
+            n=len(positions),
+            losses=[self.losses[p] for p in positions],
+        )
+
     def tokens(self, layer: int) -> int:
         return sum(x.shape[0] * x.shape[1] for x in self.xs[layer])
 
@@ -154,6 +171,10 @@ def _cross(a: LayerFactors, b: LayerFactors, layer: int, shapes: tuple[int, int]
     return torch.zeros(a.n, b.n, dtype=dtype).index_add_(1, sb, rows)
 
 
+def _given(factors: LayerFactors) -> LayerFactors:
+    return factors
+
+
 class KroneckerGram:
     """Batched exact Gram (module docstring); the model, task and layers of a featuriser."""
 
@@ -184,10 +205,29 @@ class KroneckerGram:
         encoded = [self.task.encode(e) for e in examples]
         chunks: list[tuple[list[int], Callable[[], LayerFactors]]] = []
         if prefix is not None:
-            chunks.append((list(range(p)), lambda: prefix))
+            chunks.append((list(range(p)), partial(_given, prefix)))
         for rows in self._chunks(encoded) if encoded else []:
             chunks.append(([p + r for r in rows], partial(self._factors, [encoded[r] for r in rows])))
-        n = p + len(examples)
+        return self._assemble(chunks, p + len(examples))
+
+    def subset_grams(
+        self, examples: Sequence[Example], subsets: Sequence[Sequence[int]], prefix: LayerFactors | None = None
+    ) -> list[FullGram]:
+        """The Gram of each subset (positions in `examples`), `prefix` first in each, from ONE
+        forward/backward of `examples`: overlapping subsets share the passes, and only each
+        subset's own pairs are multiplied. All of `examples` are held at once: keep them few."""
+        f = self.factors(examples)
+        out = []
+        for subset in subsets:
+            sub = f.subset(subset)
+            p = prefix.n if prefix is not None else 0
+            chunks = [] if prefix is None else [(list(range(p)), partial(_given, prefix))]
+            chunks.append(([p + j for j in range(sub.n)], partial(_given, sub)))
+            out.append(self._assemble(chunks, p + sub.n))
+        return out
+
+    def _assemble(self, chunks: Sequence[tuple[list[int], Callable[[], LayerFactors]]], n: int) -> FullGram:
+        """The Gram of chunks of examples given as (positions, how to get their factors)."""
         gram = np.zeros((n, n))
         sums = np.zeros(n)
         losses = np.zeros(n)

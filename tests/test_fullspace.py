@@ -168,3 +168,18 @@ def test_paper_weights_are_uniform_beyond_8_4m_dims_like_torch() -> None:
     assert float(pinv.abs().max()) == 0.0
     gram = a.astype(np.float64) @ a.T.astype(np.float64)
     np.testing.assert_array_equal(paper_weights_gram(gram, a.astype(np.float64) @ g, d), np.full(k, 1 / 3))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_subset_grams_equal_the_grams_of_the_subsets(case: str) -> None:
+    """One pass over all examples, each subset's Gram from its own tokens, the prefix first in each."""
+    fast, slow, examples = _pair(case)
+    featurizer = KroneckerFeaturizer(
+        fast.model, fast.task, ProjectionConfig(params="linear" if case != "llama-lora" else "lora", proj_dim=4)
+    )
+    kept = featurizer.featurize(examples[:1], keep_factors=True).factors
+    assert kept is not None
+    subsets = [[2, 0], [0, 1, 2], [2]]
+    grams = fast.subset_grams(examples[1:], subsets, prefix=kept[0])
+    for subset, got in zip(subsets, grams, strict=True):
+        _assert_gram_close(got, slow.gram([examples[0], *(examples[1 + j] for j in subset)]), fast.dtype)
