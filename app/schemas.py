@@ -46,8 +46,10 @@ class OptionFields(BaseModel):
 
     k: int = Field(5, ge=1, le=50, description="number of training examples to return")
     strategy: Strategy = Field(
-        "balanced",
-        description="balanced: the paper's weighted facility location (influence + representativeness) over the "
+        "reconstruct",
+        description="reconstruct is the default (the highest score in the model's own space, and the largest "
+        "effect when the examples are trained on with their weights: docs/method.md); balanced: the paper's weighted "
+        "facility location (influence + representativeness) over the "
         "candidate pool; topk: the k first under `ordering`; random: k uniformly random training examples (seeded); "
         "divine / aide: the paper's baselines (Bhatt et al. 2021, Nematov et al. 2024); self: the query itself when it "
         "is a training example; reconstruct (ours): local search maximising the score, from greedy and from the "

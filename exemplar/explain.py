@@ -85,7 +85,7 @@ class ExplainOptions:
     """What one explanation request asks for (validated by `check`)."""
 
     k: int = 5
-    strategy: str = "balanced"
+    strategy: str = "reconstruct"  # the highest full-space score and weighted validation (docs/method.md)
     lam: float = 1.0
     seed: int = 0
     estimator: str = "grad_dot"

@@ -255,7 +255,7 @@ def test_keyboard_only(classifier_page: Watched, classifier_server: str) -> None
     p.keyboard.press("Enter")  # Enter in the text submits
     expect(p.locator("#results .card")).to_have_count(3)
     expect(p.locator("#compare-status")).to_have_text("Comparison ready.")
-    query = {"text": "what a boring afternoon", "k": 3, "lam": 1, "strategy": "balanced", "estimator": "grad_dot"}
+    query = {"text": "what a boring afternoon", "k": 3, "lam": 1, "strategy": "reconstruct", "estimator": "grad_dot"}
     check_results_match(p, api(classifier_server, "/v1/explain", query), api(classifier_server, "/v1/compare", query))
 
     link = p.locator("#cards .card").first.get_by_role("link", name="Full example")
@@ -312,7 +312,7 @@ def test_causal_lm_index_asks_for_prompt_and_response(browser: Browser, causal_s
             "response": "spam",
             "k": 3,
             "lam": 1,
-            "strategy": "balanced",
+            "strategy": "reconstruct",
             "estimator": "grad_dot",
         }
         check_results_match(p, api(causal_server, "/v1/explain", query), api(causal_server, "/v1/compare", query))
@@ -339,7 +339,7 @@ def test_api_key_is_asked_for_and_sent(browser: Browser, keyed_server: str) -> N
         p.keyboard.press("Enter")
         expect(p.locator("#results .card")).to_have_count(5)
         expect(p.locator("#compare-status")).to_have_text("Comparison ready.")
-        query = {"text": "stocks fell sharply", "k": 5, "lam": 1, "strategy": "balanced", "estimator": "grad_dot"}
+        query = {"text": "stocks fell sharply", "k": 5, "lam": 1, "strategy": "reconstruct", "estimator": "grad_dot"}
         check_results_match(
             p,
             api(keyed_server, "/v1/explain", query, **{"X-API-Key": API_KEY}),

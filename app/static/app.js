@@ -207,7 +207,7 @@ async function loadIndex() {
       ...(info.labels || []).map((l) => el("option", { value: l, selected: l === current }, l)),
     );
   }
-  const strategy = $("strategy").value || "balanced";
+  const strategy = $("strategy").value || "reconstruct"; // the service's default
   const estimator = $("estimator").value || "grad_dot";
   fillSelect($("strategy"), info.strategies, STRATEGY_NAMES, strategy);
   fillSelect($("estimator"), info.estimators, ESTIMATOR_NAMES, estimator);
