@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from exemplar.errors import InvalidInputError
 from exemplar.tasks import Encoded, Example, Task
@@ -101,20 +102,31 @@ class LayerFactors:
         )
 
     def subset(self, positions: Sequence[int]) -> LayerFactors:
-        """The factors of the examples at `positions` (in that order), each example its own batch
-        of its real tokens: a Gram of them multiplies only their own pairs."""
+        """The factors of the examples at `positions` (distinct, in that order) as one padded batch
+        of their real tokens per layer: a Gram of them multiplies only their own pairs."""
+        n = len(positions)
+        where = torch.full((self.n,), -1, dtype=torch.long)
+        where[torch.tensor(list(positions), dtype=torch.long)] = torch.arange(n)
         xs: list[list[torch.Tensor]] = []
         ys: list[list[torch.Tensor]] = []
+        real: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for layer in range(len(self.xs)):
-            x, y, seg = _real_tokens(self, layer, self.xs[layer][0].dtype if self.xs[layer] else torch.float32)
-            xs.append([x[seg == p][None] for p in positions])
-            ys.append([y[seg == p][None] for p in positions])
+            x, y, seg = _real_tokens(self, layer, self.xs[layer][0].dtype)
+            seg = where[seg]
+            keep = seg >= 0
+            order = torch.argsort(seg[keep], stable=True)
+            x, y, seg = x[keep][order], y[keep][order], seg[keep][order]
+            counts = torch.bincount(seg, minlength=n).tolist()
+            xs.append([pad_sequence(list(torch.split(x, counts)), batch_first=True)])
+            ys.append([pad_sequence(list(torch.split(y, counts)), batch_first=True)])
+            real[layer, x.dtype] = (x, y, seg)
         return LayerFactors(
             xs=xs,
             ys=ys,
-            rows=[torch.tensor([j], dtype=torch.long) for j in range(len(positions))],
-            n=len(positions),
+            rows=[torch.arange(n)],
+            n=n,
             losses=[self.losses[p] for p in positions],
+            real=real,
         )
 
     def tokens(self, layer: int) -> int:
@@ -137,6 +149,10 @@ def _real_tokens(f: LayerFactors, layer: int, dtype: torch.dtype) -> tuple[torch
     `(N, in)`, output gradients `(N, out)` in `dtype`, and each token's position in the chunk `(N,)`."""
     if (layer, dtype) in f.real:
         return f.real[layer, dtype]
+    for (cached_layer, _), (x, y, seg) in list(f.real.items()):
+        if cached_layer == layer:  # another precision of the same tokens
+            f.real[layer, dtype] = (x.to(dtype), y.to(dtype), seg)
+            return f.real[layer, dtype]
     xs, ys, segs = [], [], []
     for x, y, rows in zip(f.xs[layer], f.ys[layer], f.rows, strict=True):
         flat_y = y.reshape(-1, y.shape[-1])
