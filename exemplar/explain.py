@@ -64,8 +64,9 @@ SCORE_SPACES = ("full", "projected")
 """Where a selection is scored: "full" = the model's own gradients of the tracked weights (exact, one
 forward/backward of the selection); "projected" = the index's projected vectors (no model work)."""
 FULL_GROUP_ROWS = 64
-"""`compare` scores its selections in the full space in groups of at most this many distinct rows
-(one Gram per group; a single larger selection is its own group)."""
+"""Selections scored together in the full space (`compare`, `reconstruct`'s and `auto`'s candidates)
+share one forward/backward per group of at most this many distinct rows (a single larger selection
+is its own group); each selection's Gram multiplies only its own pairs."""
 WEIGHT_ZERO = 1e-6
 """A simplex weight at or below this counts as zero: that example takes no part in the reconstruction."""
 
