@@ -191,6 +191,7 @@ def options_of(body: OptionFields) -> ExplainOptions:
         solver=body.solver,
         preset=body.preset,
         score_space=body.score_space,
+        rerank=body.rerank,
     )
 
 

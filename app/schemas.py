@@ -88,6 +88,12 @@ class OptionFields(BaseModel):
         "the index's projected vectors (no model work, for bulk evaluation). Default: the server's "
         "EXEMPLAR_SCORE_SPACE (full). Retrieval and selection always use the projection",
     )
+    rerank: Literal["none", "full"] = Field(
+        "none",
+        description="full: re-order the candidate pool (pool_size rows found in the projection) by exact full-space "
+        "Grad-Dot influence before topk, balanced, divine or aide select from it (one forward/backward of the pool; "
+        "estimator grad_dot only); the returned influences are then the exact ones. none: the projected influence",
+    )
     lam: float = Field(1.0, ge=0.0, le=1.0, description="balanced only: 1 = pure coverage of the pool, 0 = top-k")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random only: the seed")
 

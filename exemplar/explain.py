@@ -67,6 +67,8 @@ FULL_GROUP_ROWS = 64
 """Selections scored together in the full space (`compare`, `reconstruct`'s and `auto`'s candidates)
 share one forward/backward per group of at most this many distinct rows (a single larger selection
 is its own group); each selection's Gram multiplies only its own pairs."""
+RERANKS = ("none", "full")
+"""`rerank`: "full" re-orders the candidate pool by exact full-space Grad-Dot influence (`Explainer.rerank`)."""
 WEIGHT_ZERO = 1e-6
 """A simplex weight at or below this counts as zero: that example takes no part in the reconstruction."""
 
@@ -95,6 +97,7 @@ class ExplainOptions:
     solver: str = "paper"
     preset: str = DEFAULT_PRESET  # search effort of approximate indexes (exemplar.search.PRESETS)
     score_space: str | None = None  # SCORE_SPACES; None: the deployment's default (ExplainConfig)
+    rerank: str = "none"  # RERANKS: "full" re-ranks the candidate pool by exact full-space influence
 
     def check(self, config: ExplainConfig, signed: bool) -> None:
         if not 1 <= self.k <= config.max_k:
@@ -123,6 +126,13 @@ class ExplainOptions:
         if self.score_space is not None and self.score_space not in SCORE_SPACES:
             raise InvalidInputError(
                 f"unknown score_space {self.score_space!r}; choose one of: {', '.join(SCORE_SPACES)}"
+            )
+        if self.rerank not in RERANKS:
+            raise InvalidInputError(f"unknown rerank {self.rerank!r}; choose one of: {', '.join(RERANKS)}")
+        if self.rerank == "full" and self.estimator != "grad_dot":
+            raise InvalidInputError(
+                f"rerank 'full' re-ranks by exact full-space Grad-Dot influence: use estimator grad_dot, not "
+                f"{self.estimator!r}"
             )
 
 
@@ -355,6 +365,20 @@ class Explainer:
         order = selection.order_by(influence, ordering)[:m]
         return rows[order], np.asarray(influence[order], dtype=np.float64)
 
+    def rerank(self, state: QueryState, rows: np.ndarray, ordering: str) -> tuple[np.ndarray, np.ndarray]:
+        """`rows` re-ordered under `ordering` by their exact full-space Grad-Dot influence
+        `-<g_z, g'>` (one forward/backward of the rows, `KroneckerGram.cross`), and that influence.
+
+        The projection decides which examples retrieval finds: on tweets, exactly re-ranking
+        the projected top 100 recovered the true top 10 for every query (docs/search.md)."""
+        stored = self.store.examples_at(np.asarray(rows).tolist())
+        training = [Example(id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response) for e in stored]
+        with self._model_lock:
+            query = state.factors if state.factors is not None else self.full.factors([state.example])
+            influence = -self.full.cross(query, training)[0]  # (m,)
+        order = selection.order_by(influence, ordering)
+        return np.asarray(rows)[order], np.asarray(influence[order], dtype=np.float64)
+
     def reconstruct_candidates(
         self, state: QueryState, nearest: int, aligned: int, *, mixture: bool = False
     ) -> np.ndarray:
@@ -460,6 +484,8 @@ class Explainer:
                 for rows in picks
             ]
         pool, influence = self.candidates(state, estimator, options.ordering, m, options.preset)
+        if options.rerank == "full":
+            pool, influence = self.rerank(state, pool, options.ordering)
         if strategy == "topk":
             picked = selection.topk(influence, k, ordering=options.ordering)
         elif strategy == "balanced":

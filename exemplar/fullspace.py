@@ -275,7 +275,7 @@ class KroneckerGram:
         encoded = [self.task.encode(e) for e in examples]
         out = np.zeros((fixed.n, len(examples)))
         for rows in self._chunks(encoded) if encoded else []:
-            out[:, rows] = self._block(fixed, self._factors([encoded[r] for r in rows]))
+            out[:, rows] = self._block(fixed, self._factors([encoded[r] for r in rows]), keep_b=False)
             if progress is not None:
                 progress(len(rows))
         return out
@@ -294,10 +294,15 @@ class KroneckerGram:
         chunks.append(current)
         return chunks
 
-    def _block(self, a: LayerFactors, b: LayerFactors) -> np.ndarray:
+    def _block(self, a: LayerFactors, b: LayerFactors, *, keep_b: bool = True) -> np.ndarray:
+        """`(a.n, b.n)` inner products summed over layers; `keep_b=False` drops `b`'s real-token
+        copies layer by layer (a chunk used once: they would double its memory)."""
         total = torch.zeros(a.n, b.n, dtype=torch.float64)
         for layer, shapes in enumerate(self.shapes):
             total += _cross(a, b, layer, shapes, self.dtype).double()
+            if not keep_b:
+                for key in [key for key in b.real if key[0] == layer]:
+                    del b.real[key]
         return total.numpy()
 
     def _sums(self, f: LayerFactors) -> np.ndarray:

@@ -472,3 +472,18 @@ def test_explain_many_matches_one_by_one_and_isolates_bad_queries(clf: Explainer
         assert [s.example.id for s in many.examples] == [s.example.id for s in one.examples]
         np.testing.assert_allclose([s.weight for s in many.examples], [s.weight for s in one.examples], atol=1e-4)
         assert many.score_db == pytest.approx(one.score_db, abs=1e-3)
+
+
+def test_rerank_full_orders_the_projected_pool_by_exact_influence(clf: Explainer) -> None:
+    query = Example(text="stocks fell sharply", label="negative")
+    result = clf.explain(query, k=4, strategy="topk", rerank="full", pool_size=20)
+    state = clf.prepare(query)
+    pool, _ = clf.candidates(state, clf.store.estimator("grad_dot"), "most_influential", 20)
+    g, a = full_gradients(clf, query, pool)
+    exact = -(a @ g)  # (20,) Grad-Dot influence on the materialised full gradients
+    expected = pool[np.argsort(-np.abs(exact), kind="stable")[:4]]
+    assert [s.example.row for s in result.examples] == expected.tolist()
+    got = np.array([s.influence for s in result.examples])
+    np.testing.assert_allclose(got, exact[np.argsort(-np.abs(exact), kind="stable")[:4]], rtol=1e-5)
+    with pytest.raises(InvalidInputError, match="grad_dot"):
+        clf.explain(query, k=4, rerank="full", estimator="grad_cos")
