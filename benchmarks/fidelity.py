@@ -38,10 +38,11 @@ import torch
 from scipy.stats import spearmanr
 
 from exemplar.demos import held_out_queries, prepare
+from exemplar.evaluation import training_examples
 from exemplar.explain import Explainer, ExplainOptions, QueryState
 from exemplar.fullspace import FullGram, KroneckerGram
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
-from exemplar.relevance import gram_relevance, mean_of_ratios_db, selection_relevance
+from exemplar.relevance import mean_of_ratios_db, selection_relevance
 from exemplar.tasks import Example
 
 STRATEGIES = ("topk", "balanced", "random", "divine", "aide", "reconstruct", "auto")
@@ -50,24 +51,6 @@ SOLVERS = ("paper", "exact")
 LATENCY_K = 10
 RECALL_K = 10
 RERANK_POOL = 100
-
-
-def training_examples(explainer: Explainer, rows: Sequence[int]) -> list[Example]:
-    stored = explainer.store.examples_at(list(rows))
-    return [Example(id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response) for e in stored]
-
-
-def full_relevance(gram: FullGram, solver: str) -> Any:
-    """The score of every training row of a Gram whose position 0 is the query."""
-    return gram_relevance(
-        gram.gram[1:, 1:],
-        gram.gram[1:, 0],
-        float(gram.gram[0, 0]),
-        gram.sums[1:],
-        float(gram.sums[0]),
-        gram.dims,
-        solver,
-    )
 
 
 def score_query(
@@ -86,7 +69,7 @@ def score_query(
                     key = tuple(sorted(int(r) for r in p.rows))
                     if key not in grams:
                         grams[key] = explainer.full_gram(state, np.asarray(key))
-                    full = full_relevance(grams[key], solver)
+                    full = grams[key].relevance(solver)
                     projected = selection_relevance(state.grad, explainer.store.vectors_at(np.asarray(key)), solver)
                     scored.append((p.strategy, full, projected))
                 served = max(range(len(scored)), key=lambda i: scored[i][1].db)  # the full space picks
@@ -139,7 +122,7 @@ def latency(explainer: Explainer, queries: Sequence[Example]) -> list[dict[str, 
                 "full_score_ms": (t2 - t1) * 1e3,
                 "explain_projected_ms": projected.timings_ms["total"],
                 "explain_full_ms": full.timings_ms["total"],
-                "float32_abs_db": {s: abs(full_relevance(gram32, s).db - full_relevance(gram, s).db) for s in SOLVERS},
+                "float32_abs_db": {s: abs(gram32.relevance(s).db - gram.relevance(s).db) for s in SOLVERS},
             }
         )
     return out

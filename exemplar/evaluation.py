@@ -275,10 +275,7 @@ def best_paper_config(result: GridResult, estimator: str, k: int) -> Config | No
 
 def training_examples(explainer: Explainer, rows: Sequence[int]) -> list[Example]:
     """The stored training examples at ``rows``, as examples a fine-tuning step can train on."""
-    return [
-        Example(id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response)
-        for e in explainer.store.examples_at(list(rows))
-    ]
+    return [e.to_example() for e in explainer.store.examples_at(list(rows))]
 
 
 def _step(

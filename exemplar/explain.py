@@ -37,7 +37,7 @@ from exemplar.estimators import ESTIMATOR_NAMES, Estimator, Query
 from exemplar.fullspace import FullGram, KroneckerGram, LayerFactors
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
-from exemplar.relevance import SOLVERS, Relevance, gram_relevance, selection_relevance, simplex_weights_gram
+from exemplar.relevance import SOLVERS, Relevance, selection_relevance, simplex_weights_gram
 from exemplar.search import DEFAULT_PRESET, check_preset
 from exemplar.store import Checkpoint, FaissGradientStore, StoredExample, resolve_index
 from exemplar.tasks import Example, make_task
@@ -372,7 +372,7 @@ class Explainer:
         The projection decides which examples retrieval finds: on tweets, exactly re-ranking
         the projected top 100 recovered the true top 10 for every query (docs/search.md)."""
         stored = self.store.examples_at(np.asarray(rows).tolist())
-        training = [Example(id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response) for e in stored]
+        training = [e.to_example() for e in stored]
         with self._model_lock:
             query = state.factors if state.factors is not None else self.full.factors([state.example])
             influence = -self.full.cross(query, training)[0]  # (m,)
@@ -548,7 +548,7 @@ class Explainer:
         """Full-space Gram of the query (position 0) and the training examples `rows` (positions 1..);
         the query's own pass is reused when its state kept its factors."""
         stored = self.store.examples_at(np.asarray(rows).tolist())
-        training = [Example(id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response) for e in stored]
+        training = [e.to_example() for e in stored]
         with self._model_lock:
             if state.factors is not None:
                 return self.full.gram(training, prefix=state.factors)
@@ -574,9 +574,7 @@ class Explainer:
         for group, union in groups:
             union_rows = sorted(union)
             stored = self.store.examples_at(union_rows)
-            training = [
-                Example(id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response) for e in stored
-            ]
+            training = [e.to_example() for e in stored]
             offset = 0 if state.factors is not None else 1  # without kept factors the query runs again, first
             examples = training if state.factors is not None else [state.example, *training]
             position = {r: j + offset for j, r in enumerate(union_rows)}
@@ -586,15 +584,7 @@ class Explainer:
             with self._model_lock:
                 grams = self.full.subset_grams(examples, subsets, prefix=state.factors)
             for i, gram in zip(group, grams, strict=True):
-                out[i] = gram_relevance(
-                    gram.gram[1:, 1:],
-                    gram.gram[1:, 0],
-                    float(gram.gram[0, 0]),
-                    gram.sums[1:],
-                    float(gram.sums[0]),
-                    gram.dims,
-                    solver,
-                )
+                out[i] = gram.relevance(solver)
         return [r for r in out if r is not None]
 
     def explain(self, query: Example, options: ExplainOptions | None = None, **kwargs: Any) -> Explanation:

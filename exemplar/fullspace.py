@@ -39,6 +39,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from exemplar.errors import InvalidInputError
+from exemplar.relevance import Relevance, gram_relevance
 from exemplar.tasks import Encoded, Example, Task
 
 MAX_CHUNK_TOKENS = 4096
@@ -60,6 +61,18 @@ class FullGram:
     sums: np.ndarray
     dims: int
     losses: np.ndarray
+
+    def relevance(self, solver: str = "paper") -> Relevance:
+        """The score of examples `1..n-1` as a selection for the query at position 0."""
+        return gram_relevance(
+            self.gram[1:, 1:],
+            self.gram[1:, 0],
+            float(self.gram[0, 0]),
+            self.sums[1:],
+            float(self.sums[0]),
+            self.dims,
+            solver,
+        )
 
 
 class GramComputer(Protocol):

@@ -32,6 +32,7 @@ The tests check each strategy against a direct loop transcription of its definit
 
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -759,28 +760,10 @@ class _ReducedScorer:
         return weights, ok
 
 
-def reconstruct(
-    test_grad: np.ndarray,
-    grads: np.ndarray,
-    k: int,
-    *,
-    solver: str = "exact",
-    pool_size: int = 100,
-    swap_sweeps: int = RECONSTRUCT_SWAP_SWEEPS,
-    simplex_start: bool = True,
-    beam_width: int = 0,
-) -> npt.NDArray[np.int64]:
-    """The best of ``reconstruct_selections`` in these coordinates (its first); see there."""
-    return reconstruct_selections(
-        test_grad,
-        grads,
-        k,
-        solver=solver,
-        pool_size=pool_size,
-        swap_sweeps=swap_sweeps,
-        simplex_start=simplex_start,
-        beam_width=beam_width,
-    )[0]
+def reconstruct(test_grad: np.ndarray, grads: np.ndarray, k: int, **options: Any) -> npt.NDArray[np.int64]:
+    """The best of ``reconstruct_selections(test_grad, grads, k, **options)`` in these coordinates
+    (its first); see there for the search and its options."""
+    return reconstruct_selections(test_grad, grads, k, **options)[0]
 
 
 def reconstruct_selections(

@@ -191,6 +191,10 @@ class StoredExample:
     source: str
     meta: dict[str, Any]
 
+    def to_example(self) -> Example:
+        """The example as a task encodes it (its content fields), e.g. to compute its gradient again."""
+        return Example(id=self.id, text=self.text, label=self.label, prompt=self.prompt, response=self.response)
+
 
 class GradientStore(Protocol):
     """Row-aligned gradient vectors, a search index over them and the examples."""
