@@ -69,6 +69,9 @@ share one forward/backward per group of at most this many distinct rows (a singl
 is its own group); each selection's Gram multiplies only its own pairs."""
 RERANKS = ("none", "full")
 """`rerank`: "full" re-orders the candidate pool by exact full-space Grad-Dot influence (`Explainer.rerank`)."""
+RERANK_MAX_POOL = 1000
+"""`rerank: "full"` runs a forward/backward of every candidate: larger pools are refused (about 13 ms
+per candidate for MiniLM on 2 cores, so 1,000 already hold the model for over 10 s)."""
 WEIGHT_ZERO = 1e-6
 """A simplex weight at or below this counts as zero: that example takes no part in the reconstruction."""
 
@@ -129,6 +132,10 @@ class ExplainOptions:
             )
         if self.rerank not in RERANKS:
             raise InvalidInputError(f"unknown rerank {self.rerank!r}; choose one of: {', '.join(RERANKS)}")
+        if self.rerank == "full" and (self.pool_size or config.pool_size) > RERANK_MAX_POOL:
+            raise InvalidInputError(
+                f"rerank 'full' runs the model on every candidate: use a pool_size of at most {RERANK_MAX_POOL}"
+            )
         if self.rerank == "full" and self.estimator != "grad_dot":
             raise InvalidInputError(
                 f"rerank 'full' re-ranks by exact full-space Grad-Dot influence: use estimator grad_dot, not "

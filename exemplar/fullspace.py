@@ -244,8 +244,12 @@ class KroneckerGram:
     ) -> list[FullGram]:
         """The Gram of each subset (positions in `examples`), `prefix` first in each, from ONE
         forward/backward of `examples`: overlapping subsets share the passes, and only each
-        subset's own pairs are multiplied. All of `examples` are held at once: keep them few."""
-        f = self.factors(examples)
+        subset's own pairs are multiplied. Above `max_chunk_tokens` tokens in all, each subset
+        is computed on its own instead (`gram`, chunked), so memory stays bounded."""
+        encoded = [self.task.encode(e) for e in examples]
+        if sum(len(e.input_ids) for e in encoded) > self.max_chunk_tokens:
+            return [self.gram([examples[j] for j in subset], prefix=prefix) for subset in subsets]
+        f = self._factors(encoded)
         out = []
         for subset in subsets:
             sub = f.subset(subset)

@@ -68,7 +68,9 @@ def test_identical_requests_hit_and_a_new_index_version_misses(index: Path, redi
         first = c.post("/v1/explain", json=QUERY)
         assert first.status_code == 200
         assert first.headers["X-Cache"] == "miss"
-        again = c.post("/v1/explain", json={**QUERY, "strategy": "reconstruct", "score_space": "full"})  # the defaults, spelled out
+        again = c.post(
+            "/v1/explain", json={**QUERY, "strategy": "reconstruct", "score_space": "full"}
+        )  # the defaults, spelled out
         assert again.headers["X-Cache"] == "hit"
         assert again.json() == first.json()
         other = c.post("/v1/explain", json={**QUERY, "k": 4})

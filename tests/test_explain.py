@@ -488,3 +488,5 @@ def test_rerank_full_orders_the_projected_pool_by_exact_influence(clf: Explainer
     np.testing.assert_allclose(got, exact[np.argsort(-np.abs(exact), kind="stable")[:4]], rtol=1e-5)
     with pytest.raises(InvalidInputError, match="grad_dot"):
         clf.explain(query, k=4, rerank="full", estimator="grad_cos")
+    with pytest.raises(InvalidInputError, match="pool_size of at most 1000"):
+        clf.explain(query, k=4, rerank="full", pool_size=1001)

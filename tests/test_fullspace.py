@@ -171,9 +171,11 @@ def test_paper_weights_are_uniform_beyond_8_4m_dims_like_torch() -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_subset_grams_equal_the_grams_of_the_subsets(case: str) -> None:
-    """One pass over all examples, each subset's Gram from its own tokens, the prefix first in each."""
-    fast, slow, examples = _pair(case)
+@pytest.mark.parametrize("max_chunk_tokens", [4096, 12])
+def test_subset_grams_equal_the_grams_of_the_subsets(case: str, max_chunk_tokens: int) -> None:
+    """One pass over all examples, each subset's Gram from its own tokens, the prefix first in each
+    (or, above the chunk size, each subset on its own in chunks)."""
+    fast, slow, examples = _pair(case, max_chunk_tokens=max_chunk_tokens)
     featurizer = KroneckerFeaturizer(
         fast.model, fast.task, ProjectionConfig(params="linear" if case != "llama-lora" else "lora", proj_dim=4)
     )
