@@ -105,8 +105,8 @@ def latency(explainer: Explainer, queries: Sequence[Example]) -> list[dict[str, 
         dtype=torch.float32,
     )
     for query in queries:
-        projected = explainer.explain(query, k=LATENCY_K, score_space="projected")
-        full = explainer.explain(query, k=LATENCY_K, score_space="full")
+        projected = explainer.explain(query, k=LATENCY_K, strategy="balanced", score_space="projected")
+        full = explainer.explain(query, k=LATENCY_K, strategy="balanced", score_space="full")
         state = explainer.prepare(query, keep_factors=True)
         rows = np.array([s.example.row for s in full.examples])
         examples = training_examples(explainer, rows.tolist())
