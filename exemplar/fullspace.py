@@ -114,9 +114,9 @@ class LayerFactors:
             losses=[loss],
         )
 
-    def subset(self, positions: Sequence[int]) -> LayerFactors:
+    def subset(self, positions: Sequence[int], dtype: torch.dtype = torch.float64) -> LayerFactors:
         """The factors of the examples at `positions` (distinct, in that order) as one padded batch
-        of their real tokens per layer: a Gram of them multiplies only their own pairs."""
+        of their real tokens per layer, in `dtype`: a Gram of them multiplies only their own pairs."""
         n = len(positions)
         where = torch.full((self.n,), -1, dtype=torch.long)
         where[torch.tensor(list(positions), dtype=torch.long)] = torch.arange(n)
@@ -124,7 +124,7 @@ class LayerFactors:
         ys: list[list[torch.Tensor]] = []
         real: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for layer in range(len(self.xs)):
-            x, y, seg = _real_tokens(self, layer, self.xs[layer][0].dtype)
+            x, y, seg = _real_tokens(self, layer, dtype)
             seg = where[seg]
             keep = seg >= 0
             order = torch.argsort(seg[keep], stable=True)
@@ -252,7 +252,7 @@ class KroneckerGram:
         f = self._factors(encoded)
         out = []
         for subset in subsets:
-            sub = f.subset(subset)
+            sub = f if list(subset) == list(range(f.n)) else f.subset(subset, self.dtype)  # all: as they are
             p = prefix.n if prefix is not None else 0
             chunks = [] if prefix is None else [(list(range(p)), partial(_given, prefix))]
             chunks.append(([p + j for j in range(sub.n)], partial(_given, sub)))
