@@ -35,6 +35,7 @@ from exemplar.demos import prepare
 # Held-out tweets can be longer than the demos' 64-token max_length: cut them, as a client
 # that accepts truncation would ask (the default refuses them with 422).
 SERVER_ENV = {"EXEMPLAR_TRUNCATE_QUERIES": "true"}
+CLIENT_TIMEOUT_S = 300  # an answer slower than this counts as an error
 
 
 def queries(index: Path) -> list[dict[str, Any]]:
@@ -50,7 +51,9 @@ async def drive(url: str, bodies: list[dict[str, Any]], concurrency: int, second
     async def client(i: int) -> None:
         nonlocal errors
         n = i
-        async with httpx.AsyncClient(timeout=60) as http:
+        # a request waits behind up to C - 1 others on the model thread: with full-space scores (every
+        # request runs its selected examples too) that reached 58 s at C = 16 beside the worker's job
+        async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as http:
             while time.monotonic() < stop:
                 # the seed is part of the cache key: ~500 distinct requests, then repeats (cache hits with Redis)
                 body = {**bodies[n % len(bodies)], "k": 5, "seed": n % 500}
