@@ -107,13 +107,14 @@ def benchmark(index: Path, levels: list[int], seconds: float, workdir: Path) -> 
 def ci(index: Path, seconds: float, workdir: Path, redis_url: str) -> int:
     """Bounded load with Redis, a real worker and a batch job; non-zero exit on any failure."""
     queue = f"loadtest-{uuid.uuid4().hex}"
-    env = {**SERVER_ENV, "EXEMPLAR_REDIS_URL": redis_url, "EXEMPLAR_QUEUE": queue}
+    # api and worker share the machine's cores: one torch thread each, so neither spins on the other's
+    env = {**SERVER_ENV, "EXEMPLAR_REDIS_URL": redis_url, "EXEMPLAR_QUEUE": queue, "EXEMPLAR_TORCH_THREADS": "1"}
     with (workdir / "worker.log").open("w") as log:
         worker = subprocess.Popen(
             [BIN / "exemplar-worker", "--redis", redis_url, "--queue", queue, "--index", str(index)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=ENV,
+            env={**ENV, "OMP_NUM_THREADS": "1"},
         )
     failures = []
     try:
