@@ -40,7 +40,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from exemplar.errors import InvalidInputError
 from exemplar.relevance import Relevance, gram_relevance
-from exemplar.tasks import Encoded, Example, Task
+from exemplar.tasks import Encoded, Example, LossOutput, Task
 
 MAX_CHUNK_TOKENS = 4096
 """Real tokens per chunk of examples whose layer inputs and output gradients are held at once."""
@@ -200,6 +200,57 @@ def _cross(a: LayerFactors, b: LayerFactors, layer: int, shapes: tuple[int, int]
     return torch.zeros(a.n, b.n, dtype=dtype).index_add_(1, sb, rows)
 
 
+def forward_backward(
+    model: torch.nn.Module,
+    task: Task,
+    layers: Sequence[tuple[str, torch.nn.Linear]],
+    batch: dict[str, torch.Tensor],
+    on_input: Callable[[int, torch.Tensor], Any],
+) -> tuple[dict[int, Any], dict[int, torch.Tensor], LossOutput]:
+    """One forward and one backward of `batch` with hooks on `layers`: what `on_input(i, x)` keeps of
+    layer `i`'s (detached) input, and the summed loss's gradient w.r.t. each layer's output (a layer
+    missing from it is not on the loss path). No parameter `.grad` is touched."""
+    kept: dict[int, Any] = {}
+    outputs: dict[int, torch.Tensor] = {}
+
+    def hook(index: int) -> Callable[..., None]:
+        def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            kept[index] = on_input(index, args[0].detach())
+            outputs[index] = output
+
+        return record
+
+    handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(layers)]
+    try:
+        with torch.enable_grad():
+            out = task.per_example_loss(model, batch)
+            seen = sorted(outputs)
+            grads = torch.autograd.grad(out.losses.sum(), [outputs[i] for i in seen], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return kept, {i: g for i, g in zip(seen, grads, strict=True) if g is not None}, out
+
+
+def batch_factors(
+    layers: Sequence[tuple[str, torch.nn.Linear]],
+    bsz: int,
+    inputs: dict[int, torch.Tensor],
+    grads: dict[int, torch.Tensor],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, in order, one batch's inputs `(B, T_l, in)` and output gradients `(B, T_l, out)`;
+    a layer off the loss path gets zeros."""
+    xs, ys = [], []
+    for i, (_, layer) in enumerate(layers):
+        if i in grads:
+            xs.append(inputs[i].reshape(bsz, -1, layer.in_features))
+            ys.append(grads[i].detach().reshape(bsz, -1, layer.out_features))
+        else:
+            xs.append(torch.zeros(bsz, 1, layer.in_features))
+            ys.append(torch.zeros(bsz, 1, layer.out_features))
+    return xs, ys
+
+
 def _given(factors: LayerFactors) -> LayerFactors:
     return factors
 
@@ -329,29 +380,6 @@ class KroneckerGram:
                 out[rows] += (x.sum(dim=-1, dtype=torch.float64) * y.sum(dim=-1, dtype=torch.float64)).sum(dim=-1)
         return out.numpy()
 
-    def _pass(self, batch: dict[str, torch.Tensor]) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], Any]:
-        """One forward/backward: each tracked layer's input and output gradient (by layer position)."""
-        inputs: dict[int, torch.Tensor] = {}
-        outputs: dict[int, torch.Tensor] = {}
-
-        def hook(index: int) -> Callable[..., None]:
-            def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-                inputs[index] = args[0].detach()
-                outputs[index] = output
-
-            return record
-
-        handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(self.layers)]
-        try:
-            with torch.enable_grad():
-                out = self.task.per_example_loss(self.model, batch)
-                seen = sorted(outputs)
-                grads = torch.autograd.grad(out.losses.sum(), [outputs[i] for i in seen], allow_unused=True)
-        finally:
-            for h in handles:
-                h.remove()
-        return inputs, {i: g for i, g in zip(seen, grads, strict=True) if g is not None}, out
-
     def _factors(self, encoded: Sequence[Encoded]) -> LayerFactors:
         """One forward/backward per batch; what each tracked layer saw and got back, kept as it is."""
         xs: list[list[torch.Tensor]] = [[] for _ in self.layers]
@@ -360,15 +388,11 @@ class KroneckerGram:
         losses = [0.0] * len(encoded)
         for group in self.batches(encoded):
             batch = self.task.collate([encoded[i] for i in group])
-            inputs, grad_of, out = self._pass(batch)
-            bsz = batch["input_ids"].shape[0]
-            for i, (_, layer) in enumerate(self.layers):
-                d_out = grad_of.get(i)
-                if d_out is None:  # not on the loss path (or never run): a zero gradient
-                    d_out = torch.zeros(bsz, 1, layer.out_features)
-                    inputs[i] = torch.zeros(bsz, 1, layer.in_features)
-                ys[i].append(d_out.reshape(bsz, -1, layer.out_features))
-                xs[i].append(inputs[i].reshape(bsz, -1, layer.in_features))
+            inputs, grads, out = forward_backward(self.model, self.task, self.layers, batch, lambda i, x: x)
+            batch_xs, batch_ys = batch_factors(self.layers, len(group), inputs, grads)
+            for i in range(len(self.layers)):
+                xs[i].append(batch_xs[i])
+                ys[i].append(batch_ys[i])
             rows.append(torch.tensor(group, dtype=torch.long))
             for j, i in enumerate(group):
                 losses[i] = float(out.losses[j].detach())

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from exemplar.errors import InvalidInputError
-from exemplar.fullspace import LayerFactors
+from exemplar.fullspace import LayerFactors, batch_factors, forward_backward
 from exemplar.tasks import Encoded, Example, Task
 
 ProgressFn = Callable[[int], None]
@@ -196,48 +196,24 @@ class KroneckerFeaturizer(_Projected):
     ) -> tuple[np.ndarray, Any, tuple[list[torch.Tensor], list[torch.Tensor]] | None]:
         """Projected vectors `(B, D)`, the loss output and, with `keep_factors`, every tracked layer's
         raw inputs `(B, T_l, in)` and output gradients `(B, T_l, out)` in layer order."""
-        inputs: dict[str, torch.Tensor] = {}
-        outputs: dict[str, torch.Tensor] = {}
-        raw_inputs: dict[str, torch.Tensor] = {}
 
-        def hook(name: str) -> Callable[..., None]:
-            def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-                if keep_factors:
-                    raw_inputs[name] = args[0].detach()
-                inputs[name] = args[0].detach() @ self.p_in[name].T  # (B, T, s)
-                outputs[name] = output
+        def keep(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            # projected at once, (B, T, s); the raw input only when the factors are kept
+            return x @ self.p_in[self.layer_names[i]].T, x if keep_factors else None
 
-            return record
-
-        handles = [m.register_forward_hook(hook(n)) for n, m in self.layers]
-        try:
-            with torch.enable_grad():
-                out = self.task.per_example_loss(self.model, batch)
-                names = [n for n in self.layer_names if n in outputs]
-                grads = torch.autograd.grad(out.losses.sum(), [outputs[n] for n in names], allow_unused=True)
-        finally:
-            for h in handles:
-                h.remove()
+        kept, grads, out = forward_backward(self.model, self.task, self.layers, batch, keep)
         bsz = batch["input_ids"].shape[0]
         s = self.config.side
-        raw: tuple[list[torch.Tensor], list[torch.Tensor]] | None = ([], []) if keep_factors else None
+        raw = batch_factors(self.layers, bsz, {i: x for i, (_, x) in kept.items()}, grads) if keep_factors else None
         with torch.no_grad():
             parts = []
-            grad_of = dict(zip(names, grads, strict=True))
-            for name, layer in self.layers:
-                d_out = grad_of.get(name)
-                if raw is not None:
-                    if d_out is None:  # a zero gradient
-                        raw[0].append(torch.zeros(bsz, 1, layer.in_features))
-                        raw[1].append(torch.zeros(bsz, 1, layer.out_features))
-                    else:
-                        raw[0].append(raw_inputs[name].reshape(bsz, -1, layer.in_features))
-                        raw[1].append(d_out.detach().reshape(bsz, -1, layer.out_features))
-                if d_out is None:  # layer not on the loss path: zero gradient
+            for i, name in enumerate(self.layer_names):
+                if i not in grads:  # layer not on the loss path: zero gradient
                     parts.append(torch.zeros(bsz, s * s))
                     continue
+                d_out = grads[i]
                 a = d_out.reshape(bsz, -1, d_out.shape[-1]).float() @ self.p_out[name].T  # (B, T, s)
-                b = inputs[name].reshape(bsz, -1, s).float()
+                b = kept[i][0].reshape(bsz, -1, s).float()
                 parts.append(torch.einsum("bto,bti->boi", a, b).reshape(bsz, s * s))
             vecs = torch.cat(parts, dim=1).numpy()
         return vecs, out, raw
