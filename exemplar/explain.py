@@ -381,8 +381,7 @@ class Explainer:
         stored = self.store.examples_at(np.asarray(rows).tolist())
         training = [e.to_example() for e in stored]
         with self._model_lock:
-            query = state.factors if state.factors is not None else self.full.factors([state.example])
-            influence = -self.full.cross(query, training)[0]  # (m,)
+            influence = -self.full.cross(self._query_factors(state), training)[0]  # (m,)
         order = selection.order_by(influence, ordering)
         return np.asarray(rows)[order], np.asarray(influence[order], dtype=np.float64)
 
@@ -554,12 +553,16 @@ class Explainer:
     def full_gram(self, state: QueryState, rows: np.ndarray) -> FullGram:
         """Full-space Gram of the query (position 0) and the training examples `rows` (positions 1..);
         the query's own pass is reused when its state kept its factors."""
-        stored = self.store.examples_at(np.asarray(rows).tolist())
-        training = [e.to_example() for e in stored]
+        training = [e.to_example() for e in self.store.examples_at(np.asarray(rows).tolist())]
         with self._model_lock:
-            if state.factors is not None:
-                return self.full.gram(training, prefix=state.factors)
-            return self.full.gram([state.example, *training])
+            return self.full.gram(training, prefix=self._query_factors(state))
+
+    def _query_factors(self, state: QueryState) -> LayerFactors:
+        """The query's layer factors: those its featurisation kept, else one pass now, kept in `state`.
+        The caller holds the model lock."""
+        if state.factors is None:
+            state.factors = self.full.factors([state.example])
+        return state.factors
 
     def full_scores(
         self, state: QueryState, selections: Sequence[np.ndarray], solver: str = "paper"
@@ -580,16 +583,11 @@ class Explainer:
         out: list[Relevance | None] = [None] * len(selections)
         for group, union in groups:
             union_rows = sorted(union)
-            stored = self.store.examples_at(union_rows)
-            training = [e.to_example() for e in stored]
-            offset = 0 if state.factors is not None else 1  # without kept factors the query runs again, first
-            examples = training if state.factors is not None else [state.example, *training]
-            position = {r: j + offset for j, r in enumerate(union_rows)}
+            training = [e.to_example() for e in self.store.examples_at(union_rows)]
+            position = {r: j for j, r in enumerate(union_rows)}
             subsets = [[position[int(r)] for r in selections[i]] for i in group]
-            if state.factors is None:
-                subsets = [[0, *subset] for subset in subsets]
             with self._model_lock:
-                grams = self.full.subset_grams(examples, subsets, prefix=state.factors)
+                grams = self.full.subset_grams(training, subsets, prefix=self._query_factors(state))
             for i, gram in zip(group, grams, strict=True):
                 out[i] = gram.relevance(solver)
         return [r for r in out if r is not None]

@@ -486,6 +486,9 @@ def test_rerank_full_orders_the_projected_pool_by_exact_influence(clf: Explainer
     assert [s.example.row for s in result.examples] == expected.tolist()
     got = np.array([s.influence for s in result.examples])
     np.testing.assert_allclose(got, exact[np.argsort(-np.abs(exact), kind="stable")[:4]], rtol=1e-5)
+    # without the query's kept factors (projected scores), its pass runs once here, with the same ranking
+    projected = clf.explain(query, k=4, strategy="topk", rerank="full", pool_size=20, score_space="projected")
+    assert [s.example.row for s in projected.examples] == expected.tolist()
     with pytest.raises(InvalidInputError, match="grad_dot"):
         clf.explain(query, k=4, rerank="full", estimator="grad_cos")
     with pytest.raises(InvalidInputError, match="pool_size of at most 1000"):
