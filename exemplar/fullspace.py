@@ -16,7 +16,9 @@ fewer multiply-adds for that layer (`N` real tokens of `n` examples):
 Coordinate sums (for the variance's mean term) are `sum(G_i) = sum_t (1 . dy_it)(1 . x_it)`.
 Each layer's products run in `dtype`, float64 by default: the paper's solver inverts the
 Gram's eigenvalues down to its truncation threshold, and float32 products (about twice as
-fast) moved its score on a tiny model by 0.13 dB; the sum over layers is float64. Padded
+fast) moved its score by 0.13 dB from the materialised gradients' (tests/test_explain.py's
+full-space check for DIVINE on the tiny classifier index, run with `dtype=torch.float32`);
+the sum over layers is float64. Padded
 tokens have a zero output gradient and add nothing.
 
 Implementations of `GramComputer`:
