@@ -37,6 +37,9 @@ PAPER_GRADIENT_ESTIMATORS = ("grad_dot", "datainf")
 GRID_STRATEGIES = ("topk", "balanced", "divine", "aide", "random", "reconstruct")
 """The strategies `default_configs` scores, so the ones the validation can take."""
 RANDOM_SEEDS = 5
+SCORE_KEYS = ("projected/paper", "projected/exact", "full/paper", "full/exact")
+"""Where and how a grid with ``full_space`` scores each selection: "space/solver". ``ScoreRecord.ratio``
+is always "projected/paper", the paper's function on the index's vectors."""
 BOUND_MAX_ROWS = 20_000
 """Largest index for which `run_grid` computes the certified ceilings (a QP over all rows per query)."""
 
@@ -120,6 +123,7 @@ class ScoreRecord:
     var_g: float
     var_r: float
     rows: list[int]
+    scores: dict[str, float] = field(default_factory=dict)  # SCORE_KEYS -> ratio, with ``full_space``
 
 
 @dataclass
@@ -140,7 +144,8 @@ class GridResult:
     n_queries: int = 0
 
     def table(self) -> dict[tuple[str, str, int], dict[str, float]]:
-        """(estimator, config label, k) -> mean-of-ratios dB, ratio-of-expectations dB, share > 0 dB, n."""
+        """(estimator, config label, k) -> mean-of-ratios dB, ratio-of-expectations dB, share > 0 dB, n,
+        and the median over queries of each query's dB (random: its seeds' mean ratio first)."""
         groups: dict[tuple[str, str, int], list[ScoreRecord]] = defaultdict(list)
         for r in self.records:
             groups[(r.config.estimator, r.config.label, r.k)].append(r)
@@ -149,11 +154,29 @@ class GridResult:
             out[key] = {
                 "mean_of_ratios_db": mean_of_ratios_db([r.ratio for r in recs]),
                 "ratio_of_expectations_db": ratio_of_expectations_db([r.var_g for r in recs], [r.var_r for r in recs]),
-                "median_db": float(np.median([r.db for r in recs])),
+                "median_db": median_per_query_db([(r.query, r.ratio) for r in recs]),
                 "share_positive": float(np.mean([r.db > 0 for r in recs])),
                 "n": float(len(recs)),
             }
         return out
+
+    def spaces(self) -> list[str]:
+        """The SCORE_KEYS every record of this result carries (none unless run with ``full_space``)."""
+        return [key for key in SCORE_KEYS if self.records and all(key in r.scores for r in self.records)]
+
+    def space_table(self) -> dict[tuple[str, str, int, str], dict[str, float]]:
+        """(estimator, config label, k, score key) -> mean-of-ratios dB and median per query dB."""
+        groups: dict[tuple[str, str, int, str], list[tuple[int, float]]] = defaultdict(list)
+        for r in self.records:
+            for key, ratio in r.scores.items():
+                groups[(r.config.estimator, r.config.label, r.k, key)].append((r.query, ratio))
+        return {
+            key: {
+                "mean_of_ratios_db": mean_of_ratios_db([ratio for _, ratio in pairs]),
+                "median_db": median_per_query_db(pairs),
+            }
+            for key, pairs in groups.items()
+        }
 
     def bound_db(self, kind: str) -> float:
         """Mean-of-ratios dB of a per-query ceiling ("best_single" or "any_selection"); NaN without bounds.
@@ -164,6 +187,19 @@ class GridResult:
         if not self.bounds:
             return math.nan
         return mean_of_ratios_db([getattr(b, kind) for b in self.bounds])
+
+
+def median_per_query_db(pairs: Sequence[tuple[int, float]]) -> float:
+    """The median over queries of each query's score in dB, from (query, ratio) pairs; a query with
+    several (random's seeds) counts once, at the mean of its ratios. Unlike the mean of ratios, a
+    few queries with a near-duplicate training example (ratios in the thousands) cannot carry it."""
+    by_query: dict[int, list[float]] = defaultdict(list)
+    for query, ratio in pairs:
+        by_query[query].append(ratio)
+    if not by_query:
+        return math.nan
+    dbs = [10.0 * math.log10(m) if (m := float(np.mean(r))) > 0 else -math.inf for r in by_query.values()]
+    return float(np.median(dbs))
 
 
 def _select(explainer: Explainer, state: QueryState, config: Config, k: int, seed: int = 0) -> np.ndarray:
@@ -189,6 +225,7 @@ def run_grid(
     validate_ks: Sequence[int] = KS,
     bounds: bool = True,
     validation_step: str = "mean",
+    full_space: bool = False,
     progress: Progress | None = None,
 ) -> GridResult:
     """Score every configuration for every query; validate `validate_configs` by fine-tuning.
@@ -198,6 +235,11 @@ def run_grid(
     need every vector in memory and a QP over all rows, so indexes above ``BOUND_MAX_ROWS``
     rows skip them. The validation (`validate_selections`) runs after the grid, on the
     selections it scored, stepping each on ``validation_step`` (``STEPS``).
+
+    With ``full_space`` every selection is also scored on the model's full gradients with both
+    solvers, and on the projection with the exact solver (``ScoreRecord.scores``): per query, one
+    full-space Gram of the union of its selections (`Explainer.full_gram`, the query's own pass
+    kept from its featurisation), from which each selection's Gram is a sub-matrix.
     """
     progress = progress or SilentProgress()
     if not queries:
@@ -220,8 +262,9 @@ def run_grid(
     progress.start("evaluation grid", len(queries), unit="query")
     for qi, query in enumerate(queries):
         t0 = time.perf_counter()
-        state = explainer.prepare(query)
+        state = explainer.prepare(query, keep_factors=full_space)
         seconds["gradient"] += time.perf_counter() - t0
+        first = len(result.records)
         if vectors is not None:
             t0 = time.perf_counter()
             result.bounds.append(
@@ -239,6 +282,10 @@ def run_grid(
                         ScoreRecord(qi, config, k, rel.ratio, rel.db, rel.var_g, rel.var_r, [int(r) for r in rows])
                     )
                 seconds[config.strategy] += time.perf_counter() - t1
+        if full_space:
+            t1 = time.perf_counter()
+            _score_full(explainer, state, result.records[first:])
+            seconds["full_space"] += time.perf_counter() - t1
         progress.advance(1)
     progress.finish()
     result.seconds = dict(seconds)
@@ -254,6 +301,23 @@ def run_grid(
         )
         result.seconds["validation"] = time.perf_counter() - t2
     return result
+
+
+def _score_full(explainer: Explainer, state: QueryState, records: Sequence[ScoreRecord]) -> None:
+    """Fill each record's ``scores`` (SCORE_KEYS) for one query, from one full-space Gram of the
+    union of the records' rows (position 0 is the query)."""
+    union = sorted({row for r in records for row in r.rows})
+    full = explainer.full_gram(state, np.asarray(union, dtype=np.int64))
+    position = {row: j + 1 for j, row in enumerate(union)}
+    for r in records:
+        rows = np.asarray(r.rows, dtype=np.int64)
+        gram = full.subset([0, *(position[row] for row in r.rows)])
+        r.scores = {
+            "projected/paper": r.ratio,
+            "projected/exact": explainer.score(state, rows, solver="exact").ratio,
+            "full/paper": gram.relevance("paper").ratio,
+            "full/exact": gram.relevance("exact").ratio,
+        }
 
 
 def best_paper_config(result: GridResult, estimator: str, k: int) -> Config | None:
@@ -352,6 +416,7 @@ def validate_selections(
                         stepped.delta_logp - base_logp,
                         stepped.jsd / base_jsd if base_jsd > 0 else math.nan,
                         step,
+                        dict(rec.scores),
                     )
                 )
         progress.advance(1)

@@ -76,6 +76,12 @@ class FullGram:
             solver,
         )
 
+    def subset(self, positions: Sequence[int]) -> FullGram:
+        """The Gram of the examples at `positions` only, in that order (position 0 first keeps the
+        query first): one Gram of a union scores each of its selections."""
+        idx = np.asarray(positions, dtype=np.int64)
+        return FullGram(self.gram[np.ix_(idx, idx)], self.sums[idx], self.dims, self.losses[idx])
+
 
 class GramComputer(Protocol):
     """Computes `FullGram` of a few examples for one model and task."""

@@ -23,7 +23,7 @@ import itertools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -132,6 +132,7 @@ class ValidationRecord:
     xi_plus: float
     xi_jsd: float
     step: str = "mean"  # one of STEPS: how the losses of this selection and its random baselines were weighted
+    scores: dict[str, float] = field(default_factory=dict)  # the selection's ratio in other spaces (ScoreRecord.scores)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

@@ -145,6 +145,14 @@ def reproduce(
     ] = None,
     index: Annotated[Path | None, typer.Option(help="evaluate this index instead of a demo (needs --test)")] = None,
     test_file: Annotated[Path | None, typer.Option("--test", help="JSONL test instances for --index")] = None,
+    full_space: Annotated[
+        bool,
+        typer.Option(
+            "--full-space/--projected-only",
+            help="also score every selection on the model's full gradients with both solvers (one full-space "
+            "Gram per query) and report both spaces",
+        ),
+    ] = True,
 ) -> None:
     """Run the grid (estimators x strategies x k) and write docs/results/<demo>.md with plots."""
     from exemplar.demos import heldout, prepare
@@ -176,7 +184,9 @@ def reproduce(
         test = _queries(test_path, explainer.store.manifest.task, queries)
         ests = _strs(estimators)
         vks = _ints(validate_ks)
-        grid = run_grid(explainer, test, estimators=ests, ks=sorted({*KS, *vks}), progress=TqdmProgress())
+        grid = run_grid(
+            explainer, test, estimators=ests, ks=sorted({*KS, *vks}), full_space=full_space, progress=TqdmProgress()
+        )
         # the paper's strategies the paper validated (first estimator), plus, per k, the best
         # paper strategy by score of every gradient estimator: the xi_plus target's baselines
         fixed = [
@@ -200,7 +210,7 @@ def reproduce(
         fail(str(exc))
         return
     grid.seconds["total"] = time.perf_counter() - started
-    summary = explainer.store.manifest.summary()
+    summary = {**explainer.store.manifest.summary(), "full_dims": explainer.full.dims}
     path = write_report(grid, out, demo=demo, command=command, index_summary=summary)
     if records is not None:
         write_records(grid, records, meta={"demo": demo, "command": command, "index_summary": summary})

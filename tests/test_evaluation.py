@@ -385,6 +385,8 @@ def test_reproduce_cli_on_a_tiny_index(classifier_index: Path, tmp_path: Path) -
     assert "exemplar-eval reproduce --demo tiny" in report
     assert "3 held-out test queries" in report
     assert "Spearman(SRS, xi_plus)" in report
+    assert "## In the model's full gradient space, with both solvers" in report  # --full-space by default
+    assert "| Spearman(score full, exact, xi_plus) |" in report
     assert (tmp_path / "r.jsonl").stat().st_size > 0
     # the report renders again from the records alone, identical but for the line that says so
     again = subprocess.run(
@@ -411,3 +413,43 @@ def test_reproduce_cli_on_a_tiny_index(classifier_index: Path, tmp_path: Path) -
     )
     assert missing.returncode == 2
     assert "--test" in missing.stderr
+
+
+def test_full_space_grid_scores_match_materialised_gradients(clf: Explainer, tmp_path: Path) -> None:
+    from exemplar.evaluation import SCORE_KEYS, median_per_query_db
+    from exemplar.report import read_records, write_records
+    from tests.test_explain import FULL_DB_ATOL, full_space_oracle
+
+    queries = [Example(text="stocks fell", label="negative"), Example(text="what a day", label="positive")]
+    result = run_grid(clf, queries, estimators=("grad_dot",), ks=(1, 3), bounds=False, full_space=True)
+    assert result.spaces() == list(SCORE_KEYS)
+    assert result.seconds["full_space"] > 0
+    checked = {r.config.strategy: r for r in result.records if r.query == 0 and r.k == 3}
+    assert {"reconstruct", "balanced", "topk", "random"} <= set(checked)
+    state = clf.prepare(queries[0])
+    for r in checked.values():
+        rows = np.asarray(r.rows)
+        for solver in ("paper", "exact"):
+            oracle = full_space_oracle(clf, queries[0], rows, solver)
+            assert 10 * math.log10(r.scores[f"full/{solver}"]) == pytest.approx(oracle.db, abs=FULL_DB_ATOL)
+        assert r.scores["projected/paper"] == r.ratio
+        assert r.scores["projected/exact"] == pytest.approx(clf.score(state, rows, solver="exact").ratio, rel=1e-9)
+        assert r.scores["projected/exact"] >= r.ratio * (1 - 1e-9)  # the exact solver is the optimum
+    # medians per query: random's seeds are averaged within their query first
+    randoms = [r for r in result.records if r.config.strategy == "random" and r.k == 1]
+    per_query = [np.mean([r.scores["full/exact"] for r in randoms if r.query == q]) for q in (0, 1)]
+    table = result.space_table()
+    assert table[("-", "random", 1, "full/exact")]["median_db"] == pytest.approx(
+        float(np.median([10 * math.log10(x) for x in per_query]))
+    )
+    assert median_per_query_db([(0, 10.0), (0, 30.0), (1, 1.0), (2, 100.0)]) == pytest.approx(10 * math.log10(20))
+    # the records keep every space, so the report renders again with them
+    write_records(result, tmp_path / "r.jsonl")
+    again, _ = read_records(tmp_path / "r.jsonl")
+    assert [r.scores for r in again.records] == [r.scores for r in result.records]
+    text = write_report(
+        again, tmp_path, demo="tiny", command="test", index_summary={**clf.store.manifest.summary(), "full_dims": 99}
+    ).read_text()
+    assert "## In the model's full gradient space, with both solvers" in text
+    assert "(99 dims;" in text
+    assert "`grad_dot`, full, paper: top-k most influential below 0 dB" in text
