@@ -12,13 +12,15 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 from exemplar.errors import InvalidInputError
 from exemplar.explain import Explainer, ExplainOptions, QueryState
+from exemplar.fullspace import MAX_CHUNK_TOKENS, KroneckerGram
 from exemplar.progress import Progress, SilentProgress
 from exemplar.relevance import (
     best_single_ratio,
@@ -38,8 +40,8 @@ GRID_STRATEGIES = ("topk", "balanced", "divine", "aide", "random", "reconstruct"
 """The strategies `default_configs` scores, so the ones the validation can take."""
 RANDOM_SEEDS = 5
 SCORE_KEYS = ("projected/paper", "projected/exact", "full/paper", "full/exact")
-"""Where and how a grid with ``full_space`` scores each selection: "space/solver". ``ScoreRecord.ratio``
-is always "projected/paper", the paper's function on the index's vectors."""
+"""Where and how `score_full_space` scores a selection: "space/solver". ``ScoreRecord.ratio`` is
+always "projected/paper", the paper's function on the index's vectors."""
 BOUND_MAX_ROWS = 20_000
 """Largest index for which `run_grid` computes the certified ceilings (a QP over all rows per query)."""
 
@@ -123,7 +125,7 @@ class ScoreRecord:
     var_g: float
     var_r: float
     rows: list[int]
-    scores: dict[str, float] = field(default_factory=dict)  # SCORE_KEYS -> ratio, with ``full_space``
+    scores: dict[str, float] = field(default_factory=dict)  # SCORE_KEYS -> ratio, after `score_full_space`
 
 
 @dataclass
@@ -142,6 +144,7 @@ class GridResult:
     validation: list[ValidationRecord] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     n_queries: int = 0
+    checks: dict[str, float] = field(default_factory=dict)  # self-checks of the run (score_full_space)
 
     def table(self) -> dict[tuple[str, str, int], dict[str, float]]:
         """(estimator, config label, k) -> mean-of-ratios dB, ratio-of-expectations dB, share > 0 dB, n,
@@ -161,8 +164,8 @@ class GridResult:
         return out
 
     def spaces(self) -> list[str]:
-        """The SCORE_KEYS every record of this result carries (none unless run with ``full_space``)."""
-        return [key for key in SCORE_KEYS if self.records and all(key in r.scores for r in self.records)]
+        """The SCORE_KEYS the records carry (none before `score_full_space`)."""
+        return [key for key in SCORE_KEYS if any(key in r.scores for r in self.records)]
 
     def space_table(self) -> dict[tuple[str, str, int, str], dict[str, float]]:
         """(estimator, config label, k, score key) -> mean-of-ratios dB and median per query dB."""
@@ -225,7 +228,6 @@ def run_grid(
     validate_ks: Sequence[int] = KS,
     bounds: bool = True,
     validation_step: str = "mean",
-    full_space: bool = False,
     progress: Progress | None = None,
 ) -> GridResult:
     """Score every configuration for every query; validate `validate_configs` by fine-tuning.
@@ -235,11 +237,7 @@ def run_grid(
     need every vector in memory and a QP over all rows, so indexes above ``BOUND_MAX_ROWS``
     rows skip them. The validation (`validate_selections`) runs after the grid, on the
     selections it scored, stepping each on ``validation_step`` (``STEPS``).
-
-    With ``full_space`` every selection is also scored on the model's full gradients with both
-    solvers, and on the projection with the exact solver (``ScoreRecord.scores``): per query, one
-    full-space Gram of the union of its selections (`Explainer.full_gram`, the query's own pass
-    kept from its featurisation), from which each selection's Gram is a sub-matrix.
+    `score_full_space` adds scores in the model's own space.
     """
     progress = progress or SilentProgress()
     if not queries:
@@ -262,9 +260,8 @@ def run_grid(
     progress.start("evaluation grid", len(queries), unit="query")
     for qi, query in enumerate(queries):
         t0 = time.perf_counter()
-        state = explainer.prepare(query, keep_factors=full_space)
+        state = explainer.prepare(query)
         seconds["gradient"] += time.perf_counter() - t0
-        first = len(result.records)
         if vectors is not None:
             t0 = time.perf_counter()
             result.bounds.append(
@@ -282,10 +279,6 @@ def run_grid(
                         ScoreRecord(qi, config, k, rel.ratio, rel.db, rel.var_g, rel.var_r, [int(r) for r in rows])
                     )
                 seconds[config.strategy] += time.perf_counter() - t1
-        if full_space:
-            t1 = time.perf_counter()
-            _score_full(explainer, state, result.records[first:])
-            seconds["full_space"] += time.perf_counter() - t1
         progress.advance(1)
     progress.finish()
     result.seconds = dict(seconds)
@@ -303,21 +296,91 @@ def run_grid(
     return result
 
 
-def _score_full(explainer: Explainer, state: QueryState, records: Sequence[ScoreRecord]) -> None:
-    """Fill each record's ``scores`` (SCORE_KEYS) for one query, from one full-space Gram of the
-    union of the records' rows (position 0 is the query)."""
-    union = sorted({row for r in records for row in r.rows})
-    full = explainer.full_gram(state, np.asarray(union, dtype=np.int64))
-    position = {row: j + 1 for j, row in enumerate(union)}
-    for r in records:
-        rows = np.asarray(r.rows, dtype=np.int64)
-        gram = full.subset([0, *(position[row] for row in r.rows)])
-        r.scores = {
-            "projected/paper": r.ratio,
-            "projected/exact": explainer.score(state, rows, solver="exact").ratio,
-            "full/paper": gram.relevance("paper").ratio,
-            "full/exact": gram.relevance("exact").ratio,
-        }
+GRID_FACTOR_BYTES = 6 * 1024**3
+"""Memory for one group's layer inputs and output gradients in the grid's full-space pass: the
+tokens of a group are capped so that their factors (float32, plus float64 copies) fit it."""
+GRID_DENSE_ELEMENTS = 1 << 28
+"""Per-layer dense gradients of one group held at once in the grid's full-space pass (2 GiB float64)."""
+
+
+def grid_gram_computer(explainer: Explainer, dtype: torch.dtype) -> KroneckerGram:
+    """The full-space Gram computer of the grid: the served one's model, products in ``dtype``,
+    with groups as large as `GRID_FACTOR_BYTES` allows (so one query's selections share few passes)."""
+    served = explainer.full
+    per_token = 12 * sum(d_in + d_out for d_in, d_out in served.shapes)  # float32 factors + float64 copies
+    return KroneckerGram(
+        served.model,
+        served.task,
+        served.layers,
+        batches=served.batches,
+        max_chunk_tokens=max(MAX_CHUNK_TOKENS, GRID_FACTOR_BYTES // per_token),
+        dense_max_elements=GRID_DENSE_ELEMENTS,
+        dtype=dtype,
+    )
+
+
+def full_space_configs(estimators: Sequence[str]) -> list[Config]:
+    """The paper's strategies on the paper's gradient estimators, random and reconstruct: what the
+    reproduction scores in the full space for every query (a full-space Gram costs far more than
+    a projected one, so the rest of the grid is scored there only where it is validated)."""
+    configs = [Config("-", "random"), Config("-", "reconstruct")]
+    for est in [e for e in estimators if e in PAPER_GRADIENT_ESTIMATORS]:
+        configs += [Config(est, "topk"), Config(est, "balanced"), Config(est, "divine"), Config(est, "aide")]
+    return configs
+
+
+def score_full_space(
+    explainer: Explainer,
+    queries: Sequence[Example],
+    result: GridResult,
+    configs: Sequence[Collection[Config]],
+    *,
+    progress: Progress | None = None,
+) -> None:
+    """Score the grid's selections of ``configs[q]`` for query ``q`` (every k, every random seed) in
+    the model's own space too, filling ``ScoreRecord.scores`` (SCORE_KEYS): the full gradients with
+    both solvers, and the projection with the exact solver.
+
+    Per query, one forward/backward of its selections' examples in as few groups as memory allows
+    (`grid_gram_computer`, `Explainer.full_grams`: only each selection's own pairs are multiplied).
+    The products are float32, twice as fast; for the first query they are also taken in float64
+    and the largest difference in dB is kept in ``result.checks["float32_max_abs_db"]``.
+    """
+    progress = progress or SilentProgress()
+    fast = grid_gram_computer(explainer, torch.float32)
+    progress.start("full-space scores", len(configs), unit="query")
+    t0 = time.perf_counter()
+    for qi, wanted in enumerate(configs):
+        records = [r for r in result.records if r.query == qi and r.config in wanted]
+        if not records:
+            progress.advance(1)
+            continue
+        state = explainer.prepare(queries[qi], keep_factors=True)
+        rows = [np.asarray(r.rows, dtype=np.int64) for r in records]
+        grams = explainer.full_grams(state, rows, computer=fast, group_rows=explainer.store.n)
+        for r, gram in zip(records, grams, strict=True):
+            r.scores = {
+                "projected/paper": r.ratio,
+                "projected/exact": explainer.score(state, np.asarray(r.rows), solver="exact").ratio,
+                "full/paper": gram.relevance("paper").ratio,
+                "full/exact": gram.relevance("exact").ratio,
+            }
+        if qi == 0:
+            exact = explainer.full_grams(
+                state, rows, computer=grid_gram_computer(explainer, torch.float64), group_rows=explainer.store.n
+            )
+            result.checks["float32_max_abs_db"] = max(
+                abs(_db(g.relevance(solver).ratio) - _db(r.scores[f"full/{solver}"]))
+                for r, g in zip(records, exact, strict=True)
+                for solver in ("paper", "exact")
+            )
+        progress.advance(1)
+    progress.finish()
+    result.seconds["full_space"] = result.seconds.get("full_space", 0.0) + time.perf_counter() - t0
+
+
+def _db(ratio: float) -> float:
+    return 10.0 * math.log10(ratio) if ratio > 0 else -math.inf
 
 
 def best_paper_config(result: GridResult, estimator: str, k: int) -> Config | None:

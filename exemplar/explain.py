@@ -567,30 +567,48 @@ class Explainer:
     def full_scores(
         self, state: QueryState, selections: Sequence[np.ndarray], solver: str = "paper"
     ) -> list[Relevance]:
-        """The score of each selection (rows) on the full gradients. Selections are grouped so that a
-        group's distinct rows are at most `FULL_GROUP_ROWS`: one forward/backward per group, and
-        each selection's Gram multiplies only its own pairs (`KroneckerGram.subset_grams`)."""
-        groups: list[tuple[list[int], set[int]]] = []
-        for i, rows in enumerate(selections):
-            members = {int(r) for r in rows}
-            for group, union in groups:
-                if len(union | members) <= FULL_GROUP_ROWS:
-                    group.append(i)
-                    union |= members
+        """The score of each selection (rows) on the full gradients (`full_grams`)."""
+        return [gram.relevance(solver) for gram in self.full_grams(state, selections)]
+
+    def full_grams(
+        self,
+        state: QueryState,
+        selections: Sequence[np.ndarray],
+        *,
+        computer: KroneckerGram | None = None,
+        group_rows: int = FULL_GROUP_ROWS,
+    ) -> list[FullGram]:
+        """The full-space Gram of the query (position 0) and each selection's rows (positions 1..,
+        in the selection's order). Selections are packed into groups, largest first, whose distinct
+        rows are at most `group_rows` and fit the computer's `max_chunk_tokens`: one forward/backward
+        per group, and each selection's Gram multiplies only its own pairs
+        (`KroneckerGram.subset_grams`); a repeated selection is computed once."""
+        computer = computer or self.full
+        keys = [tuple(int(r) for r in rows) for rows in selections]
+        distinct = list(dict.fromkeys(keys))
+        union = sorted({r for key in distinct for r in key})
+        examples = dict(zip(union, (e.to_example() for e in self.store.examples_at(union)), strict=True))
+        tokens = {r: len(self.featurizer.task.encode(e).input_ids) for r, e in examples.items()}
+        groups: list[tuple[list[tuple[int, ...]], set[int]]] = []
+        for key in sorted(distinct, key=len, reverse=True):
+            members = set(key)
+            for group, rows in groups:
+                merged = rows | members
+                if len(merged) <= group_rows and sum(tokens[r] for r in merged) <= computer.max_chunk_tokens:
+                    group.append(key)
+                    rows |= members
                     break
             else:
-                groups.append(([i], members))
-        out: list[Relevance | None] = [None] * len(selections)
-        for group, union in groups:
-            union_rows = sorted(union)
-            training = [e.to_example() for e in self.store.examples_at(union_rows)]
-            position = {r: j for j, r in enumerate(union_rows)}
-            subsets = [[position[int(r)] for r in selections[i]] for i in group]
+                groups.append(([key], members))
+        grams: dict[tuple[int, ...], FullGram] = {}
+        for group, rows in groups:
+            ordered = sorted(rows)
+            position = {r: j for j, r in enumerate(ordered)}
+            subsets = [[position[r] for r in key] for key in group]
             with self._model_lock:
-                grams = self.full.subset_grams(training, subsets, prefix=self._query_factors(state))
-            for i, gram in zip(group, grams, strict=True):
-                out[i] = gram.relevance(solver)
-        return [r for r in out if r is not None]
+                done = computer.subset_grams([examples[r] for r in ordered], subsets, prefix=self._query_factors(state))
+            grams.update(zip(group, done, strict=True))
+        return [grams[key] for key in keys]
 
     def explain(self, query: Example, options: ExplainOptions | None = None, **kwargs: Any) -> Explanation:
         """Explain one output: options as an `ExplainOptions` or as keyword arguments."""

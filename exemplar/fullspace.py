@@ -190,7 +190,14 @@ DENSE_PENALTY = 3.0
 multiply-adds count this many times in the choice of form (measured on the tweets demo, 2 cores)."""
 
 
-def _cross(a: LayerFactors, b: LayerFactors, layer: int, shapes: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+def _cross(
+    a: LayerFactors,
+    b: LayerFactors,
+    layer: int,
+    shapes: tuple[int, int],
+    dtype: torch.dtype,
+    max_elements: int = DENSE_MAX_ELEMENTS,
+) -> torch.Tensor:
     """`(a.n, b.n)` inner products of the two chunks' gradients at one layer, in the cheaper form."""
     d_in, d_out = shapes
     same = a is b
@@ -199,7 +206,7 @@ def _cross(a: LayerFactors, b: LayerFactors, layer: int, shapes: tuple[int, int]
     tokens_cost = xa.shape[0] * xb.shape[0] * (d_in + d_out)
     padded = a.tokens(layer) + (0 if same else b.tokens(layer))
     dense_cost = DENSE_PENALTY * (padded + a.n * b.n) * d_in * d_out
-    if dense_cost < tokens_cost and (a.n + b.n) * d_in * d_out <= DENSE_MAX_ELEMENTS:
+    if dense_cost < tokens_cost and (a.n + b.n) * d_in * d_out <= max_elements:
         da = _dense(a, layer, dtype)
         return da @ (da if same else _dense(b, layer, dtype)).T
     # sum_{t, t'} (x_t . x_t') (dy_t . dy_t') over the tokens of each pair of examples
@@ -274,11 +281,13 @@ class KroneckerGram:
         *,
         batches: Callable[[Sequence[Encoded]], list[list[int]]],
         max_chunk_tokens: int = MAX_CHUNK_TOKENS,
+        dense_max_elements: int = DENSE_MAX_ELEMENTS,
         dtype: torch.dtype = torch.float64,
     ) -> None:
         self.model, self.task, self.layers = model, task, list(layers)
         self.batches = batches
         self.max_chunk_tokens = max_chunk_tokens
+        self.dense_max_elements = dense_max_elements
         self.dtype = dtype
         self.dims = _layer_dims(self.layers)
         self.shapes = [(m.in_features, m.out_features) for _, m in self.layers]
@@ -301,21 +310,74 @@ class KroneckerGram:
     def subset_grams(
         self, examples: Sequence[Example], subsets: Sequence[Sequence[int]], prefix: LayerFactors | None = None
     ) -> list[FullGram]:
-        """The Gram of each subset (positions in `examples`), `prefix` first in each, from ONE
-        forward/backward of `examples`: overlapping subsets share the passes, and only each
-        subset's own pairs are multiplied. Above `max_chunk_tokens` tokens in all, each subset
-        is computed on its own instead (`gram`, chunked), so memory stays bounded."""
+        """The Gram of each subset (distinct positions in `examples`), `prefix` first in each, from
+        ONE forward/backward of `examples`: overlapping subsets share the passes, and only each
+        subset's own pairs are multiplied (`_within`); the prefix's products with the examples are
+        taken once. Above `max_chunk_tokens` tokens in all, each subset is computed on its own
+        instead (`gram`, chunked), so memory stays bounded."""
         encoded = [self.task.encode(e) for e in examples]
         if sum(len(e.input_ids) for e in encoded) > self.max_chunk_tokens:
             return [self.gram([examples[j] for j in subset], prefix=prefix) for subset in subsets]
         f = self._factors(encoded)
+        index = [torch.tensor(list(subset), dtype=torch.long) for subset in subsets]
+        p = prefix.n if prefix is not None else 0
+        pp = torch.zeros(p, p, dtype=torch.float64)
+        pf = torch.zeros(p, f.n, dtype=torch.float64)
+        within = [torch.zeros(len(i), len(i), dtype=torch.float64) for i in index]
+        for layer, shapes in enumerate(self.shapes):
+            if prefix is not None:
+                pp += _cross(prefix, prefix, layer, shapes, self.dtype, self.dense_max_elements).double()
+                pf += _cross(prefix, f, layer, shapes, self.dtype, self.dense_max_elements).double()
+            for total, block in zip(within, self._within(f, index, layer, shapes), strict=True):
+                total += block.double()
+        sums_p = self._sums(prefix) if prefix is not None else np.zeros(0)
+        losses_p = np.asarray(prefix.losses if prefix is not None else [], dtype=np.float64)
+        sums_f, losses_f = self._sums(f), np.asarray(f.losses, dtype=np.float64)
         out = []
-        for subset in subsets:
-            sub = f if list(subset) == list(range(f.n)) else f.subset(subset, self.dtype)  # all: as they are
-            p = prefix.n if prefix is not None else 0
-            chunks = [] if prefix is None else [(list(range(p)), partial(_given, prefix))]
-            chunks.append(([p + j for j in range(sub.n)], partial(_given, sub)))
-            out.append(self._assemble(chunks, p + sub.n))
+        for i, block in zip(index, within, strict=True):
+            n = p + len(i)
+            gram = np.zeros((n, n))
+            gram[:p, :p] = pp.numpy()
+            gram[:p, p:] = pf[:, i].numpy()
+            gram[p:, :p] = gram[:p, p:].T
+            gram[p:, p:] = block.numpy()
+            out.append(
+                FullGram(
+                    gram=(gram + gram.T) / 2,
+                    sums=np.concatenate([sums_p, sums_f[i.numpy()]]),
+                    dims=self.dims,
+                    losses=np.concatenate([losses_p, losses_f[i.numpy()]]),
+                )
+            )
+        return out
+
+    def _within(
+        self, f: LayerFactors, index: Sequence[torch.Tensor], layer: int, shapes: tuple[int, int]
+    ) -> list[torch.Tensor]:
+        """Per subset (positions `index[s]` in `f`), the `(|S|, |S|)` inner products of its examples'
+        gradients at one layer, in the cheaper form over all subsets: every example's dense
+        gradient once and each subset's products of them (`tokens * in * out + sum |S|^2 in out`,
+        while `f.n * in * out` fits `dense_max_elements`), or each subset's own token kernel
+        (`sum N_S^2 (in + out)`)."""
+        d_in, d_out = shapes
+        x, y, seg = _real_tokens(f, layer, self.dtype)
+        counts = torch.bincount(seg, minlength=f.n)
+        tokens_cost = sum(int(counts[i].sum()) ** 2 for i in index) * (d_in + d_out)
+        dense_cost = DENSE_PENALTY * (f.tokens(layer) + sum(len(i) ** 2 for i in index)) * d_in * d_out
+        if dense_cost < tokens_cost and f.n * d_in * d_out <= self.dense_max_elements:
+            dense = _dense(f, layer, self.dtype)
+            return [dense[i] @ dense[i].T for i in index]
+        out = []
+        where = torch.full((f.n,), -1, dtype=torch.long)
+        for i in index:
+            where.fill_(-1)
+            where[i] = torch.arange(len(i))
+            local = where[seg]
+            keep = local >= 0
+            xs, ys, rows = x[keep], y[keep], local[keep]
+            kernel = (xs @ xs.T) * (ys @ ys.T)  # sum_{t, t'} (x_t . x_t') (dy_t . dy_t') per pair of examples
+            summed = torch.zeros(len(i), kernel.shape[1], dtype=kernel.dtype).index_add_(0, rows, kernel)
+            out.append(torch.zeros(len(i), len(i), dtype=kernel.dtype).index_add_(1, rows, summed))
         return out
 
     def _assemble(self, chunks: Sequence[tuple[list[int], Callable[[], LayerFactors]]], n: int) -> FullGram:
@@ -375,7 +437,7 @@ class KroneckerGram:
         copies layer by layer (a chunk used once: they would double its memory)."""
         total = torch.zeros(a.n, b.n, dtype=torch.float64)
         for layer, shapes in enumerate(self.shapes):
-            total += _cross(a, b, layer, shapes, self.dtype).double()
+            total += _cross(a, b, layer, shapes, self.dtype, self.dense_max_elements).double()
             if not keep_b:
                 for key in [key for key in b.real if key[0] == layer]:
                     del b.real[key]

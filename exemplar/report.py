@@ -238,7 +238,16 @@ def write_records(result: GridResult, path: Path, meta: dict[str, object] | None
     with path.open("w") as f:
         if meta is not None:
             f.write(
-                json.dumps({"kind": "meta", **meta, "n_queries": result.n_queries, "seconds": result.seconds}) + "\n"
+                json.dumps(
+                    {
+                        "kind": "meta",
+                        **meta,
+                        "n_queries": result.n_queries,
+                        "seconds": result.seconds,
+                        "checks": result.checks,
+                    }
+                )
+                + "\n"
             )
         for r in result.records:
             f.write(
@@ -279,6 +288,7 @@ def read_records(path: Path) -> tuple[GridResult, dict[str, Any]]:
         raise InvalidInputError(f"{path} holds no score records")
     result.n_queries = int(meta.get("n_queries", 1 + max(r.query for r in result.records)))
     result.seconds = {str(k): float(v) for k, v in meta.get("seconds", {}).items()}
+    result.checks = {str(k): float(v) for k, v in meta.get("checks", {}).items()}
     return result, meta
 
 

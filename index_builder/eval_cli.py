@@ -149,8 +149,8 @@ def reproduce(
         bool,
         typer.Option(
             "--full-space/--projected-only",
-            help="also score every selection on the model's full gradients with both solvers (one full-space "
-            "Gram per query) and report both spaces",
+            help="also score the paper's strategies (Grad-Dot, DataInf), random, reconstruct and every validated "
+            "selection on the model's full gradients, with both solvers, and report both spaces",
         ),
     ] = True,
 ) -> None:
@@ -162,7 +162,9 @@ def reproduce(
         Config,
         best_paper_config,
         check_step,
+        full_space_configs,
         run_grid,
+        score_full_space,
         validate_selections,
     )
     from exemplar.explain import Explainer
@@ -184,9 +186,7 @@ def reproduce(
         test = _queries(test_path, explainer.store.manifest.task, queries)
         ests = _strs(estimators)
         vks = _ints(validate_ks)
-        grid = run_grid(
-            explainer, test, estimators=ests, ks=sorted({*KS, *vks}), full_space=full_space, progress=TqdmProgress()
-        )
+        grid = run_grid(explainer, test, estimators=ests, ks=sorted({*KS, *vks}), progress=TqdmProgress())
         # the paper's strategies the paper validated (first estimator), plus, per k, the best
         # paper strategy by score of every gradient estimator: the xi_plus target's baselines
         fixed = [
@@ -201,6 +201,11 @@ def reproduce(
         for k in vks:
             best = [best_paper_config(grid, e, k) for e in ests if e in GRADIENT_ESTIMATORS]
             configs_at[k] = fixed + [c for c in dict.fromkeys(best) if c is not None and c not in fixed]
+        if full_space:  # the paper's strategies for every query, and every validated selection
+            headline = full_space_configs(ests)
+            validated = {c for configs in configs_at.values() for c in configs}
+            wanted = [set(headline) | (validated if qi < validate_queries else set()) for qi in range(len(test))]
+            score_full_space(explainer, test, grid, wanted, progress=TqdmProgress())
         t0 = time.perf_counter()
         grid.validation = validate_selections(
             explainer, test[:validate_queries], grid, configs_at, step=validate_step, progress=TqdmProgress()

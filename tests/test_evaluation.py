@@ -416,14 +416,20 @@ def test_reproduce_cli_on_a_tiny_index(classifier_index: Path, tmp_path: Path) -
 
 
 def test_full_space_grid_scores_match_materialised_gradients(clf: Explainer, tmp_path: Path) -> None:
-    from exemplar.evaluation import SCORE_KEYS, median_per_query_db
+    from exemplar.evaluation import SCORE_KEYS, median_per_query_db, score_full_space
     from exemplar.report import read_records, write_records
     from tests.test_explain import FULL_DB_ATOL, full_space_oracle
 
     queries = [Example(text="stocks fell", label="negative"), Example(text="what a day", label="positive")]
-    result = run_grid(clf, queries, estimators=("grad_dot",), ks=(1, 3), bounds=False, full_space=True)
+    result = run_grid(clf, queries, estimators=("grad_dot",), ks=(1, 3), bounds=False)
+    everything = {r.config for r in result.records}
+    score_full_space(clf, queries, result, [everything, {Config("-", "random")}])
     assert result.spaces() == list(SCORE_KEYS)
     assert result.seconds["full_space"] > 0
+    assert all(r.scores for r in result.records if r.query == 0 or r.config.strategy == "random")
+    assert not any(r.scores for r in result.records if r.query == 1 and r.config.strategy != "random")
+    # the float32 products of the pass were checked against float64 ones on the first query
+    assert 0 <= result.checks["float32_max_abs_db"] < FULL_DB_ATOL
     checked = {r.config.strategy: r for r in result.records if r.query == 0 and r.k == 3}
     assert {"reconstruct", "balanced", "topk", "random"} <= set(checked)
     state = clf.prepare(queries[0])
@@ -444,9 +450,10 @@ def test_full_space_grid_scores_match_materialised_gradients(clf: Explainer, tmp
     )
     assert median_per_query_db([(0, 10.0), (0, 30.0), (1, 1.0), (2, 100.0)]) == pytest.approx(10 * math.log10(20))
     # the records keep every space, so the report renders again with them
-    write_records(result, tmp_path / "r.jsonl")
+    write_records(result, tmp_path / "r.jsonl", meta={"demo": "tiny"})
     again, _ = read_records(tmp_path / "r.jsonl")
     assert [r.scores for r in again.records] == [r.scores for r in result.records]
+    assert again.checks == result.checks
     text = write_report(
         again, tmp_path, demo="tiny", command="test", index_summary={**clf.store.manifest.summary(), "full_dims": 99}
     ).read_text()

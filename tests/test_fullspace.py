@@ -46,6 +46,16 @@ CASES = {
 }
 
 
+FORMS = ("cheaper", "tokens", "dense")
+
+
+def _form(form: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """KroneckerGram arguments (and a patch) that force one per-layer form, or leave the choice to cost."""
+    if form == "dense":
+        monkeypatch.setattr(fullspace, "DENSE_PENALTY", 0.0)  # the dense form always looks cheaper
+    return {"dense_max_elements": 0} if form == "tokens" else {}
+
+
 def _pair(case: str, **kwargs: Any) -> tuple[KroneckerGram, ReferenceGram, list[Example]]:
     model, task, examples, params = CASES[case]()
     featurizer = KroneckerFeaturizer(model, task, ProjectionConfig(params=params, proj_dim=4), batch_size=3)
@@ -68,15 +78,13 @@ def _assert_gram_close(fast: fullspace.FullGram, slow: fullspace.FullGram, dtype
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("form", ["cheaper", "tokens"])
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gram_matches_materialised_gradients(
     case: str, form: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Padded batches of 3 (different lengths), both per-layer forms, both product precisions."""
-    if form == "tokens":
-        monkeypatch.setattr(fullspace, "DENSE_MAX_ELEMENTS", 0)
-    fast, slow, examples = _pair(case, dtype=dtype)
+    fast, slow, examples = _pair(case, dtype=dtype, **_form(form, monkeypatch))
     _assert_gram_close(fast.gram(examples), slow.gram(examples), dtype)
 
 
@@ -172,10 +180,14 @@ def test_paper_weights_are_uniform_beyond_8_4m_dims_like_torch() -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("max_chunk_tokens", [4096, 12])
-def test_subset_grams_equal_the_grams_of_the_subsets(case: str, max_chunk_tokens: int) -> None:
-    """One pass over all examples, each subset's Gram from its own tokens, the prefix first in each
-    (or, above the chunk size, each subset on its own in chunks)."""
-    fast, slow, examples = _pair(case, max_chunk_tokens=max_chunk_tokens)
+@pytest.mark.parametrize("form", FORMS)
+def test_subset_grams_equal_the_grams_of_the_subsets(
+    case: str, max_chunk_tokens: int, form: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pass over all examples, each subset's Gram from its own tokens or from the examples'
+    dense gradients, the prefix first in each (or, above the chunk size, each subset on its own in
+    chunks)."""
+    fast, slow, examples = _pair(case, max_chunk_tokens=max_chunk_tokens, **_form(form, monkeypatch))
     featurizer = KroneckerFeaturizer(
         fast.model, fast.task, ProjectionConfig(params="linear" if case != "llama-lora" else "lora", proj_dim=4)
     )
