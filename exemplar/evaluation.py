@@ -168,7 +168,8 @@ class GridResult:
         return [key for key in SCORE_KEYS if any(key in r.scores for r in self.records)]
 
     def space_table(self) -> dict[tuple[str, str, int, str], dict[str, float]]:
-        """(estimator, config label, k, score key) -> mean-of-ratios dB and median per query dB."""
+        """(estimator, config label, k, score key) -> mean-of-ratios dB, median per query dB and the
+        number of queries scored there."""
         groups: dict[tuple[str, str, int, str], list[tuple[int, float]]] = defaultdict(list)
         for r in self.records:
             for key, ratio in r.scores.items():
@@ -177,6 +178,7 @@ class GridResult:
             key: {
                 "mean_of_ratios_db": mean_of_ratios_db([ratio for _, ratio in pairs]),
                 "median_db": median_per_query_db(pairs),
+                "n_queries": float(len({query for query, _ in pairs})),
             }
             for key, pairs in groups.items()
         }
@@ -335,6 +337,7 @@ def score_full_space(
     result: GridResult,
     configs: Sequence[Collection[Config]],
     *,
+    random_seeds: int = RANDOM_SEEDS,
     progress: Progress | None = None,
 ) -> None:
     """Score the grid's selections of ``configs[q]`` for query ``q`` (every k, every random seed) in
@@ -344,14 +347,21 @@ def score_full_space(
     Per query, one forward/backward of its selections' examples in as few groups as memory allows
     (`grid_gram_computer`, `Explainer.full_grams`: only each selection's own pairs are multiplied).
     The products are float32, twice as fast; for the first query they are also taken in float64
-    and the largest difference in dB is kept in ``result.checks["float32_max_abs_db"]``.
+    and the largest difference in dB is kept in ``result.checks["float32_max_abs_db"]``. Random
+    selections are scored for their first ``random_seeds`` seeds only (they are nearly disjoint,
+    so on a large model they are most of the forward/backward passes).
     """
     progress = progress or SilentProgress()
     fast = grid_gram_computer(explainer, torch.float32)
     progress.start("full-space scores", len(configs), unit="query")
     t0 = time.perf_counter()
     for qi, wanted in enumerate(configs):
-        records = [r for r in result.records if r.query == qi and r.config in wanted]
+        seen: dict[tuple[Config, int], int] = defaultdict(int)
+        records = []
+        for r in result.records:
+            if r.query == qi and r.config in wanted and seen[(r.config, r.k)] < random_seeds:
+                seen[(r.config, r.k)] += 1
+                records.append(r)
         if not records:
             progress.advance(1)
             continue

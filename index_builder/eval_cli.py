@@ -153,6 +153,9 @@ def reproduce(
             "selection on the model's full gradients, with both solvers, and report both spaces",
         ),
     ] = True,
+    full_space_seeds: Annotated[
+        int, typer.Option(help="random selections scored in the full space per query and k (of the grid's 5)")
+    ] = 5,
 ) -> None:
     """Run the grid (estimators x strategies x k) and write docs/results/<demo>.md with plots."""
     from exemplar.demos import heldout, prepare
@@ -205,7 +208,7 @@ def reproduce(
             headline = full_space_configs(ests)
             validated = {c for configs in configs_at.values() for c in configs}
             wanted = [set(headline) | (validated if qi < validate_queries else set()) for qi in range(len(test))]
-            score_full_space(explainer, test, grid, wanted, progress=TqdmProgress())
+            score_full_space(explainer, test, grid, wanted, random_seeds=full_space_seeds, progress=TqdmProgress())
         t0 = time.perf_counter()
         grid.validation = validate_selections(
             explainer, test[:validate_queries], grid, configs_at, step=validate_step, progress=TqdmProgress()
