@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -235,7 +236,7 @@ def write_records(result: GridResult, path: Path, meta: dict[str, object] | None
     ``meta`` (the run's demo, command, index summary) is written first, with the query count
     and wall times, so `read_records` can render the report again without re-running.
     """
-    with path.open("w") as f:
+    with _open_text(path, "w") as f:
         if meta is not None:
             f.write(
                 json.dumps(
@@ -259,14 +260,22 @@ def write_records(result: GridResult, path: Path, meta: dict[str, object] | None
             f.write(json.dumps({"kind": "bound", **asdict(b)}) + "\n")
 
 
+def _open_text(path: Path, mode: str) -> IO[str]:
+    """A records file, gzip-compressed when its name ends in ``.gz`` (how they are committed)."""
+    if path.suffix != ".gz":
+        return path.open(mode, encoding="utf-8")
+    return gzip.open(path, "wt", encoding="utf-8") if mode == "w" else gzip.open(path, "rt", encoding="utf-8")
+
+
 def read_records(path: Path) -> tuple[GridResult, dict[str, Any]]:
     """The run `write_records` wrote: its result and its meta line ({} when it has none)."""
     result = GridResult()
     meta: dict[str, Any] = {}
     try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read records file {path}: {exc.strerror}") from exc
+        with _open_text(path, "r") as f:
+            lines = f.read().splitlines()
+    except (OSError, EOFError) as exc:
+        raise InvalidInputError(f"cannot read records file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     for no, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
@@ -320,7 +329,7 @@ def _space_section(
         "## In the model's full gradient space, with both solvers",
         "",
         f"The same selections scored on the full loss gradients of the tracked weights "
-        f"({index_summary.get('full_dims', 'n/a')} dims; exact per-layer inner products, `exemplar.fullspace`) "
+        f"({_count(index_summary.get('full_dims'))} dims; exact per-layer inner products, `exemplar.fullspace`) "
         f"and on the projection ({index_summary.get('dims')} dims), each with the paper's solver (`paper`: "
         "torch's pinv at its default float32 tolerance, which drops more of the spectrum as the dimension "
         "grows and returns uniform weights at d >= 8.4M) and the exact simplex least squares (`exact`). "
@@ -379,6 +388,10 @@ def _space_section(
             )
     lines.append("")
     return lines
+
+
+def _count(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else "n/a"
 
 
 def _full_seeds(result: GridResult) -> int:

@@ -450,13 +450,13 @@ def test_full_space_grid_scores_match_materialised_gradients(clf: Explainer, tmp
     )
     assert median_per_query_db([(0, 10.0), (0, 30.0), (1, 1.0), (2, 100.0)]) == pytest.approx(10 * math.log10(20))
     # the records keep every space, so the report renders again with them
-    write_records(result, tmp_path / "r.jsonl", meta={"demo": "tiny"})
-    again, _ = read_records(tmp_path / "r.jsonl")
+    write_records(result, tmp_path / "r.jsonl.gz", meta={"demo": "tiny"})  # committed compressed
+    again, _ = read_records(tmp_path / "r.jsonl.gz")
     assert [r.scores for r in again.records] == [r.scores for r in result.records]
     assert again.checks == result.checks
     text = write_report(
-        again, tmp_path, demo="tiny", command="test", index_summary={**clf.store.manifest.summary(), "full_dims": 99}
+        again, tmp_path, demo="tiny", command="test", index_summary={**clf.store.manifest.summary(), "full_dims": 1234}
     ).read_text()
     assert "## In the model's full gradient space, with both solvers" in text
-    assert "(99 dims;" in text
+    assert "(1,234 dims;" in text
     assert "`grad_dot`, full, paper: top-k most influential below 0 dB" in text
