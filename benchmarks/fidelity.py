@@ -14,6 +14,7 @@ proj_dim, with and without an exact re-ranking of its candidate pool.
     .venv/bin/python benchmarks/fidelity.py --demo tweets --queries 40 --recall \\
         --out docs/results/fidelity-tweets.json.gz
     .venv/bin/python benchmarks/fidelity.py --quick   # tweets, 8 queries, k = 1 and 10
+    .venv/bin/python benchmarks/fidelity.py --demo chat --queries 20 --recall-only  # recall alone
 
 The last line is `fidelity: median_abs_db= reconstruct_gap_db= exact_score_ms= n=` (median
 |projected - full| dB over the paper's strategies, `reconstruct`'s median projected-minus-full
@@ -128,26 +129,43 @@ def latency(explainer: Explainer, queries: Sequence[Example]) -> list[dict[str, 
     return out
 
 
-def recall(explainer: Explainer, queries: Sequence[Example], proj_dims: Sequence[int]) -> dict[str, Any]:
-    """Recall of the full-space top-RECALL_K influence (Grad-Dot, largest |I|) by projected retrieval."""
+def recall(
+    explainer: Explainer, queries: Sequence[Example], proj_dims: Sequence[int], rerank_queries: int = 5
+) -> dict[str, Any]:
+    """Recall of the full-space top-RECALL_K influence (Grad-Dot, largest |I|) by projected retrieval.
+
+    One forward/backward of the training set, chunk by chunk: each chunk's layer factors give
+    its exact inner products with the queries' gradients and its projected vectors at every
+    proj_dim (`KroneckerFeaturizer.project`), then are dropped."""
     featurizer = explainer.featurizer
     f32 = KroneckerGram(
         featurizer.model, featurizer.task, featurizer.layers, batches=featurizer.batches, dtype=torch.float32
     )
+    manifest = explainer.store.manifest
+    projectors = {
+        proj_dim: KroneckerFeaturizer(
+            featurizer.model,
+            featurizer.task,
+            ProjectionConfig(params=manifest.params, proj_dim=proj_dim, seed=manifest.seed),
+            batch_size=featurizer.batch_size,
+        )
+        for proj_dim in proj_dims
+    }
     train = training_examples(explainer, range(explainer.store.n))
     started = time.perf_counter()
     query_factors = f32.factors(queries)
-    truth = -f32.cross(query_factors, train)  # (q, n) exact Grad-Dot influence
+    truth = np.zeros((len(queries), len(train)))  # exact Grad-Dot influence
+    vectors = {p: np.zeros((len(train), f.dims)) for p, f in projectors.items()}
+    for rows, chunk in f32.stream(train):
+        for p, projector in projectors.items():
+            vectors[p][rows] = projector.project(chunk)
+        truth[:, rows] = -f32.cross_factors(query_factors, chunk)
     scan_s = time.perf_counter() - started
     true_top = np.argsort(-np.abs(truth), axis=1, kind="stable")[:, :RECALL_K]
-    manifest = explainer.store.manifest
     result: dict[str, Any] = {"scan_s": scan_s, "n_train": len(train), "by_proj_dim": {}}
-    for proj_dim in proj_dims:
-        config = ProjectionConfig(params=manifest.params, proj_dim=proj_dim, seed=manifest.seed)
-        projector = KroneckerFeaturizer(featurizer.model, featurizer.task, config, batch_size=featurizer.batch_size)
-        vectors = projector.featurize(train).vectors.astype(np.float64)
-        q = projector.featurize(queries).vectors.astype(np.float64)
-        approx = -(q @ vectors.T)  # (q, n)
+    for proj_dim, projector in projectors.items():
+        q = projector.project(query_factors).astype(np.float64)
+        approx = -(q @ vectors[proj_dim].T)  # (q, n)
         order = np.argsort(-np.abs(approx), axis=1, kind="stable")
         got = order[:, :RECALL_K]
         pool = order[:, :RERANK_POOL]
@@ -158,7 +176,7 @@ def recall(explainer: Explainer, queries: Sequence[Example], proj_dims: Sequence
             return float(np.mean([len(set(x) & set(y)) / RECALL_K for x, y in zip(a, true_top, strict=True)]))
 
         result["by_proj_dim"][proj_dim] = {
-            "dims": int(vectors.shape[1]),
+            "dims": int(vectors[proj_dim].shape[1]),
             f"recall@{RECALL_K}": overlap(got),
             f"recall@{RECALL_K}_reranked_{RERANK_POOL}": overlap(reranked),
             "top1_agrees": float(np.mean(got[:, 0] == true_top[:, 0])),
@@ -169,7 +187,7 @@ def recall(explainer: Explainer, queries: Sequence[Example], proj_dims: Sequence
         }
     # the re-ranking stage as the service runs it (`rerank: "full"`), beside its pool's forward+backward alone
     timings = []
-    for query in queries[:5]:
+    for query in queries[:rerank_queries]:
         state = explainer.prepare(query, keep_factors=True)
         pool_rows, _ = explainer.candidates(
             state, explainer.store.estimator("grad_dot"), "most_influential", RERANK_POOL
@@ -182,6 +200,7 @@ def recall(explainer: Explainer, queries: Sequence[Example], proj_dims: Sequence
         t2 = time.perf_counter()
         timings.append({"fwd_bwd_ms": (t1 - t0) * 1e3, "rerank_ms": (t2 - t1) * 1e3})
     result["rerank_latency"] = {key: statistics.median(t[key] for t in timings) for key in ("fwd_bwd_ms", "rerank_ms")}
+    result["rerank_latency"]["queries"] = len(timings)
     return result
 
 
@@ -255,7 +274,7 @@ def print_tables(summary: list[dict[str, Any]], lat: list[dict[str, Any]], rec: 
         lat_r = rec["rerank_latency"]
         print(
             f"re-ranking {RERANK_POOL} candidates as served (Explainer.rerank): {lat_r['rerank_ms']:.0f} ms, of which "
-            f"their forward+backward alone takes {lat_r['fwd_bwd_ms']:.0f} ms (medians of 5 queries)"
+            f"their forward+backward alone takes {lat_r['fwd_bwd_ms']:.0f} ms (medians of {lat_r.get('queries', 5)} queries)"
         )
 
 
@@ -271,6 +290,10 @@ def main() -> None:
     parser.add_argument("--proj-dims", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--out", type=Path, help="write the records (JSON, gzip when the name ends in .gz)")
     parser.add_argument("--quick", action="store_true", help="tweets, 8 queries, k = 1 and 10, no recall")
+    parser.add_argument("--rerank-queries", type=int, default=5, help="queries the re-ranking latency is timed on")
+    parser.add_argument(
+        "--recall-only", action="store_true", help="only the influence recall by proj_dim (no scores, no latency)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.queries, args.ks = 8, [1, LATENCY_K]
@@ -285,12 +308,12 @@ def main() -> None:
     )
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
-    for i, query in enumerate(queries):
+    for i, query in enumerate([] if args.recall_only else queries):
         state = explainer.prepare(query, keep_factors=True)
         records += score_query(explainer, state, i, args.ks, args.strategies)
         print(f"  query {i + 1}/{len(queries)} scored ({time.perf_counter() - started:.0f} s)", flush=True)
-    lat = latency(explainer, queries)
-    rec = recall(explainer, queries, args.proj_dims) if args.recall else None
+    lat = [] if args.recall_only else latency(explainer, queries)
+    rec = recall(explainer, queries, args.proj_dims, args.rerank_queries) if args.recall or args.recall_only else None
     summary = summarise(records)
     print_tables(summary, lat, rec)
     if args.out:
@@ -312,7 +335,7 @@ def main() -> None:
     ours = [r for r in records if r["strategy"] == "reconstruct"]
     median_abs = float(np.median([abs(r["projected_db"] - r["full_db"]) for r in paper])) if paper else float("nan")
     gap = float(np.median([r["projected_db"] - r["full_db"] for r in ours])) if ours else float("nan")
-    score_ms = statistics.median(x["full_score_ms"] for x in lat)
+    score_ms = statistics.median(x["full_score_ms"] for x in lat) if lat else float("nan")
     print(
         f"fidelity: median_abs_db={median_abs:.3f} reconstruct_gap_db={gap:.3f} exact_score_ms={score_ms:.1f} "
         f"n={len(records)}"

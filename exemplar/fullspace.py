@@ -31,7 +31,7 @@ Implementations of `GramComputer`:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -410,13 +410,23 @@ class KroneckerGram:
         """`(fixed.n, len(examples))` full-space inner products of `fixed`'s examples with each of
         `examples`, streamed chunk by chunk: each example's full gradient is never held beyond its
         chunk (for scans of a whole training set, `benchmarks/fidelity.py`)."""
-        encoded = [self.task.encode(e) for e in examples]
         out = np.zeros((fixed.n, len(examples)))
-        for rows in self._chunks(encoded) if encoded else []:
-            out[:, rows] = self._block(fixed, self._factors([encoded[r] for r in rows]), keep_b=False)
+        for rows, chunk in self.stream(examples):
+            out[:, rows] = self.cross_factors(fixed, chunk)
             if progress is not None:
                 progress(len(rows))
         return out
+
+    def cross_factors(self, a: LayerFactors, b: LayerFactors) -> np.ndarray:
+        """`(a.n, b.n)` full-space inner products of two sets of kept factors (`b` used once)."""
+        return self._block(a, b, keep_b=False)
+
+    def stream(self, examples: Sequence[Example]) -> Iterator[tuple[list[int], LayerFactors]]:
+        """`examples`' layer factors chunk by chunk, as (positions in `examples`, factors): one chunk
+        is alive at a time when the caller lets go of the last one."""
+        encoded = [self.task.encode(e) for e in examples]
+        for rows in self._chunks(encoded) if encoded else []:
+            yield rows, self._factors([encoded[r] for r in rows])
 
     def _chunks(self, encoded: Sequence[Encoded]) -> list[list[int]]:
         chunks: list[list[int]] = []

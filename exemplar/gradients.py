@@ -191,6 +191,20 @@ class KroneckerFeaturizer(_Projected):
         kept = [f for f in factors if f is not None] if keep_factors else None
         return FeatureBatch(vectors, losses, predictions, [e.truncated for e in encoded], kept)
 
+    def project(self, factors: LayerFactors) -> np.ndarray:
+        """`(factors.n, dims)` projected gradients of examples whose layer factors an earlier pass
+        kept (`KroneckerGram.stream`, `featurize(keep_factors=True)`): the vectors `featurize`
+        returns, without another forward/backward, so one pass serves several projections."""
+        s = self.config.side
+        vecs = torch.zeros(factors.n, self.dims)
+        with torch.no_grad():
+            for i, name in enumerate(self.layer_names):
+                for x, y, rows in zip(factors.xs[i], factors.ys[i], factors.rows, strict=True):
+                    a = y.float() @ self.p_out[name].T  # (B, T, s)
+                    b = x.float() @ self.p_in[name].T
+                    vecs[rows, i * s * s : (i + 1) * s * s] = torch.einsum("bto,bti->boi", a, b).reshape(-1, s * s)
+        return vecs.numpy()
+
     def _batch(
         self, batch: dict[str, torch.Tensor], keep_factors: bool = False
     ) -> tuple[np.ndarray, Any, tuple[list[torch.Tensor], list[torch.Tensor]] | None]:

@@ -197,3 +197,20 @@ def test_subset_grams_equal_the_grams_of_the_subsets(
     grams = fast.subset_grams(examples[1:], subsets, prefix=kept[0])
     for subset, got in zip(subsets, grams, strict=True):
         _assert_gram_close(got, slow.gram([examples[0], *(examples[1 + j] for j in subset)]), fast.dtype)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_projection_of_kept_factors_equals_featurisation(case: str) -> None:
+    """One pass's factors, streamed in chunks, projected afterwards: the featuriser's own vectors."""
+    model, task, examples, params = CASES[case]()
+    featurizer = KroneckerFeaturizer(model, task, ProjectionConfig(params=params, proj_dim=4), batch_size=3)
+    fast = KroneckerGram(model, task, featurizer.layers, batches=featurizer.batches, max_chunk_tokens=12)
+    expected = featurizer.featurize(examples).vectors
+    got = np.zeros_like(expected)
+    chunks = 0
+    for rows, factors in fast.stream(examples):
+        got[rows] = featurizer.project(factors)
+        chunks += 1
+    assert chunks > 1
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
