@@ -410,11 +410,13 @@ def _full_queries(result: GridResult) -> str:
         if "full/exact" in r.scores:
             per_query[r.query] += 1
     every = len(per_query)
-    most = max(per_query.values(), default=0)
-    wide = sum(1 for n in per_query.values() if n == most)
+    scored = f"{every} of {result.n_queries} queries are scored in the full space"
+    if not result.validation:
+        return scored + " (no selection of this run was validated by fine-tuning)"
+    validated = len({v.query for v in result.validation})
     return (
-        f"{every} of {result.n_queries} queries are scored in the full space, the first {wide} of them for every "
-        "validated selection as well (n/a: a strategy not scored there)"
+        f"{scored}, the {validated} validated ones for every validated selection as well "
+        "(n/a: a strategy not scored there)"
     )
 
 
