@@ -44,7 +44,9 @@ class OptionFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(5, ge=1, le=50, description="number of training examples to return")
+    k: int = Field(
+        5, ge=1, description="number of training examples to return, at most the server's `max_k` (`GET /v1/index`)"
+    )
     strategy: Strategy = Field(
         "reconstruct",
         description="reconstruct is the default (the highest score in the model's own space, and the largest "
@@ -116,7 +118,7 @@ class CompareRequest(QueryFields, OptionFields):
         description="strategies to compare at `k` (default: topk, balanced, divine, aide, reconstruct, random and "
         "`strategy`)",
     )
-    ks: list[Annotated[int, Field(ge=1, le=50)]] | None = Field(
+    ks: list[Annotated[int, Field(ge=1)]] | None = Field(
         None,
         min_length=1,
         max_length=8,

@@ -613,9 +613,15 @@ class Explainer:
     def explain(self, query: Example, options: ExplainOptions | None = None, **kwargs: Any) -> Explanation:
         """Explain one output: options as an `ExplainOptions` or as keyword arguments."""
         options = self.resolve(options or ExplainOptions(**kwargs))
+        self.check_options(options)  # before any model work: a bad option costs no forward/backward
         t0 = time.perf_counter()
         state = self.prepare(query, keep_factors=options.score_space == "full")
         return self._finish(state, options, (time.perf_counter() - t0) * 1e3)
+
+    def check_options(self, options: ExplainOptions) -> None:
+        """Raise `InvalidInputError` unless `options` are valid for this index and configuration
+        (k up to `ExplainConfig.max_k`, the estimator's orderings, ...); no model work."""
+        options.check(self.config, self.store.estimator(options.estimator).signed)
 
     def compare(
         self,
@@ -643,11 +649,10 @@ class Explainer:
         sizes = sorted(set(ks))
         if not names or not sizes:
             raise InvalidInputError("compare needs at least one strategy and one k")
-        signed = self.store.estimator(options.estimator).signed
         for name in names:
-            replace(options, strategy=name).check(self.config, signed)
+            self.check_options(replace(options, strategy=name))
         for k in sizes:
-            replace(options, k=k).check(self.config, signed)
+            self.check_options(replace(options, k=k))
         t0 = time.perf_counter()
         state = self.prepare(query, keep_factors=options.score_space == "full")
         t1 = time.perf_counter()
@@ -690,8 +695,9 @@ class Explainer:
         states: list[QueryState | ExemplarError | None] = []
         try:
             with self._model_lock:  # cheap per-query checks first, so one bad query does not split the batch
-                for query, _ in requests:
+                for query, options in requests:
                     try:
+                        self.check_options(self.resolve(options))
                         self._check_query(query)
                         states.append(None)
                     except ExemplarError as exc:

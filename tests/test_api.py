@@ -10,7 +10,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import ApiSettings
-from exemplar.explain import COMPARE_STRATEGIES, Explainer
+from exemplar.errors import InvalidInputError
+from exemplar.explain import COMPARE_STRATEGIES, Explainer, ExplainOptions
+from exemplar.tasks import Example
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +312,36 @@ def test_over_long_queries_are_refused_unless_truncation_is_on(classifier_index:
         compared = c.post("/v1/compare", json={"text": long_text, "k": 2})
         assert compared.status_code == (200 if truncate else 422), compared.text
         assert c.post("/v1/explain", json={"text": "short and fine", "k": 2}).status_code == 200
+
+
+def test_max_k_setting_is_the_limit_both_ways(classifier_index: Path) -> None:
+    """EXEMPLAR_MAX_K (ApiSettings.max_k) limits k, above and below the default 50: the schema sets no cap."""
+    for max_k, k, ok in ((3, 4, False), (60, 51, True), (60, 61, False)):
+        settings = ApiSettings(index_dir=classifier_index, max_k=max_k)
+        with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+            assert c.get("/v1/index").json()["max_k"] == max_k
+            n = c.get("/v1/index").json()["n_examples"]
+            r = c.post("/v1/explain", json={"text": "the cat sat", "k": min(k, n) if ok else k, "strategy": "topk"})
+            if ok:
+                assert r.status_code == 200, r.text
+                assert len(r.json()["examples"]) == min(k, n)
+            else:
+                assert r.status_code == 422, r.text
+                assert f"k must be between 1 and {max_k}" in r.json()["error"]
+
+
+def test_a_bad_option_costs_no_model_work(classifier_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explainer = Explainer.from_index(classifier_index)
+
+    def no_model_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("featurised before the options were checked")
+
+    monkeypatch.setattr(explainer, "prepare", no_model_work)
+    monkeypatch.setattr(explainer, "_featurize_checked", no_model_work)
+    query = Example(text="the cat sat")
+    with pytest.raises(InvalidInputError, match="k must be between 1 and 50"):
+        explainer.explain(query, k=51)
+    with pytest.raises(InvalidInputError, match="lam"):
+        explainer.explain(query, strategy="balanced", lam=2.0)
+    (only,) = explainer.explain_many([(query, ExplainOptions(k=51))])
+    assert isinstance(only, InvalidInputError)

@@ -211,7 +211,7 @@ async function loadIndex() {
   const estimator = $("estimator").value || "grad_dot";
   fillSelect($("strategy"), info.strategies, STRATEGY_NAMES, strategy);
   fillSelect($("estimator"), info.estimators, ESTIMATOR_NAMES, estimator);
-  $("k").max = String(Math.min(info.max_k, 50));
+  $("k").max = String(info.max_k);
   $("k-help").textContent = `How many training examples to show (1 to ${Math.min(info.max_k, info.n_examples)}).`;
   updateHelp();
 }
