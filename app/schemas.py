@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
+from exemplar.explain import MAX_POOL_SIZE
+
 Strategy = Literal["balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto"]
 Estimator = Literal["grad_dot", "grad_cos", "datainf", "bm25", "tracin"]
 Ordering = Literal["most_influential", "least_influential", "most_helpful", "most_harmful"]
@@ -70,7 +72,7 @@ class OptionFields(BaseModel):
         "most_influential",
         description="candidate ordering: largest |I|, smallest |I|, most negative I (helpful), most positive I (harmful)",
     )
-    pool_size: int | None = Field(None, ge=1, le=10_000, description="candidate pool m (default 100)")
+    pool_size: int | None = Field(None, ge=1, le=MAX_POOL_SIZE, description="candidate pool m (default 100)")
     solver: Solver = Field(
         "paper",
         description="score weights: paper = pinv least squares projected onto the simplex (the paper's); exact = the "

@@ -67,6 +67,8 @@ FULL_GROUP_ROWS = 64
 """Selections scored together in the full space (`compare`, `reconstruct`'s and `auto`'s candidates)
 share one forward/backward per group of at most this many distinct rows (a single larger selection
 is its own group); each selection's Gram multiplies only its own pairs."""
+MAX_POOL_SIZE = 10_000
+"""The largest candidate pool a request may ask for (`ExplainOptions.pool_size`; the API schema reads it)."""
 RERANKS = ("none", "full")
 """`rerank`: "full" re-orders the candidate pool by exact full-space Grad-Dot influence (`Explainer.rerank`)."""
 RERANK_MAX_POOL = 1000
@@ -123,8 +125,8 @@ class ExplainOptions:
             raise InvalidInputError(f"unknown solver {self.solver!r}; choose one of: {', '.join(SOLVERS)}")
         if not 0.0 <= self.lam <= 1.0:
             raise InvalidInputError(f"lam must be in [0, 1]; got {self.lam}")
-        if self.pool_size is not None and not 1 <= self.pool_size <= 10_000:
-            raise InvalidInputError(f"pool_size must be between 1 and 10000; got {self.pool_size}")
+        if self.pool_size is not None and not 1 <= self.pool_size <= MAX_POOL_SIZE:
+            raise InvalidInputError(f"pool_size must be between 1 and {MAX_POOL_SIZE}; got {self.pool_size}")
         check_preset(self.preset)
         if self.score_space is not None and self.score_space not in SCORE_SPACES:
             raise InvalidInputError(
