@@ -132,24 +132,9 @@ def to_example_out(ex: StoredExample, weight: float | None = None, influence: fl
     return ExampleOut(**fields, weight=weight, influence=influence)
 
 
-def to_response(result: Explanation, k: int, index: dict[str, Any]) -> ExplainResponse:
-    return ExplainResponse(
-        prediction=result.prediction,
-        examples=[to_example_out(s.example, s.weight, s.influence) for s in result.examples],
-        score_db=result.score_db if math.isfinite(result.score_db) else None,
-        score_ratio=result.score_ratio,
-        score_space=result.score_space,
-        solver=result.options.solver,
-        projected_score_db=result.projected_score_db if math.isfinite(result.projected_score_db) else None,
-        n_weighted=result.n_weighted,
-        strategy=result.strategy,
-        reason=result.reason,
-        preset=result.options.preset,
-        options=asdict(result.options),
-        k=k,
-        index=index,
-        timings_ms={name: round(ms, 3) for name, ms in result.timings_ms.items()},
-    )
+def to_response(result: Explanation, index: dict[str, Any]) -> ExplainResponse:
+    """The response of `/v1/explain`: the core's one serialisation, also a job's results (`worker.jobs`)."""
+    return ExplainResponse(**result.to_dict(index))
 
 
 def to_compare_response(result: Comparison, index: dict[str, Any]) -> CompareResponse:
@@ -397,7 +382,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
             metrics.batch_size.observe(1)
         for stage, ms in result.timings_ms.items():
             metrics.stage.labels(stage).observe(ms / 1e3)
-        out = to_response(result, body.k, manifest.summary())
+        out = to_response(result, manifest.summary())
         if cache.enabled:
             await asyncio.to_thread(cache.set, key, out.model_dump(mode="json"))
         return out

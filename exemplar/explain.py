@@ -211,8 +211,9 @@ class Explanation:
         """How many examples carry weight (> `WEIGHT_ZERO`): the ones that make up the reconstruction."""
         return sum(1 for s in self.examples if s.weight > WEIGHT_ZERO)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (a non-finite score becomes None)."""
+    def to_dict(self, index: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The JSON form every shell returns (`/v1/explain`, a job's results): a non-finite score
+        becomes None; ``index`` is the served index's summary (`Manifest.summary`)."""
         return {
             "prediction": self.prediction,
             "examples": [
@@ -226,13 +227,16 @@ class Explanation:
             "score_db": self.score_db if np.isfinite(self.score_db) else None,
             "score_ratio": self.score_ratio,
             "score_space": self.score_space,
+            "solver": self.options.solver,
             "projected_score_db": self.projected_score_db if np.isfinite(self.projected_score_db) else None,
             "n_weighted": self.n_weighted,
             "strategy": self.strategy,
+            "reason": self.reason,
             "preset": self.options.preset,
             "options": asdict(self.options),
-            "reason": self.reason,
-            "timings_ms": self.timings_ms,
+            "k": self.options.k,
+            "index": index or {},
+            "timings_ms": {name: round(ms, 3) for name, ms in self.timings_ms.items()},
         }
 
 

@@ -30,6 +30,14 @@ def test_batch_job_round_trip(redis: Redis, classifier_index: Path) -> None:
     assert results[1]["prediction"]["explained_label"] == "negative"
     assert sum(e["weight"] for e in results[0]["examples"]) == pytest.approx(1.0, abs=1e-5)
     assert "expected an object" in results[2]["error"]
+    # a job's result has the shape of a /v1/explain response: one serialiser (Explanation.to_dict)
+    from app.schemas import ExplainResponse
+
+    for result in results[:2]:
+        assert set(result) == set(ExplainResponse.model_fields)
+        assert ExplainResponse(**result).model_dump(mode="json") == result
+    assert results[0]["k"] == 3
+    assert results[0]["index"]["n_examples"] > 0
     stored = redis.hget(f"rq:job:{job.id}", "data")
     assert stored is not None
     payload = json.loads(zlib.decompress(stored))  # JSON, not pickle

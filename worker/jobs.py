@@ -58,7 +58,7 @@ def explain_batch(
             else:
                 example = Example(prompt=query.get("prompt"), response=query.get("response"))
             explainer.check_query(example, truncate=truncate_queries)
-            results.append(explainer.explain(example, explain_options).to_dict())
+            results.append(explainer.explain(example, explain_options).to_dict(explainer.store.manifest.summary()))
         except ExemplarError as exc:
             results.append({"error": str(exc), "error_type": type(exc).__name__})
     return results
