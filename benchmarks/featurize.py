@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 from exemplar.demos import prepare
-from exemplar.explain import build_featurizer
 from exemplar.gradients import ProjectionConfig
+from exemplar.index import build_featurizer
 from exemplar.models import load_model
 from exemplar.store import read_manifest
 from exemplar.tasks import Example

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from exemplar.errors import IndexIncompatibleError, InvalidInputError
-from exemplar.explain import build_featurizer, open_index
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
+from exemplar.index import build_featurizer, open_index
 from exemplar.models import LoadedModel
 from exemplar.progress import Progress, SilentProgress
 from exemplar.search import factory_string, norm_buckets_for, shard_bounds

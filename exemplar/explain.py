@@ -36,11 +36,12 @@ from exemplar.errors import ExemplarError, IndexIncompatibleError, InvalidInputE
 from exemplar.estimators import ESTIMATOR_NAMES, Estimator, Query
 from exemplar.fullspace import FullGram, KroneckerGram, LayerFactors
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
-from exemplar.models import LoadedModel, load_model
+from exemplar.index import build_featurizer, open_index
+from exemplar.models import load_model
 from exemplar.relevance import SOLVERS, Relevance, selection_relevance, simplex_weights_gram
 from exemplar.search import DEFAULT_PRESET, check_preset
-from exemplar.store import Checkpoint, FaissGradientStore, StoredExample, resolve_index
-from exemplar.tasks import Example, make_task
+from exemplar.store import Checkpoint, FaissGradientStore, StoredExample
+from exemplar.tasks import Example
 
 STRATEGIES = ("balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto")
 AUTO_CANDIDATES = ("topk", "balanced", "reconstruct")
@@ -758,37 +759,3 @@ class Explainer:
             score_space=scored.space,
             projected_score_db=float(scored.projected.db),
         )
-
-
-def open_index(index_dir: str | Path, *, batch_size: int = 16) -> tuple[FaissGradientStore, KroneckerFeaturizer]:
-    """The store and the featuriser of the model named by its manifest, checked against each other.
-
-    `index_dir` may be a versioned root: its current version is opened (`store.resolve_index`).
-    """
-    store = FaissGradientStore(resolve_index(index_dir))
-    m = store.manifest
-    loaded = load_model(m.model_dir, m.task, m.adapter_dir)
-    config = ProjectionConfig(params=m.params, proj_dim=m.proj_dim, seed=m.seed)
-    featurizer = build_featurizer(loaded, config, m.max_length, batch_size=batch_size)
-    m.check_model(
-        task=loaded.task,
-        model_checksum=loaded.checksum,
-        params=m.params,
-        layer_names=featurizer.layer_names,
-        proj_dim=m.proj_dim,
-        seed=m.seed,
-    )
-    return store, featurizer
-
-
-def build_featurizer(
-    loaded: LoadedModel, config: ProjectionConfig, max_length: int, *, batch_size: int = 16
-) -> KroneckerFeaturizer:
-    """The one featuriser used at build time and query time."""
-    task = make_task(loaded.task, loaded.tokenizer, label2id=loaded.label2id, max_length=max_length)
-    return KroneckerFeaturizer(loaded.model, task, config, batch_size=batch_size)
-
-
-def default_params(loaded: LoadedModel) -> str:
-    """LoRA matrices when an adapter is loaded (as in the paper), otherwise every linear layer."""
-    return "lora" if loaded.adapter_dir is not None else "linear"

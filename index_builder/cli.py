@@ -100,8 +100,8 @@ def build(
     import torch
 
     from exemplar.build import build_index, read_examples_jsonl, too_long_check
-    from exemplar.explain import default_params
     from exemplar.gradients import ProjectionConfig
+    from exemplar.index import default_params
     from exemplar.models import load_model
     from exemplar.store import CURRENT, MANIFEST, check_version_name, publish_version
     from exemplar.tasks import make_task

@@ -393,8 +393,8 @@ def test_tracin_sums_checkpoints_with_learning_rates(
     tmp_path: Path, classifier_dir: Path, classification_data: Path, clf: Explainer
 ) -> None:
     from exemplar.build import build_index, read_examples_jsonl
-    from exemplar.explain import build_featurizer
     from exemplar.gradients import ProjectionConfig
+    from exemplar.index import build_featurizer
     from exemplar.models import load_model
     from tests.tiny_models import LABELS, save_classifier
 
