@@ -25,6 +25,7 @@ from exemplar.progress import Progress, SilentProgress
 from exemplar.relevance import (
     best_single_ratio,
     mean_of_ratios_db,
+    ratio_db,
     ratio_of_expectations_db,
     ratio_upper_bound,
 )
@@ -203,8 +204,7 @@ def median_per_query_db(pairs: Sequence[tuple[int, float]]) -> float:
         by_query[query].append(ratio)
     if not by_query:
         return math.nan
-    dbs = [10.0 * math.log10(m) if (m := float(np.mean(r))) > 0 else -math.inf for r in by_query.values()]
-    return float(np.median(dbs))
+    return float(np.median([mean_of_ratios_db(ratios) for ratios in by_query.values()]))
 
 
 def _select(explainer: Explainer, state: QueryState, config: Config, k: int, seed: int = 0) -> np.ndarray:
@@ -380,17 +380,13 @@ def score_full_space(
                 state, rows, computer=grid_gram_computer(explainer, torch.float64), group_rows=explainer.store.n
             )
             result.checks["float32_max_abs_db"] = max(
-                abs(_db(g.relevance(solver).ratio) - _db(r.scores[f"full/{solver}"]))
+                abs(g.relevance(solver).db - ratio_db(r.scores[f"full/{solver}"]))
                 for r, g in zip(records, exact, strict=True)
                 for solver in ("paper", "exact")
             )
         progress.advance(1)
     progress.finish()
     result.seconds["full_space"] = result.seconds.get("full_space", 0.0) + time.perf_counter() - t0
-
-
-def _db(ratio: float) -> float:
-    return 10.0 * math.log10(ratio) if ratio > 0 else -math.inf
 
 
 def best_paper_config(result: GridResult, estimator: str, k: int) -> Config | None:

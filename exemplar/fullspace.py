@@ -38,7 +38,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from exemplar.errors import InvalidInputError
 from exemplar.relevance import Relevance, gram_relevance
@@ -120,34 +119,6 @@ class LayerFactors:
             rows=[torch.zeros(1, dtype=torch.long)],
             n=1,
             losses=[loss],
-        )
-
-    def subset(self, positions: Sequence[int], dtype: torch.dtype = torch.float64) -> LayerFactors:
-        """The factors of the examples at `positions` (distinct, in that order) as one padded batch
-        of their real tokens per layer, in `dtype`: a Gram of them multiplies only their own pairs."""
-        n = len(positions)
-        where = torch.full((self.n,), -1, dtype=torch.long)
-        where[torch.tensor(list(positions), dtype=torch.long)] = torch.arange(n)
-        xs: list[list[torch.Tensor]] = []
-        ys: list[list[torch.Tensor]] = []
-        real: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        for layer in range(len(self.xs)):
-            x, y, seg = _real_tokens(self, layer, dtype)
-            seg = where[seg]
-            keep = seg >= 0
-            order = torch.argsort(seg[keep], stable=True)
-            x, y, seg = x[keep][order], y[keep][order], seg[keep][order]
-            counts = torch.bincount(seg, minlength=n).tolist()
-            xs.append([pad_sequence(list(torch.split(x, counts)), batch_first=True)])
-            ys.append([pad_sequence(list(torch.split(y, counts)), batch_first=True)])
-            real[layer, x.dtype] = (x, y, seg)
-        return LayerFactors(
-            xs=xs,
-            ys=ys,
-            rows=[torch.arange(n)],
-            n=n,
-            losses=[self.losses[p] for p in positions],
-            real=real,
         )
 
     def tokens(self, layer: int) -> int:

@@ -370,7 +370,7 @@ def selection_relevance(test_grad: np.ndarray, train_grads: np.ndarray, solver: 
     var_g = float(np.var(g))
     var_r = float(np.var(r))
     ratio = var_g / (var_r + EPS)
-    db = 10.0 * math.log10(ratio) if ratio > 0 else -math.inf
+    db = ratio_db(ratio)
     return Relevance(weights=weights, ratio=ratio, db=db, var_g=var_g, var_r=var_r)
 
 
@@ -430,7 +430,7 @@ def gram_relevance(
     var_g = max(float(gg) / dims - (float(sum_g) / dims) ** 2, 0.0)
     var_r = max(r_sq / dims - (r_sum / dims) ** 2, 0.0)
     ratio = var_g / (var_r + EPS)
-    db = 10.0 * math.log10(ratio) if ratio > 0 else -math.inf
+    db = ratio_db(ratio)
     return Relevance(weights=weights, ratio=ratio, db=db, var_g=var_g, var_r=var_r)
 
 
@@ -474,6 +474,11 @@ def best_single_ratio(test_grad: np.ndarray, train_grads: np.ndarray) -> float:
     return float(np.var(g)) / (best + EPS)
 
 
+def ratio_db(ratio: float) -> float:
+    """A linear score ratio in dB: ``10 * log10(ratio)``, ``-inf`` for 0."""
+    return 10.0 * math.log10(ratio) if ratio > 0 else -math.inf
+
+
 def mean_of_ratios_db(ratios: Sequence[float]) -> float:
     """The paper's aggregate: mean of the LINEAR ratios, then converted to dB.
 
@@ -488,7 +493,7 @@ def mean_of_ratios_db(ratios: Sequence[float]) -> float:
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise InvalidInputError("ratios must be finite and non-negative (linear SRS ratios)")
     mean = float(np.mean(arr))
-    return 10.0 * math.log10(mean) if mean > 0 else -math.inf
+    return ratio_db(mean)
 
 
 def ratio_of_expectations_db(var_g: Sequence[float], var_r: Sequence[float]) -> float:
@@ -509,5 +514,4 @@ def ratio_of_expectations_db(var_g: Sequence[float], var_r: Sequence[float]) -> 
         raise InvalidInputError(f"var_g has {vg.size} values but var_r has {vr.size}; pass one of each per instance")
     if not (np.all(np.isfinite(vg)) and np.all(np.isfinite(vr))) or np.any(vg < 0) or np.any(vr < 0):
         raise InvalidInputError("var_g and var_r must be finite and non-negative (population variances)")
-    ratio = float(np.sum(vg)) / (float(np.sum(vr)) + EPS * vg.size)
-    return 10.0 * math.log10(ratio) if ratio > 0 else -math.inf
+    return ratio_db(float(np.sum(vg)) / (float(np.sum(vr)) + EPS * vg.size))
