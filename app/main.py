@@ -127,9 +127,9 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-def to_example_out(ex: StoredExample, weight: float | None = None, influence: float | None = None) -> ExampleOut:
-    fields = {k: v for k, v in asdict(ex).items() if k != "row"}
-    return ExampleOut(**fields, weight=weight, influence=influence)
+def to_example_out(ex: StoredExample) -> ExampleOut:
+    """A looked-up training example (`GET /v1/examples/{id}`); selected ones come from `Explanation.to_dict`."""
+    return ExampleOut(**{k: v for k, v in asdict(ex).items() if k != "row"})
 
 
 def to_response(result: Explanation, index: dict[str, Any]) -> ExplainResponse:

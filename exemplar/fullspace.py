@@ -180,10 +180,24 @@ def _cross(
     if dense_cost < tokens_cost and (a.n + b.n) * d_in * d_out <= max_elements:
         da = _dense(a, layer, dtype)
         return da @ (da if same else _dense(b, layer, dtype)).T
-    # sum_{t, t'} (x_t . x_t') (dy_t . dy_t') over the tokens of each pair of examples
+    return _token_products(xa, ya, sa, a.n, xb, yb, sb, b.n)
+
+
+def _token_products(
+    xa: torch.Tensor,
+    ya: torch.Tensor,
+    sa: torch.Tensor,
+    na: int,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    sb: torch.Tensor,
+    nb: int,
+) -> torch.Tensor:
+    """`(na, nb)` gradient inner products from real tokens (inputs `x`, output gradients `y`, each
+    token's example `s`): `sum_{t, t'} (x_t . x_t') (dy_t . dy_t')` over each pair of examples."""
     kernel = (xa @ xb.T) * (ya @ yb.T)  # (Na, Nb)
-    rows = torch.zeros(a.n, kernel.shape[1], dtype=dtype).index_add_(0, sa, kernel)
-    return torch.zeros(a.n, b.n, dtype=dtype).index_add_(1, sb, rows)
+    rows = torch.zeros(na, kernel.shape[1], dtype=kernel.dtype).index_add_(0, sa, kernel)
+    return torch.zeros(na, nb, dtype=kernel.dtype).index_add_(1, sb, rows)
 
 
 def forward_backward(
@@ -346,9 +360,7 @@ class KroneckerGram:
             local = where[seg]
             keep = local >= 0
             xs, ys, rows = x[keep], y[keep], local[keep]
-            kernel = (xs @ xs.T) * (ys @ ys.T)  # sum_{t, t'} (x_t . x_t') (dy_t . dy_t') per pair of examples
-            summed = torch.zeros(len(i), kernel.shape[1], dtype=kernel.dtype).index_add_(0, rows, kernel)
-            out.append(torch.zeros(len(i), len(i), dtype=kernel.dtype).index_add_(1, rows, summed))
+            out.append(_token_products(xs, ys, rows, len(i), xs, ys, rows, len(i)))
         return out
 
     def _assemble(self, chunks: Sequence[tuple[list[int], Callable[[], LayerFactors]]], n: int) -> FullGram:
