@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 def _queries(path: Path, task: str, n: int) -> list[Example]:
-    from exemplar.build import read_examples_jsonl
+    from exemplar.jsonl import read_examples_jsonl
 
     examples, errors = read_examples_jsonl(path, task)
     if errors:
@@ -70,9 +70,9 @@ def validate(
     out: Annotated[Path | None, typer.Option(help="write per-pair records as JSON here")] = None,
 ) -> None:
     """One AdamW step on each selection: xi_plus, xi_jsd vs 5 random selections, Spearman and reliability."""
-    from exemplar.evaluation import parse_config, run_grid
     from exemplar.explain import Explainer
-    from exemplar.validation import paired_xi_plus, reliability, spearman
+    from exemplar.research.evaluation import parse_config, run_grid
+    from exemplar.research.step_effects import paired_xi_plus, reliability, spearman
 
     try:
         configs = [parse_config(s, estimator) for s in _strs(strategies)]
@@ -158,8 +158,9 @@ def reproduce(
     ] = 5,
 ) -> None:
     """Run the grid (estimators x strategies x k) and write docs/results/<demo>.md with plots."""
-    from exemplar.demos import heldout, prepare
-    from exemplar.evaluation import (
+    from exemplar.explain import Explainer
+    from exemplar.research.demos import heldout, prepare
+    from exemplar.research.evaluation import (
         GRADIENT_ESTIMATORS,
         KS,
         Config,
@@ -170,8 +171,8 @@ def reproduce(
         score_full_space,
         validate_selections,
     )
-    from exemplar.explain import Explainer
-    from exemplar.report import write_records, write_report
+    from exemplar.research.records import write_records
+    from exemplar.research.report import write_report
 
     command = _invocation()
     started = time.perf_counter()
@@ -232,7 +233,8 @@ def report(
     demo: Annotated[str | None, typer.Option(help="report name (default: the run's demo)")] = None,
 ) -> None:
     """Render docs/results/<demo>.md and its plots again from a reproduce run's records, without re-running."""
-    from exemplar.report import read_records, write_report
+    from exemplar.research.records import read_records
+    from exemplar.research.report import write_report
 
     try:
         grid, meta = read_records(records)

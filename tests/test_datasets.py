@@ -1,4 +1,4 @@
-"""Tests for exemplar.datasets: loaders over installed package files, sampling, mixture."""
+"""Tests for exemplar.research.datasets: loaders over installed package files, sampling, mixture."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from collections import Counter
 
 import pytest
 
-from exemplar import datasets
-from exemplar.datasets import (
+from exemplar.errors import InvalidInputError
+from exemplar.research import datasets
+from exemplar.research.datasets import (
     BBC_MAX_CHARS,
     InstructionExample,
     LabeledText,
@@ -18,7 +19,6 @@ from exemplar.datasets import (
     sample_stratified,
     split,
 )
-from exemplar.errors import InvalidInputError
 
 LOADERS = [
     pytest.param(load_tweets, 30_000, {"negative", "neutral", "positive"}, "tweets-", id="tweets"),
@@ -162,8 +162,8 @@ def test_instruction_mixture() -> None:
 def test_heldout_extends_the_test_split_without_touching_training(tmp_path, demo: str, field: str) -> None:
     import json
 
-    from exemplar.build import write_jsonl
-    from exemplar.demos import DEMOS, _more_examples, heldout
+    from exemplar.jsonl import write_jsonl
+    from exemplar.research.demos import DEMOS, _more_examples, heldout
 
     pool = _more_examples(DEMOS[demo], 60)
     demo_dir = tmp_path / demo
@@ -205,7 +205,7 @@ def test_held_out_queries_are_the_first_rows_beside_the_index_content_only(
     import json
     import shutil
 
-    from exemplar.demos import held_out_queries
+    from exemplar.research.demos import held_out_queries
     from exemplar.store import MANIFEST
     from exemplar.tasks import Example
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from exemplar.errors import InvalidInputError
-from exemplar.evaluation import (
+from exemplar.explain import Explainer
+from exemplar.research.evaluation import (
     GRID_STRATEGIES,
     RANDOM_SEEDS,
     Config,
@@ -24,10 +25,8 @@ from exemplar.evaluation import (
     training_examples,
     validate_selections,
 )
-from exemplar.explain import Explainer
-from exemplar.report import write_report
-from exemplar.tasks import Example
-from exemplar.validation import (
+from exemplar.research.report import write_report
+from exemplar.research.step_effects import (
     StepValidator,
     ValidationRecord,
     jensen_shannon,
@@ -36,6 +35,7 @@ from exemplar.validation import (
     reliability,
     spearman,
 )
+from exemplar.tasks import Example
 from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -258,7 +258,7 @@ def test_parse_config_reads_strategy_ordering_and_lambda() -> None:
     assert parse_config(" balanced:0.25", "datainf") == Config("datainf", "balanced", "most_influential", 0.25)
     assert parse_config("balanced:most_harmful:1", "grad_dot") == Config("grad_dot", "balanced", "most_harmful", 1.0)
     assert parse_config("aide", "grad_dot") == Config("grad_dot", "aide")
-    with pytest.raises(InvalidInputError, match="cannot validate self: choose among topk, balanced"):
+    with pytest.raises(InvalidInputError, match="cannot validate self: choose among " + ", ".join(GRID_STRATEGIES)):
         parse_config("self", "grad_dot")
     for bad in ("topk:0.5", "balanced:2", "balanced:most_useful", "reconstruct:most_helpful", "aide:0.5"):
         with pytest.raises(InvalidInputError, match="topk and balanced take an ordering"):
@@ -271,7 +271,7 @@ def test_grid_strategies_are_the_ones_the_grid_scores() -> None:
 
 
 def test_ceilings_are_skipped_above_the_row_limit(clf: Explainer, monkeypatch: pytest.MonkeyPatch) -> None:
-    import exemplar.evaluation as evaluation
+    import exemplar.research.evaluation as evaluation
 
     monkeypatch.setattr(evaluation, "BOUND_MAX_ROWS", clf.store.n - 1)
     result = run_grid(clf, [Example(text="the cat sat")], estimators=("grad_dot",), ks=(1,))
@@ -308,7 +308,7 @@ def test_validate_cli(classifier_index: Path, tmp_path: Path) -> None:
     assert "not an index" in bad.stderr
     unknown = _validate(classifier_index, queries, "--strategies", "topk,self")
     assert unknown.returncode == 2
-    assert "cannot validate self: choose among topk, balanced" in unknown.stderr
+    assert "cannot validate self: choose among " + ", ".join(GRID_STRATEGIES) in unknown.stderr
     spec = _validate(classifier_index, queries, "--strategies", "topk:0.5")
     assert spec.returncode == 2
     assert "cannot read '0.5' in 'topk:0.5'" in spec.stderr
@@ -342,7 +342,7 @@ def test_validate_cli(classifier_index: Path, tmp_path: Path) -> None:
 
 
 def test_records_are_written_per_query(clf: Explainer, tmp_path: Path) -> None:
-    from exemplar.report import write_records
+    from exemplar.research.records import write_records
 
     result = run_grid(clf, [Example(text="the cat sat")], estimators=("grad_dot",), ks=(1,))
     write_records(result, tmp_path / "r.jsonl")
@@ -416,8 +416,8 @@ def test_reproduce_cli_on_a_tiny_index(classifier_index: Path, tmp_path: Path) -
 
 
 def test_full_space_grid_scores_match_materialised_gradients(clf: Explainer, tmp_path: Path) -> None:
-    from exemplar.evaluation import SCORE_KEYS, median_per_query_db, score_full_space
-    from exemplar.report import read_records, write_records
+    from exemplar.research.evaluation import SCORE_KEYS, median_per_query_db, score_full_space
+    from exemplar.research.records import read_records, write_records
     from tests.test_explain import FULL_DB_ATOL, full_space_oracle
 
     queries = [Example(text="stocks fell", label="negative"), Example(text="what a day", label="positive")]

@@ -23,13 +23,14 @@ from typing import Any
 
 import torch
 
-from exemplar import datasets
-from exemplar.build import build_index, write_jsonl
+from exemplar.build import build_index
 from exemplar.errors import IndexIncompatibleError, InvalidInputError
-from exemplar.finetune import finetune
 from exemplar.gradients import ProjectionConfig
+from exemplar.jsonl import write_jsonl
 from exemplar.models import LoadedModel, convert_gguf, load_model
 from exemplar.progress import Progress, SilentProgress
+from exemplar.research import datasets
+from exemplar.research.finetune import finetune
 from exemplar.store import MANIFEST, read_manifest
 from exemplar.tasks import CausalLMTask, ClassificationTask, Example, Task
 

@@ -3,7 +3,7 @@
 `run_grid` computes, for each test query (one forward/backward each), the Selection
 Relevance Score of every configured selection; `validate_selections` adds the fine-tuning
 validation of paper.md section 5 for a subset of the scored selections (one AdamW step
-each, against the five random selections the grid scored for the same k). Results are plain records; `exemplar.report` turns them into the
+each, against the five random selections the grid scored for the same k). Results are plain records; `exemplar.research.report` turns them into the
 markdown report and plots.
 """
 
@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from exemplar.errors import InvalidInputError
-from exemplar.explain import Explainer, ExplainOptions, QueryState
+from exemplar.explain import Explainer, QueryState
 from exemplar.fullspace import MAX_CHUNK_TOKENS, KroneckerGram
+from exemplar.options import ExplainOptions
 from exemplar.progress import Progress, SilentProgress
 from exemplar.relevance import (
     best_single_ratio,
@@ -29,16 +30,19 @@ from exemplar.relevance import (
     ratio_of_expectations_db,
     ratio_upper_bound,
 )
-from exemplar.selection import ORDERINGS
+from exemplar.research.step_effects import STEPS, StepEffect, StepValidator, ValidationRecord
+from exemplar.strategies import COMPARED, ORDERINGS, STRATEGIES
 from exemplar.tasks import Example
-from exemplar.validation import STEPS, StepEffect, StepValidator, ValidationRecord
 
 KS = (1, 5, 10, 25)
 GRADIENT_ESTIMATORS = ("grad_dot", "grad_cos", "datainf", "tracin")
 PAPER_GRADIENT_ESTIMATORS = ("grad_dot", "datainf")
 """The gradient estimators the paper used (paper.md section 3); grad_cos and tracin are ours."""
-GRID_STRATEGIES = ("topk", "balanced", "divine", "aide", "random", "reconstruct")
-"""The strategies `default_configs` scores, so the ones the validation can take."""
+GRID_STRATEGIES = COMPARED
+"""The strategies `default_configs` scores, so the ones the validation can take (the registry's
+`compared` ones: single methods that work for any query)."""
+INFLUENCE_STRATEGIES = tuple(name for name in GRID_STRATEGIES if STRATEGIES[name].uses_influence)
+"""Grid strategies that select from an estimator's candidates: scored once per estimator."""
 RANDOM_SEEDS = 5
 SCORE_KEYS = ("projected/paper", "projected/exact", "full/paper", "full/exact")
 """Where and how `score_full_space` scores a selection: "space/solver". ``ScoreRecord.ratio`` is
@@ -91,7 +95,7 @@ def parse_config(spec: str, estimator: str) -> Config:
                 f"cannot read {part!r} in {spec!r}: topk and balanced take an ordering "
                 f"({', '.join(ORDERINGS)}), balanced also a lambda in [0, 1]"
             )
-    return Config("-" if strategy in ("random", "reconstruct") else estimator, strategy, ordering, lam)
+    return Config(estimator if strategy in INFLUENCE_STRATEGIES else "-", strategy, ordering, lam)
 
 
 def check_step(step: str) -> None:
@@ -102,7 +106,7 @@ def check_step(step: str) -> None:
 
 def default_configs(estimators: Sequence[str], signed: dict[str, bool]) -> list[Config]:
     """The paper's grid (section 4) plus ours; helpful/harmful only for signed estimators."""
-    configs: list[Config] = [Config("-", "random"), Config("-", "reconstruct")]
+    configs = [Config("-", name) for name in GRID_STRATEGIES if name not in INFLUENCE_STRATEGIES]
     for est in estimators:
         orderings = ["most_influential", "least_influential"] + (
             ["most_helpful", "most_harmful"] if signed[est] else []
@@ -110,7 +114,7 @@ def default_configs(estimators: Sequence[str], signed: dict[str, bool]) -> list[
         configs += [Config(est, "topk", o) for o in orderings]
         configs += [Config(est, "balanced", "most_influential", lam) for lam in (0.25, 0.5, 0.75, 1.0)]
         configs += [Config(est, "balanced", o, 1.0) for o in orderings if o != "most_influential"]
-        configs += [Config(est, "divine"), Config(est, "aide")]
+        configs += [Config(est, name) for name in INFLUENCE_STRATEGIES if name not in ("topk", "balanced")]
     return configs
 
 
@@ -247,7 +251,7 @@ def run_grid(
     if validate_configs:  # every validated k must be scored too
         check_step(validation_step)
         ks = sorted({*ks, *validate_ks})
-    signed = {e: explainer.store.estimator(e).signed for e in estimators}
+    signed = {e: explainer.estimators.get(e).signed for e in estimators}
     configs = default_configs(estimators, signed)
     unscored = [c for c in validate_configs if c not in configs]
     if unscored:  # found before the grid runs, not after

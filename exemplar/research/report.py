@@ -1,27 +1,20 @@
-"""The reproduction report: markdown tables, the paper's numbers side by side, and PNG plots."""
+"""The reproduction report: markdown tables, the paper's numbers side by side, and PNG plots.
+
+`write_report` writes the markdown and has `exemplar.research.plots` draw the figures; the
+records a run writes, and reads back to render its report again, are `exemplar.research.records`.
+"""
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
 
 import numpy as np
 
-from exemplar.errors import InvalidInputError
-from exemplar.evaluation import (
-    GRADIENT_ESTIMATORS,
-    PAPER_GRADIENT_ESTIMATORS,
-    BoundRecord,
-    Config,
-    GridResult,
-    ScoreRecord,
-)
-from exemplar.validation import PairedXiPlus, ValidationRecord, paired_xi_plus, reliability, spearman
+from exemplar.research.evaluation import GRADIENT_ESTIMATORS, PAPER_GRADIENT_ESTIMATORS, GridResult
+from exemplar.research.plots import plot_grid, plot_validation
+from exemplar.research.step_effects import PairedXiPlus, ValidationRecord, paired_xi_plus, reliability, spearman
 
 PAPER_K10 = {  # paper.md section 6, preliminary OLMo-2 numbers at k = 10 (mean-of-ratios dB)
     ("datainf", "top-k most influential"): -28.7,
@@ -75,7 +68,7 @@ def write_report(
     """Write `<out_dir>/<demo>.md` and its PNG plots; returns the markdown path.
 
     ``rendered_by`` is the command that rendered the report again from a run's records
-    (`read_records`), shown under the command of the run itself.
+    (`records.read_records`), shown under the command of the run itself.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     table = result.table()
@@ -214,7 +207,7 @@ def write_report(
     if result.validation:
         lines += _validation_section(result, out_dir, demo)
         plot_validation(result, out_dir, demo)
-    _plots(table, estimators, ks, out_dir, demo)
+    plot_grid(table, estimators, ks, out_dir, demo, paper_gain=PAPER_FL_GAIN)
     lines += [
         "## Plots",
         "",
@@ -228,77 +221,6 @@ def write_report(
     path = out_dir / f"{demo}.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def write_records(result: GridResult, path: Path, meta: dict[str, object] | None = None) -> None:
-    """Every per-query score and validation record as JSON lines (the tables only show aggregates).
-
-    ``meta`` (the run's demo, command, index summary) is written first, with the query count
-    and wall times, so `read_records` can render the report again without re-running.
-    """
-    with _open_text(path, "w") as f:
-        if meta is not None:
-            f.write(
-                json.dumps(
-                    {
-                        "kind": "meta",
-                        **meta,
-                        "n_queries": result.n_queries,
-                        "seconds": result.seconds,
-                        "checks": result.checks,
-                    }
-                )
-                + "\n"
-            )
-        for r in result.records:
-            f.write(
-                json.dumps({"kind": "score", **asdict(r), "config": asdict(r.config), "label": r.config.label}) + "\n"
-            )
-        for v in result.validation:
-            f.write(json.dumps({"kind": "validation", **asdict(v)}) + "\n")
-        for b in result.bounds:
-            f.write(json.dumps({"kind": "bound", **asdict(b)}) + "\n")
-
-
-def _open_text(path: Path, mode: str) -> IO[str]:
-    """A records file, gzip-compressed when its name ends in ``.gz`` (how they are committed)."""
-    if path.suffix != ".gz":
-        return path.open(mode, encoding="utf-8")
-    return gzip.open(path, "wt", encoding="utf-8") if mode == "w" else gzip.open(path, "rt", encoding="utf-8")
-
-
-def read_records(path: Path) -> tuple[GridResult, dict[str, Any]]:
-    """The run `write_records` wrote: its result and its meta line ({} when it has none)."""
-    result = GridResult()
-    meta: dict[str, Any] = {}
-    try:
-        with _open_text(path, "r") as f:
-            lines = f.read().splitlines()
-    except (OSError, EOFError) as exc:
-        raise InvalidInputError(f"cannot read records file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
-    for no, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-            kind = row.pop("kind")
-            if kind == "meta":
-                meta = row
-            elif kind == "score":
-                row.pop("label", None)
-                result.records.append(ScoreRecord(config=Config(**row.pop("config")), **row))
-            elif kind == "validation":
-                result.validation.append(ValidationRecord(**row))
-            elif kind == "bound":
-                result.bounds.append(BoundRecord(**row))
-            else:
-                raise ValueError(f"unknown kind {kind!r}")
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise InvalidInputError(f"{path} line {no} is not a record of exemplar-eval: {exc}") from exc
-    if not result.records:
-        raise InvalidInputError(f"{path} holds no score records")
-    result.n_queries = int(meta.get("n_queries", 1 + max(r.query for r in result.records)))
-    result.seconds = {str(k): float(v) for k, v in meta.get("seconds", {}).items()}
-    result.checks = {str(k): float(v) for k, v in meta.get("checks", {}).items()}
-    return result, meta
 
 
 SPACE_NAMES = {
@@ -533,83 +455,3 @@ def _beats_best(paired: list[PairedXiPlus], ks: list[int]) -> str:
             f"paired difference {p.difference:+.2e} (95% CI {p.lo:+.2e} .. {p.hi:+.2e}, n={p.n})"
         )
     return f"**{bool(wins) and all(wins)}** (" + "; ".join(parts) + ")"
-
-
-def _plots(
-    table: dict[tuple[str, str, int], dict[str, float]], estimators: list[str], ks: list[int], out_dir: Path, demo: str
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(estimators), figsize=(5 * len(estimators), 4), squeeze=False, sharey=True)
-    shown = ["top-k most influential", "top-k least influential", "FL lambda=1", "divine", "aide"]
-    for ax, est in zip(axes[0], estimators, strict=True):
-        for label in shown:
-            ys = [_cell(table, est, label, k, "mean_of_ratios_db") for k in ks]
-            ax.plot(ks, ys, marker="o", label=label)
-        for label in ("random", "reconstruct"):
-            ax.plot(
-                ks, [table[("-", label, k)]["mean_of_ratios_db"] for k in ks], marker="s", linestyle="--", label=label
-            )
-        ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_title(est)
-        ax.set_xlabel("k")
-    axes[0][0].set_ylabel("mean-of-ratios SRS (dB)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / f"{demo}_db_by_k.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for est in estimators:
-        gains = [
-            table[(est, "FL lambda=1", k)]["mean_of_ratios_db"]
-            - table[(est, "top-k most influential", k)]["mean_of_ratios_db"]
-            for k in ks
-        ]
-        ax.plot(ks, gains, marker="o", label=f"{est}: FL lambda=1 - top-k")
-    ax.plot(
-        ks, [PAPER_FL_GAIN.get(k, math.nan) for k in ks], marker="x", color="black", label="paper (DataInf, OLMo-2)"
-    )
-    ax.axhline(0, color="grey", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("k")
-    ax.set_ylabel("gain (dB)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / f"{demo}_gain.png", dpi=110)
-    plt.close(fig)
-
-
-def plot_validation(result: GridResult, out_dir: Path, demo: str) -> None:
-    """Scatter of SRS vs xi_plus and the reliability curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = result.validation
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.scatter([r.srs_db for r in recs], [r.xi_plus for r in recs], s=6, alpha=0.5)
-    a.axvline(0, color="grey", linewidth=0.8)
-    a.axhline(0, color="grey", linewidth=0.8)
-    a.set_xlabel("SRS (dB)")
-    a.set_ylabel("xi_plus")
-    bins = reliability(recs)
-    b.plot(
-        [10 * math.log10(math.sqrt(x["ratio_lo"] * x["ratio_hi"])) for x in bins],
-        [x["accuracy"] for x in bins],
-        marker="o",
-    )
-    b.axvline(0, color="grey", linewidth=0.8)
-    b.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
-    b.set_xlabel("SRS bin centre (dB)")
-    b.set_ylabel("accuracy of sign(xi_plus) from SRS > 0 dB")
-    fig.tight_layout()
-    fig.savefig(out_dir / f"{demo}_validation.png", dpi=110)
-    plt.close(fig)
