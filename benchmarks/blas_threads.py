@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from exemplar.demos import held_out_queries, prepare
-from exemplar.explain import Explainer, ExplainOptions
+from exemplar.explain import Explainer
+from exemplar.options import ExplainOptions
+from exemplar.research.demos import held_out_queries, prepare
+from exemplar.strategies.reconstruct import served_pool
 
 BUSY = """
 import torch, time
@@ -45,7 +47,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     default = max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
     explainer = Explainer.from_index(prepare(args.demo, args.root))
-    explainer.centred_gram()
+    served_pool(explainer.strategy_state, explainer.store).centred_gram()  # built once per served index
     states = [explainer.prepare(q) for q in held_out_queries(explainer.store.path, args.queries)]
     options = ExplainOptions(k=args.k, strategy="reconstruct")
 

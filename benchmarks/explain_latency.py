@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exemplar.demos import held_out_queries, prepare
 from exemplar.explain import Explainer
 from exemplar.relevance import mean_of_ratios_db
+from exemplar.research.demos import held_out_queries, prepare
 
 
 def main() -> None:

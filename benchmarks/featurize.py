@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 
-from exemplar.demos import prepare
 from exemplar.gradients import ProjectionConfig
 from exemplar.index import build_featurizer
 from exemplar.models import load_model
+from exemplar.research.demos import prepare
 from exemplar.store import read_manifest
 from exemplar.tasks import Example
 

@@ -38,12 +38,14 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from exemplar.demos import held_out_queries, prepare
-from exemplar.evaluation import training_examples
-from exemplar.explain import Explainer, ExplainOptions, QueryState
+from exemplar.explain import Explainer, QueryState
 from exemplar.fullspace import FullGram, KroneckerGram
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
+from exemplar.options import ExplainOptions
 from exemplar.relevance import mean_of_ratios_db, selection_relevance
+from exemplar.research.demos import held_out_queries, prepare
+from exemplar.research.evaluation import training_examples
+from exemplar.strategies import retrieve
 from exemplar.tasks import Example
 
 STRATEGIES = ("topk", "balanced", "random", "divine", "aide", "reconstruct", "auto")
@@ -189,9 +191,8 @@ def recall(
     timings = []
     for query in queries[:rerank_queries]:
         state = explainer.prepare(query, keep_factors=True)
-        pool_rows, _ = explainer.candidates(
-            state, explainer.store.estimator("grad_dot"), "most_influential", RERANK_POOL
-        )
+        grad_dot = explainer.estimators.get("grad_dot")
+        pool_rows, _ = retrieve(explainer.store, grad_dot, state.query, "most_influential", RERANK_POOL)
         pool_examples = training_examples(explainer, pool_rows.tolist())
         t0 = time.perf_counter()
         explainer.full.factors(pool_examples)

@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 
 from app.process import BIN, ENV, running_api
-from exemplar.demos import prepare
+from exemplar.research.demos import prepare
 
 # Held-out tweets can be longer than the demos' 64-token max_length: cut them, as a client
 # that accepts truncation would ask (the default refuses them with 422).

@@ -5,7 +5,7 @@ For held-out queries of a demo, at one k (paper solver, mean of ratios in dB):
 - `reconstruct` as the API runs it (the default pool);
 - `reconstruct` with every training example in the pool;
 - `reconstruct` on the served pool with a beam-search start of width `--beam`
-  (`selection.reconstruct(beam_width=)`, exhaustive once the beam holds every subset);
+  (`strategies.reconstruct.reconstruct(beam_width=)`, exhaustive once the beam holds every subset);
 - an exhaustive search over every k-subset of the `--support` examples with the largest
   weights in the optimum over the simplex of ALL training gradients (the mixture behind the
   any-selection ceiling, `relevance.ratio_upper_bound`), keeping `reconstruct`'s own
@@ -26,10 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exemplar import selection
-from exemplar.demos import held_out_queries, prepare
-from exemplar.explain import Explainer, ExplainOptions
-from exemplar.relevance import exact_simplex_weights, mean_of_ratios_db, ratio_upper_bound, selection_relevance
+from exemplar.explain import Explainer
+from exemplar.options import ExplainOptions
+from exemplar.relevance import mean_of_ratios_db, ratio_upper_bound, selection_relevance
+from exemplar.research.demos import held_out_queries, prepare
+from exemplar.simplex import exact_simplex_weights
+from exemplar.strategies.reconstruct import reconstruct, served_pool
 
 COSINE = {
     "cos top-k": {"strategy": "topk"},
@@ -71,11 +73,11 @@ def main() -> None:
             for name, kw in COSINE.items()
         }
         ours_rows, _, _ = explainer.select(state, ExplainOptions(k=k, strategy="reconstruct"))
-        all_rows = selection.reconstruct(g, vectors, k, solver="paper", pool_size=explainer.store.n)
+        all_rows = reconstruct(g, vectors, k, solver="paper", pool_size=explainer.store.n)
         ours = explainer.score(state, ours_rows).ratio
-        pool = explainer.reconstruct_pool(state, k)  # the served pool
+        pool = served_pool(explainer.strategy_state, explainer.store).pool(g, k, None, explainer.config.pool_size)
         beamed = pool[
-            selection.reconstruct(
+            reconstruct(
                 g, explainer.store.vectors_at(pool), k, solver="paper", pool_size=pool.shape[0], beam_width=args.beam
             )
         ]

@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exemplar.demos import held_out_queries, prepare
-from exemplar.explain import Explainer, ExplainOptions, QueryState
+from exemplar.explain import Explainer, QueryState
 from exemplar.fullspace import FullGram
+from exemplar.options import ExplainOptions
 from exemplar.relevance import Relevance
+from exemplar.research.demos import held_out_queries, prepare
+from exemplar.strategies.reconstruct import served_pool
 
 SWEEPS = 3
 
@@ -64,7 +66,10 @@ def one(explainer: Explainer, state: QueryState, k: int, extra: int, solver: str
     proposals = explainer.proposals(state, options)
     union = list(dict.fromkeys(int(r) for p in proposals for r in p.rows))
     if extra:
-        pool = explainer.reconstruct_pool(state, k)[: extra * k]
+        pool = served_pool(explainer.strategy_state, explainer.store).pool(
+            state.grad, k, None, explainer.config.pool_size
+        )
+        pool = pool[: extra * k]
         union = list(dict.fromkeys([*union, *(int(r) for r in pool)]))
     gram = explainer.full_gram(state, np.asarray(union))
     position = {r: j + 1 for j, r in enumerate(union)}

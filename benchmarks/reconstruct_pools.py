@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exemplar import selection
-from exemplar.demos import held_out_queries, prepare
 from exemplar.explain import Explainer
 from exemplar.relevance import mean_of_ratios_db, ratio_upper_bound, selection_relevance
+from exemplar.research.demos import held_out_queries, prepare
+from exemplar.strategies import retrieve
+from exemplar.strategies.reconstruct import reconstruct, served_pool
 
 
 def main() -> None:
@@ -39,16 +40,18 @@ def main() -> None:
     norms = []
     bounds = []
     everything = explainer.store.vectors_at(np.arange(explainer.store.n))  # (n, d)
+    served = served_pool(explainer.strategy_state, explainer.store)
     started = time.perf_counter()
     for query in queries:
         state = explainer.prepare(query)
         norms.append(float(np.linalg.norm(state.grad)))
         bounds.append(ratio_upper_bound(state.grad, everything))
-        cosine, _ = explainer.candidates(state, explainer.store.estimator("grad_cos"), "most_helpful", 100)
-        near100 = explainer.reconstruct_candidates(state, 100, 0)
+        grad_cos = explainer.estimators.get("grad_cos")
+        cosine, _ = retrieve(explainer.store, grad_cos, state.query, "most_helpful", 100)
+        near100 = served.candidates(state.grad, 100, 0)
         pools = {
             "near100": near100,
-            "near500": explainer.reconstruct_candidates(state, 500, 0),
+            "near500": served.candidates(state.grad, 500, 0),
             "cos100": cosine,
             "union": np.unique(np.concatenate([cosine, near100])),
         }
@@ -57,7 +60,7 @@ def main() -> None:
             ratios.setdefault(("grad_cos top-k", k), []).append(selection_relevance(state.grad, top).ratio)
             for name, pool in pools.items():
                 grads = explainer.store.vectors_at(pool)
-                picked = selection.reconstruct(state.grad, grads, k, solver="paper", pool_size=len(pool))
+                picked = reconstruct(state.grad, grads, k, solver="paper", pool_size=len(pool))
                 ratios.setdefault((f"reconstruct {name}", k), []).append(
                     selection_relevance(state.grad, grads[picked]).ratio
                 )

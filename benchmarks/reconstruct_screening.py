@@ -2,10 +2,10 @@
 
 Each step of `reconstruct` (one greedy addition, or one position's swaps) scores every open
 pool row as an extension of the current selection. The served code screens them all at once
-(`_ReducedScorer.extensions`: bordered solves or batched eigen-solves on Gram matrices,
+(`ReducedScorer.extensions`: bordered solves or batched eigen-solves on Gram matrices,
 certified, with a one-at-a-time fallback); the reference here is what it replaced, every
-candidate scored alone in the pool's coordinates (`_ReducedScorer.ratio`). Both run on the
-same served pools (`Explainer.reconstruct_pool`) of a demo's held-out queries; the script
+candidate scored alone in the pool's coordinates (`ReducedScorer.ratio`). Both run on the
+same served pools (`ReconstructPool.pool`) of a demo's held-out queries; the script
 checks that they pick the same examples and prints seconds per query and the speed-up.
 
     .venv/bin/python benchmarks/reconstruct_screening.py --demo tweets --queries 20
@@ -21,15 +21,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from exemplar import selection
-from exemplar.demos import held_out_queries, prepare
 from exemplar.explain import Explainer
 from exemplar.relevance import mean_of_ratios_db
+from exemplar.research.demos import held_out_queries, prepare
+from exemplar.strategies.reconstruct import reconstruct, served_pool
+from exemplar.strategies.reduced import ReducedScorer
 
 
-def one_at_a_time(
-    self: selection._ReducedScorer, base: list[int], cands: npt.NDArray[np.int64]
-) -> npt.NDArray[np.float64]:
+def one_at_a_time(self: ReducedScorer, base: list[int], cands: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
     """The reference screening: each extended subset scored alone."""
     return np.array([self.ratio([*base, int(j)]) for j in cands])
 
@@ -46,28 +45,27 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.ks.split(",")]
     explainer = Explainer.from_index(prepare(args.demo, args.root))
-    explainer.centred_gram()
+    served = served_pool(explainer.strategy_state, explainer.store)
+    served.centred_gram()
     queries = held_out_queries(explainer.store.path, args.queries)
-    batched = selection._ReducedScorer.extensions
+    batched = ReducedScorer.extensions
     seconds: dict[tuple[str, int], float] = {}
     ratios: dict[tuple[str, int], list[float]] = {}
     differ = 0
     for query in queries:
         state = explainer.prepare(query)
         for k in ks:
-            pool = explainer.reconstruct_pool(state, k)
+            pool = served.pool(state.grad, k, None, explainer.config.pool_size)
             vectors = explainer.store.vectors_at(pool)
             picked = {}
             for name, screen in (("one at a time", one_at_a_time), ("batched", batched)):
-                selection._ReducedScorer.extensions = screen  # type: ignore[method-assign]
+                ReducedScorer.extensions = screen  # type: ignore[method-assign]
                 try:
                     t0 = time.perf_counter()
-                    picked[name] = selection.reconstruct(
-                        state.grad, vectors, k, solver=args.solver, pool_size=pool.shape[0]
-                    )
+                    picked[name] = reconstruct(state.grad, vectors, k, solver=args.solver, pool_size=pool.shape[0])
                     seconds[(name, k)] = seconds.get((name, k), 0.0) + time.perf_counter() - t0
                 finally:
-                    selection._ReducedScorer.extensions = batched  # type: ignore[method-assign]
+                    ReducedScorer.extensions = batched  # type: ignore[method-assign]
                 rows = pool[picked[name]]
                 ratios.setdefault((name, k), []).append(explainer.score(state, rows, args.solver).ratio)
             differ += picked["batched"].tolist() != picked["one at a time"].tolist()

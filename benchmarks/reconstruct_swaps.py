@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from exemplar import selection
-from exemplar.demos import held_out_queries, prepare
-from exemplar.explain import RECONSTRUCT_POOL_PER_K, Explainer, ExplainOptions
+from exemplar.explain import Explainer
+from exemplar.options import ExplainOptions
 from exemplar.relevance import mean_of_ratios_db
+from exemplar.research.demos import held_out_queries, prepare
+from exemplar.strategies.reconstruct import RECONSTRUCT_POOL_PER_K, reconstruct, served_pool
 
 PAPER = {
     "aide (grad_dot)": ("grad_dot", {"strategy": "aide"}),
@@ -49,7 +50,8 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")]
     explainer = Explainer.from_index(prepare(args.demo, args.root))
     t0 = time.perf_counter()
-    explainer.centred_gram()  # built once per served index, on the first reconstruct
+    served = served_pool(explainer.strategy_state, explainer.store)
+    served.centred_gram()  # built once per served index, on the first reconstruct
     print(f"whole-store Gram matrix for the mixture rows: {time.perf_counter() - t0:.2f} s, once")
     queries = held_out_queries(explainer.store.path, args.queries)
     floor = explainer.config.pool_size
@@ -63,10 +65,10 @@ def main() -> None:
                 ratios.setdefault((name, k), []).append(explainer.score(state, picked).ratio)
             for name, (near, aligned, simplex_start, mixture) in VARIANTS.items():
                 t0 = time.perf_counter()
-                pool = explainer.reconstruct_candidates(
-                    state, max(floor, near * k), max(floor, aligned * k) if aligned else 0, mixture=mixture
+                pool = served.candidates(
+                    state.grad, max(floor, near * k), max(floor, aligned * k) if aligned else 0, mixture=mixture
                 )
-                chosen = selection.reconstruct(
+                chosen = reconstruct(
                     state.grad,
                     explainer.store.vectors_at(pool),
                     k,

@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exemplar.demos import held_out_queries, prepare
-from exemplar.evaluation import RANDOM_SEEDS, training_examples
-from exemplar.explain import Explainer, ExplainOptions
-from exemplar.validation import STEPS, StepValidator, spearman
+from exemplar.explain import Explainer
+from exemplar.options import ExplainOptions
+from exemplar.research.demos import held_out_queries, prepare
+from exemplar.research.evaluation import RANDOM_SEEDS, training_examples
+from exemplar.research.step_effects import STEPS, StepValidator, spearman
 
 STRATEGIES = {
     "reconstruct": ExplainOptions(strategy="reconstruct"),

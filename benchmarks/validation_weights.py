@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exemplar.demos import held_out_queries, prepare
-from exemplar.evaluation import RANDOM_SEEDS, training_examples
-from exemplar.explain import Explainer, ExplainOptions
-from exemplar.validation import StepValidator, paired_difference
+from exemplar.explain import Explainer
+from exemplar.options import ExplainOptions
+from exemplar.research.demos import held_out_queries, prepare
+from exemplar.research.evaluation import RANDOM_SEEDS, training_examples
+from exemplar.research.step_effects import StepValidator, paired_difference
 
 STRATEGIES = {
     "reconstruct": ExplainOptions(strategy="reconstruct"),

@@ -28,19 +28,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from exemplar.errors import InvalidInputError
+from exemplar.search import scan_inner_products
+from exemplar.store import GradientStore, checkpoint_file
 
-if TYPE_CHECKING:
-    from exemplar.store import FaissGradientStore
-
-SCAN_CHUNK_ROWS = 65536
 DATAINF_FILE = "datainf.npy"
 BM25_DIR = "bm25"
-ESTIMATOR_NAMES = ("grad_dot", "grad_cos", "datainf", "bm25", "tracin")
 
 
 @dataclass
@@ -58,38 +55,49 @@ class Estimator(Protocol):
     name: str
     signed: bool  # False: a similarity, the helpful/harmful orderings do not apply
 
-    def influence(self, store: FaissGradientStore, query: Query, rows: np.ndarray) -> np.ndarray: ...
+    def influence(self, store: GradientStore, query: Query, rows: np.ndarray) -> np.ndarray: ...
 
-    def scan(self, store: FaissGradientStore, query: Query) -> np.ndarray: ...
+    def scan(self, store: GradientStore, query: Query) -> np.ndarray: ...
 
     def search_vector(self, query: Query) -> np.ndarray | None: ...
 
 
-def scan_inner_products(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """`vectors @ q` over a (memory-mapped) `(n, d)` array in chunks of rows."""
-    n = vectors.shape[0]
-    out = np.empty(n, dtype=np.float32)
-    q32 = np.asarray(q, dtype=np.float32)
-    for start in range(0, n, SCAN_CHUNK_ROWS):
-        out[start : start + SCAN_CHUNK_ROWS] = (
-            np.asarray(vectors[start : start + SCAN_CHUNK_ROWS], dtype=np.float32) @ q32
-        )
-    return out
+class EstimatorKind(Protocol):
+    """A registered estimator class: its name, how a client sees it, and how to open it over a store."""
+
+    name: str
+    label: str  # for people (the web page)
+    summary: str  # one sentence: what the number means
+    signed: bool
+
+    def available(self, store: GradientStore) -> bool: ...
+
+    def open(self, store: GradientStore) -> Estimator: ...
 
 
 class GradDot:
     """`I = -<g_z, g'>`."""
 
     name = "grad_dot"
+    label = "Grad-Dot"
+    summary = "Dot product of loss gradients (the paper's default). Negative influence = helpful."
     signed = True
+
+    @classmethod
+    def available(cls, store: GradientStore) -> bool:
+        return True  # needs only the stored vectors
+
+    @classmethod
+    def open(cls, store: GradientStore) -> Estimator:
+        return cls()
 
     def search_vector(self, query: Query) -> np.ndarray:
         return np.asarray(query.grad, dtype=np.float32)
 
-    def influence(self, store: FaissGradientStore, query: Query, rows: np.ndarray) -> np.ndarray:
+    def influence(self, store: GradientStore, query: Query, rows: np.ndarray) -> np.ndarray:
         return -(store.vectors_at(rows) @ self.search_vector(query))
 
-    def scan(self, store: FaissGradientStore, query: Query) -> np.ndarray:
+    def scan(self, store: GradientStore, query: Query) -> np.ndarray:
         return -scan_inner_products(store.vectors, self.search_vector(query))
 
 
@@ -97,7 +105,17 @@ class GradCos:
     """`I = -cos(g_z, g')` (zero vectors have cosine 0)."""
 
     name = "grad_cos"
+    label = "Grad-Cos"
+    summary = "Cosine of loss gradients: ignores how large the gradients are. Negative = helpful."
     signed = True
+
+    @classmethod
+    def available(cls, store: GradientStore) -> bool:
+        return True  # needs only the stored vectors
+
+    @classmethod
+    def open(cls, store: GradientStore) -> Estimator:
+        return cls()
 
     def search_vector(self, query: Query) -> None:
         return None  # not an inner product with the stored vectors: scanned
@@ -106,12 +124,12 @@ class GradCos:
         norm = float(np.linalg.norm(query.grad))
         return np.asarray(query.grad / norm if norm > 0 else query.grad, dtype=np.float32)
 
-    def influence(self, store: FaissGradientStore, query: Query, rows: np.ndarray) -> np.ndarray:
+    def influence(self, store: GradientStore, query: Query, rows: np.ndarray) -> np.ndarray:
         norms = store.norms[np.asarray(rows, dtype=np.int64)]
         dots = store.vectors_at(rows) @ self._unit_query(query)
         return -np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
 
-    def scan(self, store: FaissGradientStore, query: Query) -> np.ndarray:
+    def scan(self, store: GradientStore, query: Query) -> np.ndarray:
         dots = scan_inner_products(store.vectors, self._unit_query(query))
         norms = store.norms
         return -np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
@@ -137,20 +155,32 @@ class DataInf:
     """`I = -<g_z, M g'>` with DataInf's block-diagonal `M` (see module docstring)."""
 
     name = "datainf"
+    label = "DataInf"
+    summary = "Gradient dot product with DataInf's curvature correction. Negative = helpful."
     signed = True
 
     def __init__(self, matrices: np.ndarray) -> None:
         self.matrices = matrices  # (L, p, p)
+
+    @classmethod
+    def available(cls, store: GradientStore) -> bool:
+        return (store.path / DATAINF_FILE).exists()
+
+    @classmethod
+    def open(cls, store: GradientStore) -> Estimator:
+        if not cls.available(store):
+            raise InvalidInputError("this index has no DataInf matrices; rebuild it with index-builder")
+        return cls(np.load(store.path / DATAINF_FILE))
 
     def search_vector(self, query: Query) -> np.ndarray:
         n_layers, block, _ = self.matrices.shape
         blocks = np.asarray(query.grad, dtype=np.float64).reshape(n_layers, block)
         return np.einsum("lij,lj->li", self.matrices, blocks).reshape(-1).astype(np.float32)
 
-    def influence(self, store: FaissGradientStore, query: Query, rows: np.ndarray) -> np.ndarray:
+    def influence(self, store: GradientStore, query: Query, rows: np.ndarray) -> np.ndarray:
         return -(store.vectors_at(rows) @ self.search_vector(query))
 
-    def scan(self, store: FaissGradientStore, query: Query) -> np.ndarray:
+    def scan(self, store: GradientStore, query: Query) -> np.ndarray:
         return -scan_inner_products(store.vectors, self.search_vector(query))
 
 
@@ -165,10 +195,22 @@ class BM25:
     """Okapi BM25 over tokenizer ids (a similarity: larger = more related)."""
 
     name = "bm25"
+    label = "BM25 (lexical)"
+    summary = "Word overlap (BM25) instead of gradients: larger = more related."
     signed = False
 
     def __init__(self, retriever: object) -> None:
         self.retriever = retriever
+
+    @classmethod
+    def available(cls, store: GradientStore) -> bool:
+        return (store.path / BM25_DIR).exists()
+
+    @classmethod
+    def open(cls, store: GradientStore) -> Estimator:
+        if not cls.available(store):
+            raise InvalidInputError("this index has no BM25 index; rebuild it with index-builder")
+        return cls.load(store.path / BM25_DIR)
 
     @staticmethod
     def build(corpus_ids: list[list[int]]) -> BM25:
@@ -190,7 +232,7 @@ class BM25:
     def search_vector(self, query: Query) -> None:
         return None
 
-    def scan(self, store: FaissGradientStore, query: Query) -> np.ndarray:
+    def scan(self, store: GradientStore, query: Query) -> np.ndarray:
         vocab = self.retriever.vocab_dict  # type: ignore[attr-defined]
         terms = [t for t in dict.fromkeys(_terms(query.token_ids)) if t in vocab]  # each distinct query term once
         if not terms:
@@ -199,7 +241,7 @@ class BM25:
         scores = self.retriever.get_scores(terms)  # type: ignore[attr-defined]
         return np.asarray(scores, dtype=np.float32) * np.float32(BM25_K1 + 1)
 
-    def influence(self, store: FaissGradientStore, query: Query, rows: np.ndarray) -> np.ndarray:
+    def influence(self, store: GradientStore, query: Query, rows: np.ndarray) -> np.ndarray:
         return self.scan(store, query)[np.asarray(rows, dtype=np.int64)]
 
 
@@ -207,10 +249,27 @@ class TracIn:
     """`I = -sum_c lr_c <g_z^c, g'^c>` over the index's checkpoints (scanned)."""
 
     name = "tracin"
+    label = "TracIn"
+    summary = "Gradient dot products summed over the training checkpoints (TracIn). Negative = helpful."
     signed = True
 
     def __init__(self, vectors: list[np.ndarray], lrs: list[float]) -> None:
         self.vectors, self.lrs = vectors, lrs
+
+    @classmethod
+    def available(cls, store: GradientStore) -> bool:
+        return bool(store.manifest.checkpoints)
+
+    @classmethod
+    def open(cls, store: GradientStore) -> Estimator:
+        checkpoints = store.manifest.checkpoints
+        if not checkpoints:
+            raise InvalidInputError(
+                "tracin needs an index built from several checkpoints "
+                "(index-builder build --checkpoint DIR=LR ...); this one has none"
+            )
+        vectors = [np.load(store.path / checkpoint_file(i), mmap_mode="r") for i in range(len(checkpoints))]
+        return cls(vectors, [c.lr for c in checkpoints])
 
     def search_vector(self, query: Query) -> None:
         return None
@@ -220,15 +279,46 @@ class TracIn:
             raise InvalidInputError("tracin needs the query's gradient under every checkpoint of the index")
         return query.checkpoint_grads
 
-    def scan(self, store: FaissGradientStore, query: Query) -> np.ndarray:
+    def scan(self, store: GradientStore, query: Query) -> np.ndarray:
         total = np.zeros(store.n, dtype=np.float64)
         for v, lr, g in zip(self.vectors, self.lrs, self._grads(query), strict=True):
             total -= lr * scan_inner_products(v, g)
         return total
 
-    def influence(self, store: FaissGradientStore, query: Query, rows: np.ndarray) -> np.ndarray:
+    def influence(self, store: GradientStore, query: Query, rows: np.ndarray) -> np.ndarray:
         idx = np.asarray(rows, dtype=np.int64)
         total = np.zeros(len(idx), dtype=np.float64)
         for v, lr, g in zip(self.vectors, self.lrs, self._grads(query), strict=True):
             total -= lr * (np.asarray(v[idx], dtype=np.float32) @ np.asarray(g, dtype=np.float32))
         return total
+
+
+ESTIMATORS: dict[str, EstimatorKind] = {kind.name: kind for kind in (GradDot, GradCos, DataInf, BM25, TracIn)}
+"""Every estimator a request can name, in the order clients list them. A new estimator is one
+class with `name`, `label`, `summary`, `signed`, `available` and `open`, added here."""
+ESTIMATOR_NAMES = tuple(ESTIMATORS)
+
+
+def estimator_kind(name: str) -> EstimatorKind:
+    """The registered estimator `name`; `InvalidInputError` naming the choices otherwise."""
+    if name not in ESTIMATORS:
+        raise InvalidInputError(f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATOR_NAMES)}")
+    return ESTIMATORS[name]
+
+
+class EstimatorSet:
+    """The estimators one store serves, each opened on first use and kept."""
+
+    def __init__(self, store: GradientStore) -> None:
+        self.store = store
+        self._open: dict[str, Estimator] = {}
+
+    def names(self) -> list[str]:
+        """The estimators this store can serve (in `ESTIMATOR_NAMES` order), without opening them."""
+        return [name for name, kind in ESTIMATORS.items() if kind.available(self.store)]
+
+    def get(self, name: str) -> Estimator:
+        """The named estimator over this store (`InvalidInputError` if unknown or not in this index)."""
+        if name not in self._open:
+            self._open[name] = estimator_kind(name).open(self.store)
+        return self._open[name]

@@ -1,4 +1,4 @@
-"""The Explainer: query gradient -> candidates -> selection -> simplex weights -> score.
+"""The Explainer: options checked -> query gradient -> candidates -> strategy -> simplex weights -> score.
 
 Influence comes from a named estimator (`exemplar.estimators`, paper sign convention:
 negative = helpful). Candidates are the top-`pool_size` training examples under an
@@ -6,7 +6,8 @@ ordering (most/least influential, most helpful/harmful): for linear estimators f
 two FAISS inner-product searches (proponents with `q`, opponents with `-q`), otherwise
 (and always for "least influential", which an inner-product index cannot return) from a
 vectorised scan over the memory-mapped vectors. Candidates are re-scored exactly before
-selection. The selection is then scored with the Selection Relevance Score.
+selection. The strategy (`exemplar.strategies`, by name) then proposes one or more selections
+through a `SelectionContext`, and the best is scored with the Selection Relevance Score.
 
 Scores live in one of two spaces (`SCORE_SPACES`): "full" (the default) scores the
 returned examples on their full gradients w.r.t. the tracked weights (`exemplar.fullspace`:
@@ -25,125 +26,31 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exemplar import selection
 from exemplar.errors import ExemplarError, IndexIncompatibleError, InvalidInputError
-from exemplar.estimators import ESTIMATOR_NAMES, Estimator, Query
+from exemplar.estimators import EstimatorSet, Query
 from exemplar.fullspace import FullGram, KroneckerGram, LayerFactors
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.index import build_featurizer, open_index
 from exemplar.models import load_model
-from exemplar.relevance import SOLVERS, Relevance, selection_relevance, simplex_weights_gram
-from exemplar.search import DEFAULT_PRESET, check_preset
-from exemplar.store import Checkpoint, FaissGradientStore, StoredExample
+from exemplar.options import ExplainConfig, ExplainOptions
+from exemplar.relevance import Relevance, selection_relevance
+from exemplar.results import ComparePoint, Comparison, Explanation, Selected
+from exemplar.store import Checkpoint, GradientStore
+from exemplar.strategies import COMPARED, Proposal, SelectionContext, order_by, retrieve, strategy
 from exemplar.tasks import Example
 
-STRATEGIES = ("balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto")
-AUTO_CANDIDATES = ("topk", "balanced", "reconstruct")
-RECONSTRUCT_POOL_PER_K = 4
-"""Without an explicit pool_size, `reconstruct` takes at least 4k nearest and 4k aligned candidates
-(``Explainer.reconstruct_candidates``; a pool of 100 nearest alone left too few good swaps at k = 25)."""
-RECONSTRUCT_MIXTURE_ROWS = 2048
-"""Up to this many rows, `reconstruct`'s pool also gets the support of the best mixture of the WHOLE
-store (one QP per query on a Gram matrix cached per index, at most 32 MiB); larger stores fit over the
-nearest, the most aligned and the most anti-aligned candidates instead (``Explainer.reconstruct_candidates``)."""
-RECONSTRUCT_MIXTURE_SOLVES = 1500
-"""Face solves allowed to that QP's active-set method (the chat and tweets demos need at most 500 and
-980); past it the iterate's support is used as it is, which bounds the cost on unusual stores."""
-GRAM_CHUNK_COLUMNS = 1024
-"""Coordinates per chunk when the whole store's Gram matrix is accumulated (bounds the float64 copy)."""
-COMPARE_STRATEGIES = ("topk", "balanced", "divine", "aide", "reconstruct", "random")
-"""Strategies `compare` scores by default ("self" only works for training examples; "auto" is the best of three)."""
 COMPARE_KS = (1, 5, 10, 25)
 """The k `compare` scores by default, capped by `max_k` and the index size."""
-SCORE_SPACES = ("full", "projected")
-"""Where a selection is scored: "full" = the model's own gradients of the tracked weights (exact, one
-forward/backward of the selection); "projected" = the index's projected vectors (no model work)."""
 FULL_GROUP_ROWS = 64
 """Selections scored together in the full space (`compare`, `reconstruct`'s and `auto`'s candidates)
 share one forward/backward per group of at most this many distinct rows (a single larger selection
 is its own group); each selection's Gram multiplies only its own pairs."""
-MAX_POOL_SIZE = 10_000
-"""The largest candidate pool a request may ask for (`ExplainOptions.pool_size`; the API schema reads it)."""
-RERANKS = ("none", "full")
-"""`rerank`: "full" re-orders the candidate pool by exact full-space Grad-Dot influence (`Explainer.rerank`)."""
-RERANK_MAX_POOL = 1000
-"""`rerank: "full"` runs a forward/backward of every candidate: larger pools are refused (about 13 ms
-per candidate for MiniLM on 2 cores, so 1,000 already hold the model for over 10 s)."""
-WEIGHT_ZERO = 1e-6
-"""A simplex weight at or below this counts as zero: that example takes no part in the reconstruction."""
-
-
-@dataclass(frozen=True)
-class ExplainConfig:
-    """Limits and defaults of explanation requests."""
-
-    pool_size: int = 100
-    max_k: int = 50
-    truncate_queries: bool = True  # False: a query longer than the index's max_length is refused
-    score_space: str = "full"  # the default of requests that do not say (SCORE_SPACES)
-
-
-@dataclass(frozen=True)
-class ExplainOptions:
-    """What one explanation request asks for (validated by `check`)."""
-
-    k: int = 5
-    strategy: str = "reconstruct"  # the highest full-space score and weighted validation (docs/method.md)
-    lam: float = 1.0
-    seed: int = 0
-    estimator: str = "grad_dot"
-    ordering: str = "most_influential"
-    pool_size: int | None = None
-    solver: str = "paper"
-    preset: str = DEFAULT_PRESET  # search effort of approximate indexes (exemplar.search.PRESETS)
-    score_space: str | None = None  # SCORE_SPACES; None: the deployment's default (ExplainConfig)
-    rerank: str = "none"  # RERANKS: "full" re-ranks the candidate pool by exact full-space influence
-
-    def check(self, config: ExplainConfig, signed: bool) -> None:
-        if not 1 <= self.k <= config.max_k:
-            raise InvalidInputError(f"k must be between 1 and {config.max_k}; got {self.k}")
-        if self.strategy not in STRATEGIES:
-            raise InvalidInputError(f"unknown strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
-        if self.estimator not in ESTIMATOR_NAMES:
-            raise InvalidInputError(
-                f"unknown estimator {self.estimator!r}; choose one of: {', '.join(ESTIMATOR_NAMES)}"
-            )
-        if self.ordering not in selection.ORDERINGS:
-            raise InvalidInputError(
-                f"unknown ordering {self.ordering!r}; choose one of: {', '.join(selection.ORDERINGS)}"
-            )
-        if not signed and self.ordering in ("most_helpful", "most_harmful"):
-            raise InvalidInputError(
-                f"estimator {self.estimator!r} is a similarity without sign: use ordering most_influential or least_influential"
-            )
-        if self.solver not in SOLVERS:
-            raise InvalidInputError(f"unknown solver {self.solver!r}; choose one of: {', '.join(SOLVERS)}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise InvalidInputError(f"lam must be in [0, 1]; got {self.lam}")
-        if self.pool_size is not None and not 1 <= self.pool_size <= MAX_POOL_SIZE:
-            raise InvalidInputError(f"pool_size must be between 1 and {MAX_POOL_SIZE}; got {self.pool_size}")
-        check_preset(self.preset)
-        if self.score_space is not None and self.score_space not in SCORE_SPACES:
-            raise InvalidInputError(
-                f"unknown score_space {self.score_space!r}; choose one of: {', '.join(SCORE_SPACES)}"
-            )
-        if self.rerank not in RERANKS:
-            raise InvalidInputError(f"unknown rerank {self.rerank!r}; choose one of: {', '.join(RERANKS)}")
-        if self.rerank == "full" and (self.pool_size or config.pool_size) > RERANK_MAX_POOL:
-            raise InvalidInputError(
-                f"rerank 'full' runs the model on every candidate: use a pool_size of at most {RERANK_MAX_POOL}"
-            )
-        if self.rerank == "full" and self.estimator != "grad_dot":
-            raise InvalidInputError(
-                f"rerank 'full' re-ranks by exact full-space Grad-Dot influence: use estimator grad_dot, not "
-                f"{self.estimator!r}"
-            )
 
 
 @dataclass
@@ -164,15 +71,6 @@ class QueryState:
 
 
 @dataclass(frozen=True)
-class Proposal:
-    """A selection one strategy proposes: `rows` in selection order and their influence."""
-
-    strategy: str
-    rows: np.ndarray
-    influence: np.ndarray
-
-
-@dataclass(frozen=True)
 class Scored:
     """The selection chosen for a request, scored in `space` (`relevance`) and in the projection."""
 
@@ -183,88 +81,6 @@ class Scored:
     reason: str | None = None
 
 
-@dataclass(frozen=True)
-class Selected:
-    """One selected training example with its simplex weight and influence."""
-
-    example: StoredExample
-    weight: float
-    influence: float
-
-
-@dataclass
-class Explanation:
-    """The answer to one query."""
-
-    prediction: dict[str, Any]
-    examples: list[Selected]
-    score_db: float
-    score_ratio: float
-    strategy: str
-    options: ExplainOptions = field(default_factory=ExplainOptions)
-    reason: str | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    score_space: str = "projected"
-    projected_score_db: float = float("nan")
-
-    @property
-    def n_weighted(self) -> int:
-        """How many examples carry weight (> `WEIGHT_ZERO`): the ones that make up the reconstruction."""
-        return sum(1 for s in self.examples if s.weight > WEIGHT_ZERO)
-
-    def to_dict(self, index: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The JSON form every shell returns (`/v1/explain`, a job's results): a non-finite score
-        becomes None; ``index`` is the served index's summary (`Manifest.summary`)."""
-        return {
-            "prediction": self.prediction,
-            "examples": [
-                {
-                    **{k: v for k, v in asdict(s.example).items() if v is not None and k != "row"},
-                    "weight": s.weight,
-                    "influence": s.influence,
-                }
-                for s in self.examples
-            ],
-            "score_db": self.score_db if np.isfinite(self.score_db) else None,
-            "score_ratio": self.score_ratio,
-            "score_space": self.score_space,
-            "solver": self.options.solver,
-            "projected_score_db": self.projected_score_db if np.isfinite(self.projected_score_db) else None,
-            "n_weighted": self.n_weighted,
-            "strategy": self.strategy,
-            "reason": self.reason,
-            "preset": self.options.preset,
-            "options": asdict(self.options),
-            "k": self.options.k,
-            "index": index or {},
-            "timings_ms": {name: round(ms, 3) for name, ms in self.timings_ms.items()},
-        }
-
-
-@dataclass(frozen=True)
-class ComparePoint:
-    """One scored selection of a comparison: `strategy` at `k` (`n_examples` may be fewer than k)."""
-
-    strategy: str
-    k: int
-    score_db: float
-    score_ratio: float
-    n_examples: int
-    reason: str | None = None
-    projected_score_db: float = float("nan")
-
-
-@dataclass
-class Comparison:
-    """Scores of one query's selections: by strategy at `options.k`, and by k for `options.strategy`."""
-
-    prediction: dict[str, Any]
-    options: ExplainOptions
-    by_strategy: list[ComparePoint]
-    by_k: list[ComparePoint]
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-
 class Explainer:
     """Chains featuriser, store, estimator, selection and score for one served index.
 
@@ -273,14 +89,15 @@ class Explainer:
     """
 
     def __init__(
-        self, store: FaissGradientStore, featurizer: KroneckerFeaturizer, config: ExplainConfig | None = None
+        self, store: GradientStore, featurizer: KroneckerFeaturizer, config: ExplainConfig | None = None
     ) -> None:
         self.store = store
         self.featurizer = featurizer
         self.config = config or ExplainConfig()
         self._model_lock = threading.Lock()
+        self.estimators = EstimatorSet(store)
         self._checkpoint_featurizers: list[KroneckerFeaturizer] | None = None
-        self._centred_gram: np.ndarray | None = None
+        self.strategy_state: dict[str, Any] = {}  # per-index state strategies keep (SelectionContext.shared)
         self.full = KroneckerGram(featurizer.model, featurizer.task, featurizer.layers, batches=featurizer.batches)
 
     @classmethod
@@ -356,29 +173,6 @@ class Explainer:
         config = ProjectionConfig(params=m.params, proj_dim=m.proj_dim, seed=m.seed)
         return build_featurizer(loaded, config, m.max_length, batch_size=self.featurizer.batch_size)
 
-    def candidates(
-        self, state: QueryState, estimator: Estimator, ordering: str, m: int, preset: str = DEFAULT_PRESET
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The top-`m` rows under `ordering` and their exact influence, in that order.
-
-        Linear estimators search the index (`preset`: its effort, for approximate index
-        types); whatever rows it finds are re-scored exactly here before they are ranked.
-        """
-        q = estimator.search_vector(state.query)
-        if q is not None and ordering != "least_influential":
-            parts = []
-            if ordering in ("most_influential", "most_helpful"):  # largest <v, q>: most negative I
-                parts.append(self.store.search(q, m, preset)[1])
-            if ordering in ("most_influential", "most_harmful"):  # largest <v, -q>: most positive I
-                parts.append(self.store.search(-q, m, preset)[1])
-            rows = np.unique(np.concatenate(parts))
-            influence = estimator.influence(self.store, state.query, rows)
-        else:
-            influence = estimator.scan(self.store, state.query)
-            rows = np.arange(self.store.n, dtype=np.int64)
-        order = selection.order_by(influence, ordering)[:m]
-        return rows[order], np.asarray(influence[order], dtype=np.float64)
-
     def rerank(self, state: QueryState, rows: np.ndarray, ordering: str) -> tuple[np.ndarray, np.ndarray]:
         """`rows` re-ordered under `ordering` by their exact full-space Grad-Dot influence
         `-<g_z, g'>` (one forward/backward of the rows, `KroneckerGram.cross`), and that influence.
@@ -389,73 +183,8 @@ class Explainer:
         training = [e.to_example() for e in stored]
         with self._model_lock:
             influence = -self.full.cross(self._query_factors(state), training)[0]  # (m,)
-        order = selection.order_by(influence, ordering)
+        order = order_by(influence, ordering)
         return np.asarray(rows)[order], np.asarray(influence[order], dtype=np.float64)
-
-    def reconstruct_candidates(
-        self, state: QueryState, nearest: int, aligned: int, *, mixture: bool = False
-    ) -> np.ndarray:
-        """`reconstruct`'s pool: the `nearest` rows nearest the query gradient after centring and
-        the `aligned` rows most aligned with it (largest cosine), from one scan; sorted row ids.
-
-        With k = 1 the score is `Var(g) / Var(g - a)`, and `d * Var(g - a)` is the squared
-        distance between the centred vectors: `||a||^2 - d mean(a)^2 - 2 <a, g - mean(g)> + const`,
-        where `<a, g - mean(g)> = <a, g> - d mean(a) mean(g)`. Aligned rows of any norm can be
-        shrunk towards the query by the simplex weights (mixed with small rows).
-
-        With `mixture`, the pool also gets every row with a positive weight in the exact
-        simplex fit of the centred query gradient by the centred rows (the mixture behind the
-        any-selection ceiling): over the whole store up to `RECONSTRUCT_MIXTURE_ROWS` rows,
-        else over the nearest, the most aligned and the `aligned` most anti-aligned rows.
-        Such mixtures lean on rows that are neither near nor aligned (anti-aligned ones
-        cancel what the aligned ones overshoot), and at k = 25 the nearest and aligned pool
-        alone missed them.
-        """
-        from exemplar.estimators import scan_inner_products
-
-        d = state.grad.shape[0]
-        g = np.asarray(state.grad, dtype=np.float64)
-        norms = np.asarray(self.store.norms, dtype=np.float64)  # (n,)
-        means = np.asarray(self.store.row_means, dtype=np.float64)  # (n,)
-        dots = scan_inner_products(self.store.vectors, g).astype(np.float64)  # (n,) <a, g>
-        centred_dots = dots - d * means * g.mean()  # (n,) <a - mean(a), g - mean(g)>
-        dist2 = norms**2 - d * means**2 - 2.0 * centred_dots
-        cos = dots / np.where(norms > 0, norms, 1.0)  # |g| is common to every row
-        near_rows = np.argsort(dist2, kind="stable")[:nearest]
-        aligned_rows = np.argsort(-cos, kind="stable")[:aligned]
-        rows = np.union1d(near_rows, aligned_rows).astype(np.int64)
-        if not mixture or self.store.n < 2:
-            return rows
-        if self.store.n <= RECONSTRUCT_MIXTURE_ROWS:
-            fit_rows = np.arange(self.store.n, dtype=np.int64)
-            gram = self.centred_gram()
-        else:
-            fit_rows = np.union1d(rows, np.argsort(cos, kind="stable")[:aligned]).astype(np.int64)
-            block = self.store.vectors_at(fit_rows).astype(np.float64)  # (f, d)
-            block -= block.mean(axis=1, keepdims=True)
-            gram = block @ block.T  # (f, f)
-        weights = simplex_weights_gram(gram, centred_dots[fit_rows], max_solves=RECONSTRUCT_MIXTURE_SOLVES)  # (f,)
-        return np.union1d(rows, fit_rows[weights > 0]).astype(np.int64)
-
-    def reconstruct_pool(self, state: QueryState, k: int, pool_size: int | None = None) -> np.ndarray:
-        """The pool `reconstruct` serves from: `reconstruct_candidates` with the mixture rows and
-        `pool_size` (default max(config pool size, `RECONSTRUCT_POOL_PER_K` k)) of each kind."""
-        m = pool_size or max(self.config.pool_size, RECONSTRUCT_POOL_PER_K * k)
-        return self.reconstruct_candidates(state, m, m, mixture=True)
-
-    def centred_gram(self) -> np.ndarray:
-        """``(n, n)`` float64 Gram matrix of the centred store rows, built on first use and kept."""
-        if self._centred_gram is None:
-            n, d = self.store.n, int(self.store.vectors.shape[1])
-            gram, sums = np.zeros((n, n)), np.zeros(n)
-            for start in range(0, d, GRAM_CHUNK_COLUMNS):
-                block = np.asarray(self.store.vectors[:, start : start + GRAM_CHUNK_COLUMNS], dtype=np.float64)
-                gram += block @ block.T
-                sums += block.sum(axis=1)
-            means = sums / d  # (n,)
-            # <a - mean(a), b - mean(b)> = <a, b> - d mean(a) mean(b)
-            self._centred_gram = gram - d * np.outer(means, means)
-        return self._centred_gram
 
     def resolve(self, options: ExplainOptions) -> ExplainOptions:
         """`options` with the deployment's defaults filled in (the score space)."""
@@ -464,53 +193,48 @@ class Explainer:
         return options
 
     def proposals(self, state: QueryState, options: ExplainOptions) -> list[Proposal]:
-        """What `options.strategy` proposes, selected in the projection: one selection; for
-        `reconstruct` the ends of its search (best in the projection first); for `auto` those of
-        each of `AUTO_CANDIDATES`, in that order."""
-        estimator = self.store.estimator(options.estimator)
-        options.check(self.config, estimator.signed)
+        """What `options.strategy` proposes, selected in the projection (`exemplar.strategies`):
+        one selection, or several for the explainer to score (`reconstruct`'s search ends, best in
+        the projection first; `auto`'s candidates)."""
+        self.check_options(options)
         if options.estimator == "tracin":
             self.checkpoint_gradients(state)
+        return strategy(options.strategy).propose(self.context(state, options))
+
+    def context(self, state: QueryState, options: ExplainOptions) -> SelectionContext:
+        """What a strategy sees of `state` under `options`; the candidate pool is retrieved once, on first use."""
+        estimator = self.estimators.get(options.estimator)
         m = options.pool_size or self.config.pool_size
-        k, strategy = options.k, options.strategy
-        if strategy == "auto":
-            return [p for name in AUTO_CANDIDATES for p in self.proposals(state, replace(options, strategy=name))]
-        if strategy in ("random", "self", "reconstruct"):
-            if strategy == "random":
-                picks = [selection.random_selection(self.store.n, k, options.seed)]
-            elif strategy == "self":
-                if state.row is None:
-                    state.row = self.store.find_row(state.example)
-                picks = [selection.self_selection(state.row, k)]
-            else:
-                pool = self.reconstruct_pool(state, k, options.pool_size)
-                picks = [
-                    pool[picked]
-                    for picked in selection.reconstruct_selections(
-                        state.grad, self.store.vectors_at(pool), k, solver=options.solver, pool_size=pool.shape[0]
-                    )
-                ]
-            return [
-                Proposal(
-                    strategy, rows, np.asarray(estimator.influence(self.store, state.query, rows), dtype=np.float64)
-                )
-                for rows in picks
-            ]
-        pool, influence = self.candidates(state, estimator, options.ordering, m, options.preset)
-        if options.rerank == "full":
-            pool, influence = self.rerank(state, pool, options.ordering)
-        if strategy == "topk":
-            picked = selection.topk(influence, k, ordering=options.ordering)
-        elif strategy == "balanced":
-            grads = self.store.vectors_at(pool)
-            picked = selection.facility_location(
-                influence, grads, k, lam=options.lam, pool_size=m, ordering=options.ordering
-            )
-        elif strategy == "divine":
-            picked = selection.divine(influence, self.store.vectors_at(pool), k, ordering=options.ordering, pool_size=m)
-        else:  # aide
-            picked = selection.aide(influence, self.store.vectors_at(pool), state.grad, k, pool_size=m)
-        return [Proposal(strategy, pool[picked], influence[picked])]
+        pool: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def candidates() -> tuple[np.ndarray, np.ndarray]:
+            if not pool:
+                rows, influence = retrieve(self.store, estimator, state.query, options.ordering, m, options.preset)
+                if options.rerank == "full":
+                    rows, influence = self.rerank(state, rows, options.ordering)
+                pool.append((rows, influence))
+            return pool[0]
+
+        def find_row() -> int | None:
+            if state.row is None:
+                state.row = self.store.find_row(state.example)
+            return state.row
+
+        return SelectionContext(
+            self.store,
+            estimator,
+            state.query,
+            options.k,
+            ordering=options.ordering,
+            lam=options.lam,
+            seed=options.seed,
+            solver=options.solver,
+            pool_size=options.pool_size,
+            default_pool_size=self.config.pool_size,
+            candidates=candidates,
+            find_row=find_row,
+            shared=self.strategy_state,
+        )
 
     def choose(self, state: QueryState, options: ExplainOptions) -> Scored:
         """The selection `options` asks for, scored in its score space (and in the projection)."""
@@ -628,7 +352,8 @@ class Explainer:
     def check_options(self, options: ExplainOptions) -> None:
         """Raise `InvalidInputError` unless `options` are valid for this index and configuration
         (k up to `ExplainConfig.max_k`, the estimator's orderings, ...); no model work."""
-        options.check(self.config, self.store.estimator(options.estimator).signed)
+        self.estimators.get(options.estimator)  # unknown, or not in this index
+        options.check(self.config)
 
     def compare(
         self,
@@ -640,7 +365,7 @@ class Explainer:
     ) -> Comparison:
         """Score several selections for one query, featurised ONCE.
 
-        `by_strategy`: each of `strategies` (default `COMPARE_STRATEGIES` plus
+        `by_strategy`: each of `strategies` (default `exemplar.strategies.COMPARED` plus
         `options.strategy`) at `options.k`; `by_k`: `options.strategy` at each of `ks`
         (default `COMPARE_KS` up to `max_k` and the index size, plus `options.k`), ascending.
         Every combination is checked before the model runs, so bad options cost nothing.
@@ -648,7 +373,7 @@ class Explainer:
         """
         options = self.resolve(options or ExplainOptions())
         if strategies is None:
-            strategies = (*COMPARE_STRATEGIES, options.strategy)
+            strategies = (*COMPARED, options.strategy)
         if ks is None:
             limit = min(self.config.max_k, self.store.n)
             ks = [k for k in COMPARE_KS if k <= limit] + [options.k]

@@ -1,5 +1,7 @@
-"""Opening an index: its store and the featuriser of the model its manifest names, checked
-against each other; the one featuriser factory that build time and query time share.
+"""An index as a whole: writing one (`write_index`: the store's files plus the estimators'),
+opening one (`open_index`: its store and the featuriser of the model its manifest names,
+checked against each other), and the one featuriser factory that build time and query time
+share.
 
 Used by the builder (`exemplar.build`), the explainer (`exemplar.explain`) and the worker;
 it depends on neither of them.
@@ -7,12 +9,107 @@ it depends on neither of them.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
+from exemplar.errors import InvalidInputError
+from exemplar.estimators import BM25, BM25_DIR, DATAINF_FILE, datainf_matrices
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
-from exemplar.store import FaissGradientStore, resolve_index
-from exemplar.tasks import make_task
+from exemplar.progress import Progress, SilentProgress
+from exemplar.search import build_faiss_shards, factory_string, shard_bounds
+from exemplar.store import (
+    EXAMPLES_DB,
+    MANIFEST,
+    NORMS,
+    VECTOR_DTYPES,
+    VECTORS,
+    FaissGradientStore,
+    Manifest,
+    checkpoint_file,
+    resolve_index,
+    write_examples,
+)
+from exemplar.tasks import Example, make_task
+
+
+def write_index(
+    out_dir: str | Path,
+    manifest: Manifest,
+    vectors: np.ndarray,
+    examples: Sequence[Example],
+    *,
+    token_ids: Sequence[list[int]] | None = None,
+    checkpoint_vectors: Sequence[np.ndarray] = (),
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Path:
+    """Write a complete index to a temporary sibling directory, then rename it into place.
+
+    ``manifest.index_type`` must already be a factory string (``search.factory_string``).
+    """
+    out = Path(out_dir)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.shape != (len(examples), manifest.dims) or manifest.n_examples != len(examples):
+        raise InvalidInputError(
+            f"vectors {vectors.shape} do not match {len(examples)} examples of {manifest.dims} dims"
+        )
+    if not np.isfinite(vectors).all():
+        raise InvalidInputError("some gradients are not finite (NaN/inf); check the model and the data")
+    if out.exists() and not overwrite:
+        raise InvalidInputError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if manifest.vector_dtype not in VECTOR_DTYPES:
+            raise InvalidInputError(
+                f"vector dtype must be one of {', '.join(VECTOR_DTYPES)}; got {manifest.vector_dtype!r}"
+            )
+        np.save(tmp / VECTORS, vectors.astype(manifest.vector_dtype))
+        norms = np.linalg.norm(vectors, axis=1).astype(np.float32)  # (n,)
+        np.save(tmp / NORMS, norms)
+        n_layers = len(manifest.layer_names)
+        np.save(tmp / DATAINF_FILE, datainf_matrices(vectors, n_layers, manifest.dims // max(1, n_layers)))
+        if token_ids is not None:
+            BM25.build(list(token_ids)).save(tmp / BM25_DIR)
+        for i, extra in enumerate(checkpoint_vectors):
+            np.save(tmp / checkpoint_file(i), np.ascontiguousarray(extra, dtype=np.float32))
+        if factory_string(manifest.index_type, len(examples), manifest.dims) != manifest.index_type:
+            raise InvalidInputError(f"index type {manifest.index_type!r} is not a resolved factory string")
+        if manifest.index_type == "Flat":
+            shard_bounds(len(examples), manifest.shards)  # validates the count; nothing to build
+        else:
+            bar = progress or SilentProgress()
+            bar.start(f"search index {manifest.index_type}", manifest.shards * manifest.norm_buckets, unit="file")
+            build_faiss_shards(
+                vectors,
+                norms,
+                manifest.index_type,
+                manifest.shards,
+                tmp,
+                buckets=manifest.norm_buckets,
+                seed=manifest.seed,
+                on_part=bar.advance,
+            )
+            bar.finish()
+        write_examples(tmp / EXAMPLES_DB, examples)
+        (tmp / MANIFEST).write_text(manifest.to_json())
+        if out.exists():  # swap: the old version stays complete until the new one is in place
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def open_index(index_dir: str | Path, *, batch_size: int = 16) -> tuple[FaissGradientStore, KroneckerFeaturizer]:

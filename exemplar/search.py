@@ -35,7 +35,22 @@ import faiss
 import numpy as np
 
 from exemplar.errors import InvalidInputError
-from exemplar.estimators import SCAN_CHUNK_ROWS, scan_inner_products
+
+SCAN_CHUNK_ROWS = 65536
+"""Rows per block of a scan over the (memory-mapped) vectors."""
+
+
+def scan_inner_products(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """`vectors @ q` over a (memory-mapped) `(n, d)` array in blocks of `SCAN_CHUNK_ROWS` rows."""
+    n = vectors.shape[0]
+    out = np.empty(n, dtype=np.float32)
+    q32 = np.asarray(q, dtype=np.float32)
+    for start in range(0, n, SCAN_CHUNK_ROWS):
+        out[start : start + SCAN_CHUNK_ROWS] = (
+            np.asarray(vectors[start : start + SCAN_CHUNK_ROWS], dtype=np.float32) @ q32
+        )
+    return out
+
 
 INDEX_TYPES = {
     "flat": "Flat",

@@ -12,7 +12,8 @@ Layout (the manifest is written last, so a directory without it is not an index)
 - `manifest.json`: model checksum, parameter selection, projection seed and dims,
   dataset checksum, code version; checked whenever the index is opened or used.
 
-Implementations of `GradientStore`: `FaissGradientStore`.
+Implementations of `GradientStore`: `FaissGradientStore`. A new version is written whole by
+`exemplar.index.write_index` (which adds the estimators' files) and renamed into place.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -36,30 +35,14 @@ import numpy as np
 
 from exemplar import __version__
 from exemplar.errors import IndexIncompatibleError, InvalidInputError, NotFoundError
-from exemplar.estimators import (
-    BM25,
-    BM25_DIR,
-    DATAINF_FILE,
-    ESTIMATOR_NAMES,
-    DataInf,
-    Estimator,
-    GradCos,
-    GradDot,
-    TracIn,
-    datainf_matrices,
-    scan_inner_products,
-)
-from exemplar.progress import Progress, SilentProgress
 from exemplar.search import (
     DEFAULT_PRESET,
     PRESETS,
     ExactSearch,
     FaissSearch,
     VectorSearch,
-    build_faiss_shards,
-    factory_string,
     part_file,
-    shard_bounds,
+    scan_inner_products,
 )
 from exemplar.tasks import Example
 
@@ -199,13 +182,18 @@ class StoredExample:
 class GradientStore(Protocol):
     """Row-aligned gradient vectors, a search index over them and the examples."""
 
+    path: Path  # the index directory (estimators open their own files in it)
     manifest: Manifest
+    vectors: np.ndarray  # (n, d), memory-mapped
+    norms: np.ndarray  # (n,) L2 norm of each row
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def row_means(self) -> np.ndarray: ...
 
     def search(self, query: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def estimator(self, name: str) -> Estimator: ...
-
-    def estimator_names(self) -> list[str]: ...
 
     def vectors_at(self, rows: np.ndarray) -> np.ndarray: ...
 
@@ -216,81 +204,7 @@ class GradientStore(Protocol):
     def example_by_id(self, example_id: str) -> StoredExample: ...
 
 
-def write_index(
-    out_dir: str | Path,
-    manifest: Manifest,
-    vectors: np.ndarray,
-    examples: Sequence[Example],
-    *,
-    token_ids: Sequence[list[int]] | None = None,
-    checkpoint_vectors: Sequence[np.ndarray] = (),
-    overwrite: bool = False,
-    progress: Progress | None = None,
-) -> Path:
-    """Write a complete index to a temporary sibling directory, then rename it into place.
-
-    ``manifest.index_type`` must already be a factory string (``search.factory_string``).
-    """
-    out = Path(out_dir)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.shape != (len(examples), manifest.dims) or manifest.n_examples != len(examples):
-        raise InvalidInputError(
-            f"vectors {vectors.shape} do not match {len(examples)} examples of {manifest.dims} dims"
-        )
-    if not np.isfinite(vectors).all():
-        raise InvalidInputError("some gradients are not finite (NaN/inf); check the model and the data")
-    if out.exists() and not overwrite:
-        raise InvalidInputError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        if manifest.vector_dtype not in VECTOR_DTYPES:
-            raise InvalidInputError(
-                f"vector dtype must be one of {', '.join(VECTOR_DTYPES)}; got {manifest.vector_dtype!r}"
-            )
-        np.save(tmp / VECTORS, vectors.astype(manifest.vector_dtype))
-        norms = np.linalg.norm(vectors, axis=1).astype(np.float32)  # (n,)
-        np.save(tmp / NORMS, norms)
-        n_layers = len(manifest.layer_names)
-        np.save(tmp / DATAINF_FILE, datainf_matrices(vectors, n_layers, manifest.dims // max(1, n_layers)))
-        if token_ids is not None:
-            BM25.build(list(token_ids)).save(tmp / BM25_DIR)
-        for i, extra in enumerate(checkpoint_vectors):
-            np.save(tmp / checkpoint_file(i), np.ascontiguousarray(extra, dtype=np.float32))
-        if factory_string(manifest.index_type, len(examples), manifest.dims) != manifest.index_type:
-            raise InvalidInputError(f"index type {manifest.index_type!r} is not a resolved factory string")
-        if manifest.index_type == "Flat":
-            shard_bounds(len(examples), manifest.shards)  # validates the count; nothing to build
-        else:
-            bar = progress or SilentProgress()
-            bar.start(f"search index {manifest.index_type}", manifest.shards * manifest.norm_buckets, unit="file")
-            build_faiss_shards(
-                vectors,
-                norms,
-                manifest.index_type,
-                manifest.shards,
-                tmp,
-                buckets=manifest.norm_buckets,
-                seed=manifest.seed,
-                on_part=bar.advance,
-            )
-            bar.finish()
-        _write_examples(tmp / EXAMPLES_DB, examples)
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        if out.exists():  # swap: the old version stays complete until the new one is in place
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def _write_examples(path: Path, examples: Sequence[Example]) -> None:
+def write_examples(path: Path, examples: Sequence[Example]) -> None:
     con = sqlite3.connect(path)
     try:
         con.execute(
@@ -396,7 +310,6 @@ class FaissGradientStore:
                     f"the search index files in {str(self.path)!r} are missing or disagree with the vectors; "
                     f"rebuild the index ({exc})"
                 ) from exc
-        self._estimators: dict[str, Estimator] = {}
         self._db = sqlite3.connect(f"file:{self.path / EXAMPLES_DB}?mode=ro", uri=True, check_same_thread=False)
         self._lock = threading.Lock()
 
@@ -417,45 +330,6 @@ class FaissGradientStore:
         caller to re-score exactly.
         """
         return self.searcher.search(query, k, preset)
-
-    def estimator_names(self) -> list[str]:
-        """The estimators this index can serve (in `ESTIMATOR_NAMES` order), without loading them."""
-        available = {
-            "grad_dot": True,
-            "grad_cos": True,
-            "datainf": (self.path / DATAINF_FILE).exists(),
-            "bm25": (self.path / BM25_DIR).exists(),
-            "tracin": bool(self.manifest.checkpoints),
-        }
-        return [name for name in ESTIMATOR_NAMES if available.get(name, False)]
-
-    def estimator(self, name: str) -> Estimator:
-        """The named influence estimator over this store, loaded once."""
-        if name not in self._estimators:
-            if name == "grad_dot":
-                self._estimators[name] = GradDot()
-            elif name == "grad_cos":
-                self._estimators[name] = GradCos()
-            elif name == "datainf":
-                self._estimators[name] = DataInf(np.load(self.path / DATAINF_FILE))
-            elif name == "tracin":
-                if not self.manifest.checkpoints:
-                    raise InvalidInputError(
-                        "tracin needs an index built from several checkpoints "
-                        "(index-builder build --checkpoint DIR=LR ...); this one has none"
-                    )
-                vectors = [
-                    np.load(self.path / checkpoint_file(i), mmap_mode="r")
-                    for i in range(len(self.manifest.checkpoints))
-                ]
-                self._estimators[name] = TracIn(vectors, [c.lr for c in self.manifest.checkpoints])
-            elif name == "bm25":
-                if not (self.path / BM25_DIR).exists():
-                    raise InvalidInputError("this index has no BM25 index; rebuild it with index-builder")
-                self._estimators[name] = BM25.load(self.path / BM25_DIR)
-            else:
-                raise InvalidInputError(f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATOR_NAMES)}")
-        return self._estimators[name]
 
     def vectors_at(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)

@@ -10,8 +10,9 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from exemplar.build import build_index, read_examples_jsonl
+from exemplar.build import build_index
 from exemplar.gradients import ProjectionConfig
+from exemplar.jsonl import read_examples_jsonl
 from exemplar.models import load_model
 from tests.tiny_models import CORPUS, LABELS, save_causal_lm, save_classifier
 

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 
 from exemplar.errors import InvalidInputError
-from exemplar.explain import COMPARE_STRATEGIES, STRATEGIES, Explainer, ExplainOptions, Explanation
+from exemplar.explain import Explainer
 from exemplar.fullspace import ReferenceGram
 from exemplar.gradients import select_linear_layers
+from exemplar.options import ExplainOptions
 from exemplar.relevance import Relevance, selection_relevance
-from exemplar.selection import ORDERINGS
+from exemplar.results import Explanation
+from exemplar.strategies import COMPARED, ORDERINGS, STRATEGY_NAMES, retrieve
+from exemplar.strategies.reconstruct import ReconstructPool
 from exemplar.tasks import Example
 
 
@@ -75,7 +78,7 @@ def test_estimators_match_brute_force(clf: Explainer, estimator: str) -> None:
     query = Example(text="the cat sat on the mat stocks", label="positive")
     state = clf.prepare(query)
     expected = brute_influence(clf, estimator, query)
-    est = clf.store.estimator(estimator)
+    est = clf.estimators.get(estimator)
     np.testing.assert_allclose(
         est.scan(clf.store, state.query), expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max()
     )
@@ -97,7 +100,7 @@ def test_candidates_are_the_top_rows_under_each_ordering(clf: Explainer, estimat
         "most_helpful": expected,
         "most_harmful": -expected,
     }[ordering]
-    rows, influence = clf.candidates(state, clf.store.estimator(estimator), ordering, 10)
+    rows, influence = retrieve(clf.store, clf.estimators.get(estimator), state.query, ordering, 10)
     np.testing.assert_allclose(np.sort(key[rows]), np.sort(key)[:10], rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(influence, expected[rows], rtol=1e-4, atol=1e-7)
 
@@ -136,7 +139,7 @@ def assert_weights_reconstruct_like_the_oracle(
 
 
 @pytest.mark.parametrize("solver", ["paper", "exact"])
-@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "self"])
+@pytest.mark.parametrize("strategy", [s for s in STRATEGY_NAMES if s != "self"])
 def test_every_strategy_is_scored_on_the_full_gradients(clf: Explainer, strategy: str, solver: str) -> None:
     query = Example(text="i love this movie", label="positive")
     result = clf.explain(query, k=4, strategy=strategy, solver=solver)
@@ -159,7 +162,7 @@ def test_every_strategy_is_scored_on_the_full_gradients(clf: Explainer, strategy
 
 
 @pytest.mark.parametrize("solver", ["paper", "exact"])
-@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "self"])
+@pytest.mark.parametrize("strategy", [s for s in STRATEGY_NAMES if s != "self"])
 def test_causal_lm_scores_on_the_full_gradients(causal_explainer: Explainer, strategy: str, solver: str) -> None:
     query = Example(prompt="is this message spam or ham", response="spam")
     result = causal_explainer.explain(query, k=3, strategy=strategy, solver=solver)
@@ -200,7 +203,7 @@ def test_reconstruct_candidates_are_the_centred_nearest_and_the_most_aligned(
     centred = vectors - vectors.mean(axis=1, keepdims=True)
     dist2 = np.array([float(np.sum((row - (g - g.mean())) ** 2)) for row in centred])
     cos = np.array([float(row @ g / (np.linalg.norm(row) * np.linalg.norm(g))) for row in vectors])
-    got = set(clf.reconstruct_candidates(state, nearest, aligned).tolist())
+    got = set(ReconstructPool(clf.store).candidates(state.grad, nearest, aligned).tolist())
     # The tiny corpus repeats texts, so rows tie; the scan is float32: compare up to rounding.
     n, tol_d, tol_c = clf.store.n, 1e-6 * float(np.max(np.sum(vectors**2, axis=1))), 1e-6
     near_cut = np.sort(dist2)[min(nearest, n) - 1] if nearest else -np.inf  # m-th smallest distance
@@ -214,10 +217,11 @@ def test_reconstruct_candidates_are_the_centred_nearest_and_the_most_aligned(
 def test_centred_gram_is_the_gram_matrix_of_the_centred_rows(clf: Explainer) -> None:
     vectors = clf.store.vectors_at(np.arange(clf.store.n)).astype(np.float64)
     centred = vectors - vectors.mean(axis=1, keepdims=True)
-    gram = clf.centred_gram()
+    pools = ReconstructPool(clf.store)
+    gram = pools.centred_gram()
     scale = float(np.max(np.diag(gram)))
     np.testing.assert_allclose(gram, centred @ centred.T, atol=1e-9 * scale)
-    assert clf.centred_gram() is gram  # kept for the next query
+    assert pools.centred_gram() is gram  # kept for the next query
 
 
 @pytest.mark.parametrize("whole_store", [True, False])
@@ -226,15 +230,16 @@ def test_reconstruct_candidates_add_the_support_of_the_best_mixture(
 ) -> None:
     """The mixture rows are the support of the exact simplex fit of the centred query by the
     centred rows: all rows for a small store, else the nearest, aligned and anti-aligned ones."""
-    import exemplar.explain as explain_module
-    from exemplar.relevance import exact_simplex_weights
+    import exemplar.strategies.reconstruct as reconstruct_module
+    from exemplar.simplex import exact_simplex_weights
 
     if not whole_store:
-        monkeypatch.setattr(explain_module, "RECONSTRUCT_MIXTURE_ROWS", 1)
+        monkeypatch.setattr(reconstruct_module, "RECONSTRUCT_MIXTURE_ROWS", 1)
     state = clf.prepare(Example(text="what a boring afternoon"))
     nearest, aligned = 3, 3
-    plain = clf.reconstruct_candidates(state, nearest, aligned)
-    got = clf.reconstruct_candidates(state, nearest, aligned, mixture=True)
+    pools = ReconstructPool(clf.store)
+    plain = pools.candidates(state.grad, nearest, aligned)
+    got = pools.candidates(state.grad, nearest, aligned, mixture=True)
     vectors = clf.store.vectors_at(np.arange(clf.store.n)).astype(np.float64)
     g = state.grad.astype(np.float64)
     if whole_store:
@@ -316,7 +321,7 @@ def test_compare_featurises_once_and_scores_like_explain(clf: Explainer, monkeyp
     monkeypatch.setattr(clf, "prepare", lambda q, **kw: calls.append(q) or prepare(q, **kw))
     result = clf.compare(query, ExplainOptions(k=4, strategy="balanced"))
     assert len(calls) == 1
-    assert [p.strategy for p in result.by_strategy] == list(COMPARE_STRATEGIES)  # balanced is among them
+    assert [p.strategy for p in result.by_strategy] == list(COMPARED)  # balanced is among them
     assert [p.k for p in result.by_k] == [1, 4, 5, 10, 25]  # the defaults (index of 36) and the chosen k
     assert all(p.strategy == "balanced" for p in result.by_k)
     monkeypatch.undo()
@@ -392,9 +397,10 @@ def test_causal_lm_explanation(causal_index: Path) -> None:
 def test_tracin_sums_checkpoints_with_learning_rates(
     tmp_path: Path, classifier_dir: Path, classification_data: Path, clf: Explainer
 ) -> None:
-    from exemplar.build import build_index, read_examples_jsonl
+    from exemplar.build import build_index
     from exemplar.gradients import ProjectionConfig
     from exemplar.index import build_featurizer
+    from exemplar.jsonl import read_examples_jsonl
     from exemplar.models import load_model
     from tests.tiny_models import LABELS, save_classifier
 
@@ -415,7 +421,7 @@ def test_tracin_sums_checkpoints_with_learning_rates(
     query = Example(text="the cat sat", label="neutral")
     state = explainer.prepare(query)
     explainer.checkpoint_gradients(state)
-    influence = explainer.store.estimator("tracin").scan(explainer.store, state.query)
+    influence = explainer.estimators.get("tracin").scan(explainer.store, state.query)
     expected = np.zeros(len(examples))  # brute force: featurise everything under each checkpoint
     for path, lr in rates:
         featurizer = build_featurizer(load_model(path, "classification"), config, 32)
@@ -431,8 +437,9 @@ def test_tracin_sums_checkpoints_with_learning_rates(
 def test_float16_index_explains_like_float32(
     tmp_path: Path, classifier_dir: Path, classification_data: Path, clf: Explainer
 ) -> None:
-    from exemplar.build import build_index, read_examples_jsonl
+    from exemplar.build import build_index
     from exemplar.gradients import ProjectionConfig
+    from exemplar.jsonl import read_examples_jsonl
     from exemplar.models import load_model
     from tests.tiny_models import LABELS
 
@@ -455,7 +462,6 @@ def test_float16_index_explains_like_float32(
 
 def test_explain_many_matches_one_by_one_and_isolates_bad_queries(clf: Explainer) -> None:
     from exemplar.errors import ExemplarError
-    from exemplar.explain import ExplainOptions
 
     queries = [
         (Example(text="the market crashed today"), ExplainOptions(k=3, strategy="topk")),
@@ -479,7 +485,7 @@ def test_rerank_full_orders_the_projected_pool_by_exact_influence(clf: Explainer
     query = Example(text="stocks fell sharply", label="negative")
     result = clf.explain(query, k=4, strategy="topk", rerank="full", pool_size=20)
     state = clf.prepare(query)
-    pool, _ = clf.candidates(state, clf.store.estimator("grad_dot"), "most_influential", 20)
+    pool, _ = retrieve(clf.store, clf.estimators.get("grad_dot"), state.query, "most_influential", 20)
     g, a = full_gradients(clf, query, pool)
     exact = -(a @ g)  # (20,) Grad-Dot influence on the materialised full gradients
     expected = pool[np.argsort(-np.abs(exact), kind="stable")[:4]]

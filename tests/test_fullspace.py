@@ -12,7 +12,8 @@ import torch
 from exemplar import fullspace
 from exemplar.fullspace import KroneckerGram, ReferenceGram
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig, select_linear_layers
-from exemplar.relevance import gram_relevance, paper_weights_gram, project_onto_simplex, selection_relevance
+from exemplar.relevance import gram_relevance, paper_weights_gram, selection_relevance
+from exemplar.simplex import project_onto_simplex
 from exemplar.tasks import CausalLMTask, ClassificationTask, Example, Task
 from tests.tiny_models import LABELS, add_lora, tiny_causal_lm, tiny_classifier, tiny_tokenizer
 

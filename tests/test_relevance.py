@@ -10,20 +10,19 @@ from hypothesis.extra import numpy as hnp
 from scipy.optimize import minimize
 
 import exemplar.relevance as relevance_module
+import exemplar.simplex as simplex_module
 from exemplar.errors import InvalidInputError
 from exemplar.relevance import (
     EPS,
     SOLVERS,
     Relevance,
     best_single_ratio,
-    exact_simplex_weights,
     mean_of_ratios_db,
-    project_onto_simplex,
     ratio_of_expectations_db,
     ratio_upper_bound,
     selection_relevance,
-    simplex_weights_gram,
 )
+from exemplar.simplex import exact_simplex_weights, project_onto_simplex, simplex_weights_gram
 
 SUM_TOL_F32 = 1e-5
 SUM_TOL_F64 = 1e-10
@@ -608,7 +607,7 @@ def test_exact_fallback_reaches_the_optimum(monkeypatch: pytest.MonkeyPatch) -> 
     def stalled(q: np.ndarray, b: np.ndarray, tol: float, max_solves: int) -> tuple[np.ndarray, bool]:
         return start.copy(), False
 
-    monkeypatch.setattr(relevance_module, "_active_set", stalled)
+    monkeypatch.setattr(simplex_module, "_active_set", stalled)
     t = exact_simplex_weights(g, a)
     assert_on_simplex(t, 15)
     assert objective(a, g, t) <= objective(a, g, start)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from exemplar.errors import IndexIncompatibleError, InvalidInputError, NotFoundError
+from exemplar.index import write_index
 from exemplar.search import (
     INDEX_TYPES,
     PRESETS,
@@ -30,7 +31,6 @@ from exemplar.store import (
     list_versions,
     publish_version,
     resolve_index,
-    write_index,
 )
 from exemplar.tasks import Example
 from tests.test_store import _manifest

@@ -1,4 +1,4 @@
-"""Oracle and property tests for exemplar.selection (paper.md sections 2 and 4)."""
+"""Oracle and property tests for the selection strategies, exemplar.strategies (paper.md sections 2 and 4)."""
 
 import itertools
 import math
@@ -10,26 +10,21 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from exemplar.errors import InvalidInputError
-from exemplar.relevance import SOLVERS, exact_simplex_weights, project_onto_simplex, selection_relevance
-from exemplar.selection import (
-    DIVINE_GAMMAS,
+from exemplar.relevance import SOLVERS, selection_relevance
+from exemplar.simplex import exact_simplex_weights, project_onto_simplex
+from exemplar.strategies import STRATEGY_NAMES
+from exemplar.strategies.base import TIE_RTOL
+from exemplar.strategies.greedy import DIVINE_GAMMAS, aide, divine, facility_location
+from exemplar.strategies.ranking import (
     ORDERINGS,
-    RECONSTRUCT_SCREEN_RTOL,
-    RECONSTRUCT_SWAP_RTOL,
-    STRATEGIES,
-    TIE_RTOL,
-    _project_rows_onto_simplex,
-    _ReducedScorer,
-    aide,
-    divine,
-    facility_location,
     most_influential_order,
     order_by,
     random_selection,
-    reconstruct,
     self_selection,
     topk,
 )
+from exemplar.strategies.reconstruct import RECONSTRUCT_SCREEN_RTOL, RECONSTRUCT_SWAP_RTOL, reconstruct
+from exemplar.strategies.reduced import ReducedScorer, project_rows_onto_simplex
 
 PROPERTY_SETTINGS = settings(max_examples=50, deadline=None)
 NEW_PROPERTY_SETTINGS = settings(max_examples=30, deadline=None)
@@ -576,7 +571,7 @@ def test_random_selection_rejects_bad_input(n: int, k: int, seed: int, match: st
 
 
 def test_strategy_registry_names() -> None:
-    assert STRATEGIES == ("topk", "random", "balanced", "divine", "aide", "self", "reconstruct")
+    assert STRATEGY_NAMES == ("balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto")
 
 
 # ---------------------------------------------------------------- DIVINE
@@ -850,7 +845,7 @@ def test_reduced_scorer_agrees_with_selection_relevance(solver: str) -> None:
         grads[5] = grads[2]
         g = test_grad.astype(np.float32).astype(np.float64)
         a = grads.astype(np.float32).astype(np.float64)
-        scorer = _ReducedScorer(a, g, solver)
+        scorer = ReducedScorer(a, g, solver)
         for _ in range(40):
             subset = rng.choice(25, size=int(rng.integers(1, 12)), replace=False).tolist()
             expected = selection_relevance(test_grad, grads[subset], solver=solver).ratio
@@ -872,7 +867,7 @@ def test_batched_extensions_agree_with_scoring_each_subset(solver: str, d: int) 
             grads[7] = 0.0
         g = test_grad.astype(np.float32).astype(np.float64)
         a = grads.astype(np.float32).astype(np.float64)
-        scorer = _ReducedScorer(a, g, solver)
+        scorer = ReducedScorer(a, g, solver)
         for _ in range(4):
             base = rng.choice(40, size=int(rng.integers(0, 15)), replace=False).tolist()
             cands = np.setdiff1d(np.arange(40), base)
@@ -891,7 +886,7 @@ def test_batched_extensions_agree_on_near_collinear_selections(solver: str) -> N
             grads[5] = grads[2] + eps * rng.normal(size=30)
             grads[8] = 0.5 * (grads[2] + grads[11]) + eps * rng.normal(size=30)
             g = test_grad.astype(np.float32).astype(np.float64)
-            scorer = _ReducedScorer(grads.astype(np.float32).astype(np.float64), g, solver)
+            scorer = ReducedScorer(grads.astype(np.float32).astype(np.float64), g, solver)
             others = np.setdiff1d(np.arange(30), [2, 5, 8, 11])
             base = [2, 5, 8, 11, *rng.choice(others, size=int(rng.integers(0, 6)), replace=False).tolist()]
             cands = np.setdiff1d(np.arange(30), base)
@@ -905,7 +900,7 @@ def test_batched_extensions_certify_well_conditioned_candidates(solver: str) -> 
     one-at-a-time fallback is the exception, not the path that does the work."""
     test_grad, grads = reconstruct_problem(60, 50, seed=3)
     g = test_grad.astype(np.float32).astype(np.float64)
-    scorer = _ReducedScorer(grads.astype(np.float32).astype(np.float64), g, solver)
+    scorer = ReducedScorer(grads.astype(np.float32).astype(np.float64), g, solver)
     base = [0, 4, 9, 17, 23]
     cands = np.setdiff1d(np.arange(60), base)
     batched = scorer._paper_extensions if solver == "paper" else scorer._exact_extensions
@@ -923,7 +918,7 @@ def test_batched_paper_extensions_certify_bases_the_pseudo_inverse_truncates() -
     test_grad, grads = reconstruct_problem(60, 200, seed=4)
     grads[9] = grads[4]
     g = test_grad.astype(np.float32).astype(np.float64)
-    scorer = _ReducedScorer(grads.astype(np.float32).astype(np.float64), g, "paper")
+    scorer = ReducedScorer(grads.astype(np.float32).astype(np.float64), g, "paper")
     base = [0, 4, 9, 17]
     cands = np.setdiff1d(np.arange(60), base)
     _, ok = scorer._paper_extensions(base, cands)
@@ -936,7 +931,7 @@ def test_batched_simplex_projection_is_the_projection_of_each_row() -> None:
     rng = np.random.default_rng(0)
     v = np.vstack([rng.normal(scale=s, size=(20, 7)) for s in (1e-3, 1.0, 1e3)])
     v[0] = 5.0  # ties
-    got, ok = _project_rows_onto_simplex(v)
+    got, ok = project_rows_onto_simplex(v)
     assert ok.all()
     for row, out in zip(v, got, strict=True):
         np.testing.assert_allclose(out, project_onto_simplex(row), rtol=1e-12, atol=1e-15)

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exemplar.build import read_examples_jsonl
 from exemplar.errors import IndexIncompatibleError, InvalidInputError, NotFoundError
 from exemplar.explain import Explainer
-from exemplar.store import FaissGradientStore, Manifest, write_index
+from exemplar.index import write_index
+from exemplar.jsonl import read_examples_jsonl
+from exemplar.store import FaissGradientStore, Manifest
 from exemplar.tasks import Example
 from tests.conftest import write_jsonl
 from tests.tiny_models import LABELS, save_classifier
