@@ -1,6 +1,6 @@
 """Optional Redis cache of explanations: the service answers the same whether Redis is there or not.
 
-Keys are ``exemplar:explain:<index version>:<sha256 of the normalised request>``: the index
+Keys are ``exemplar:explain:<index version>:<sha256 of the normalised request>`` (`worker.keys`): the index
 version hashes the manifest's model and dataset checksums, projection, creation time and code
 version, so a new index version (rebuild, append + reload) never serves an old entry. The
 normalised request is the validated body with every default filled in (so ``{"text": "a"}``
@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from exemplar.store import Manifest
+from worker.keys import explanation_key
 
 log = logging.getLogger("exemplar.api.cache")
 
@@ -40,7 +41,7 @@ def index_version(manifest: Manifest) -> str:
 
 def request_key(version: str, request: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-    return f"exemplar:explain:{version}:{digest}"
+    return explanation_key(version, digest)
 
 
 class ExplanationCache:

@@ -12,8 +12,8 @@ import re
 from typing import Any
 
 from exemplar.errors import NotFoundError, RateLimitedError, UnavailableError
+from worker.keys import EXPLAIN_BATCH_JOB, active_jobs_key
 
-JOB_FUNCTION = "worker.jobs.explain_batch"
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what RQ accepts as a job id
 
 
@@ -67,7 +67,7 @@ class JobQueue:
         from rq.job import JobStatus
 
         queue = self._queue()
-        active_key = f"exemplar:jobs:active:{owner}"
+        active_key = active_jobs_key(owner)
         members = [m.decode() for m in queue.connection.smembers(active_key)]
         for job_id in members:
             old = queue.fetch_job(job_id)
@@ -81,7 +81,7 @@ class JobQueue:
                 retry_after=10,
             )
         job = queue.enqueue(
-            JOB_FUNCTION,
+            EXPLAIN_BATCH_JOB,
             index_dir,
             queries,
             options,

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from exemplar.errors import AuthenticationError, RateLimitedError
+from worker.keys import rate_limit_key
 
 log = logging.getLogger("exemplar.api.security")
 ANONYMOUS = "anonymous"
@@ -60,7 +61,7 @@ class RateLimiter:
             return
         now = time.time()
         window = int(now // 60)
-        key = f"exemplar:ratelimit:{name}:{window}"
+        key = rate_limit_key(name, window)
         try:
             with self._redis.pipeline() as pipe:
                 pipe.incr(key)

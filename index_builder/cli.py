@@ -11,6 +11,7 @@ import typer
 from tqdm import tqdm
 
 from exemplar.errors import ExemplarError
+from worker.keys import DEFAULT_QUEUE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -93,15 +94,16 @@ def build(
         typer.Option(help="compute shards on exemplar-worker processes through Redis (shared --out and --model)"),
     ] = False,
     redis: Annotated[str, typer.Option(help="Redis URL of the --distributed queue")] = "redis://127.0.0.1:6379/0",
-    queue: Annotated[str, typer.Option(help="RQ queue of the --distributed shard jobs")] = "exemplar",
+    queue: Annotated[str, typer.Option(help="RQ queue of the --distributed shard jobs")] = DEFAULT_QUEUE,
     retries: Annotated[int, typer.Option(help="--distributed: re-runs of a shard that failed or lost its worker")] = 3,
 ) -> None:
     """Featurise every training example and publish the index at --out."""
     import torch
 
-    from exemplar.build import build_index, read_examples_jsonl, too_long_check
+    from exemplar.build import build_index
     from exemplar.gradients import ProjectionConfig
     from exemplar.index import default_params
+    from exemplar.jsonl import read_examples_jsonl, too_long_check
     from exemplar.models import load_model
     from exemplar.store import CURRENT, MANIFEST, check_version_name, publish_version
     from exemplar.tasks import make_task
@@ -147,7 +149,7 @@ def build(
             checkpoints.append((load_model(path, task), rate))
         runner = None
         if distributed:
-            from exemplar.distributed import RQShardRunner
+            from worker.distributed import RQShardRunner
 
             runner = RQShardRunner(
                 redis, queue=queue, retries=retries, progress=TqdmProgress(), notify=lambda m: typer.echo(m, err=True)
@@ -193,7 +195,8 @@ def append(
     skip_bad_rows: Annotated[bool, typer.Option(help="skip invalid rows (reported) instead of failing")] = False,
 ) -> None:
     """Add examples to an index under its manifest (same model checksum, projection, parameters)."""
-    from exemplar.build import append_index, read_examples_jsonl
+    from exemplar.build import append_index
+    from exemplar.jsonl import read_examples_jsonl
     from exemplar.store import read_manifest, resolve_index
 
     started = time.perf_counter()
@@ -257,7 +260,7 @@ def demo(
     root: Annotated[Path, typer.Option(help="cache directory of the demos")] = Path(".cache/demos"),
 ) -> None:
     """Prepare a demo (fine-tune + index build, cached) and print its index directory."""
-    from exemplar.demos import prepare
+    from exemplar.research.demos import prepare
 
     started = time.perf_counter()
     try:

@@ -16,11 +16,14 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.utils import import_attribute
 
 from exemplar.build import ShardDir, ShardTask
-from exemplar.distributed import BuildFailedError, RQShardRunner
 from tests.conftest import classification_rows, write_jsonl
 from tests.test_e2e import BIN, ENV, run_builder
+from worker import keys
+from worker.distributed import BuildFailedError, RQShardRunner
+from worker.jobs import build_shard, explain_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -194,6 +197,7 @@ def test_a_job_lost_between_dequeue_and_start_is_enqueued_again(tmp_path: Path, 
     while time.monotonic() < deadline and not rq_queue.get_job_ids():
         time.sleep(0.01)
     job_id = rq_queue.get_job_ids()[0]
+    assert job_id == keys.shard_job_id(spec["plan"], task.name)
     # a worker takes the job (RQ moves it to the intermediate list) and dies before starting it
     redis.lmove(rq_queue.key, rq_queue.intermediate_queue.key)
     assert rq_queue.get_job_ids() == []
@@ -204,3 +208,8 @@ def test_a_job_lost_between_dequeue_and_start_is_enqueued_again(tmp_path: Path, 
     shards.save(task.name, np.zeros((4, 3), dtype=np.float32))  # as a worker would: the runner returns
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_job_paths_name_the_functions_workers_run() -> None:
+    assert import_attribute(keys.EXPLAIN_BATCH_JOB) is explain_batch
+    assert import_attribute(keys.BUILD_SHARD_JOB) is build_shard

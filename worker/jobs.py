@@ -1,4 +1,8 @@
-"""Jobs the worker runs. Arguments and results are JSON-compatible (RQ's JSONSerializer)."""
+"""Jobs the worker runs. Arguments and results are JSON-compatible (RQ's JSONSerializer).
+
+The API and the index builder enqueue them by import path: `worker.keys.EXPLAIN_BATCH_JOB` and
+`worker.keys.BUILD_SHARD_JOB` name `explain_batch` and `build_shard` here.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from exemplar.errors import ExemplarError, InvalidInputError
-from exemplar.explain import Explainer, ExplainOptions
+from exemplar.explain import Explainer
+from exemplar.options import ExplainOptions
 from exemplar.tasks import Example
 
 _explainers: dict[str, tuple[int, Explainer]] = {}

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from exemplar.distributed import DEFAULT_QUEUE as QUEUE
+from worker.keys import DEFAULT_QUEUE
 
 
 class WorkerSettings(BaseSettings):
@@ -19,7 +19,7 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EXEMPLAR_", frozen=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    queue: str = QUEUE
+    queue: str = DEFAULT_QUEUE
     index_dir: Path | None = Field(None, description="index to load at start-up (jobs name their own)")
     heartbeat: int = Field(
         30, ge=1, description="seconds between heartbeats; a job is abandoned (and retried) after 3 missed"
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="exemplar-worker", description=__doc__)
     parser.add_argument("--redis", help="Redis URL (default redis://127.0.0.1:6379/0)")
-    parser.add_argument("--queue", help=f"queue name (default {QUEUE})")
+    parser.add_argument("--queue", help=f"queue name (default {DEFAULT_QUEUE})")
     parser.add_argument("--index", type=Path, help="index to load once at start-up")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument(
