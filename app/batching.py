@@ -15,7 +15,8 @@ from concurrent.futures import Executor
 from typing import Any
 
 from exemplar.errors import ExemplarError
-from exemplar.explain import ExplainOptions, Explanation
+from exemplar.options import ExplainOptions
+from exemplar.results import Explanation
 from exemplar.tasks import Example
 
 Request = tuple[Example, ExplainOptions]

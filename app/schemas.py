@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from exemplar.explain import MAX_POOL_SIZE
+from exemplar.estimators import ESTIMATOR_NAMES
+from exemplar.options import MAX_POOL_SIZE, RERANKS, SCORE_SPACES
+from exemplar.relevance import SOLVERS
+from exemplar.search import PRESETS
+from exemplar.strategies import ORDERINGS, STRATEGY_NAMES
 
-Strategy = Literal["balanced", "topk", "random", "divine", "aide", "self", "reconstruct", "auto"]
-Estimator = Literal["grad_dot", "grad_cos", "datainf", "bm25", "tracin"]
-Ordering = Literal["most_influential", "least_influential", "most_helpful", "most_harmful"]
-Solver = Literal["paper", "exact"]
-Preset = Literal["exact", "balanced", "fast"]
-ScoreSpace = Literal["full", "projected"]
+# The names a request can use come from the core's registries (one place each); the schema
+# enumerates them, so the OpenAPI document and validation follow the registries.
+if TYPE_CHECKING:
+    Strategy: TypeAlias = str
+    Estimator: TypeAlias = str
+    Ordering: TypeAlias = str
+    Solver: TypeAlias = str
+    Preset: TypeAlias = str
+    ScoreSpace: TypeAlias = str
+    Rerank: TypeAlias = str
+else:
+    Strategy = Literal[STRATEGY_NAMES]
+    Estimator = Literal[ESTIMATOR_NAMES]
+    Ordering = Literal[ORDERINGS]
+    Solver = Literal[SOLVERS]
+    Preset = Literal[PRESETS]
+    ScoreSpace = Literal[SCORE_SPACES]
+    Rerank = Literal[RERANKS]
 
 
 class QueryFields(BaseModel):
@@ -92,7 +108,7 @@ class OptionFields(BaseModel):
         "the index's projected vectors (no model work, for bulk evaluation). Default: the server's "
         "EXEMPLAR_SCORE_SPACE (full). Retrieval and selection always use the projection",
     )
-    rerank: Literal["none", "full"] = Field(
+    rerank: Rerank = Field(
         "none",
         description="full: re-order the candidate pool (pool_size rows found in the projection) by exact full-space "
         "Grad-Dot influence before topk, balanced, divine or aide select from it (one forward/backward of the pool; "
@@ -156,6 +172,13 @@ class CompareResponse(BaseModel):
     timings_ms: dict[str, float]
 
 
+class Description(BaseModel):
+    """How a client shows a strategy or an estimator (from the core's registries)."""
+
+    label: str
+    summary: str
+
+
 class IndexInfo(BaseModel):
     """The served index (its manifest summary) and the choices a client can make against it."""
 
@@ -172,6 +195,12 @@ class IndexInfo(BaseModel):
     score_space: ScoreSpace = Field(description="the score space of requests that do not choose one")
     max_k: int = Field(description="largest k the service accepts")
     pool_size: int = Field(description="default candidate pool m")
+    strategy_descriptions: dict[str, Description] = Field(
+        default_factory=dict, description="each listed strategy's display label and one-sentence summary"
+    )
+    estimator_descriptions: dict[str, Description] = Field(
+        default_factory=dict, description="each listed estimator's display label and one-sentence summary"
+    )
 
 
 MAX_JOB_QUERIES = 1000

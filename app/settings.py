@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from exemplar.explain import ExplainConfig
+from exemplar.options import ExplainConfig
+from worker.keys import DEFAULT_QUEUE
 
 
 class ApiSettings(BaseSettings):
@@ -57,7 +58,7 @@ class ApiSettings(BaseSettings):
         None, description="Redis for the explanation cache (unset: no cache; the service never needs it)"
     )
     cache_ttl_s: int = Field(3600, ge=1, description="seconds a cached explanation is kept")
-    queue: str = Field("exemplar", description="RQ queue of batch jobs (exemplar-worker --queue)")
+    queue: str = Field(DEFAULT_QUEUE, description="RQ queue of batch jobs (exemplar-worker --queue)")
     job_result_ttl_s: int = Field(86_400, ge=60, description="seconds a batch job's results are kept")
     job_retries: int = Field(2, ge=0, description="re-runs of a batch job that failed or lost its worker")
     api_keys: dict[str, str] = Field(
@@ -82,7 +83,3 @@ def explain_config(settings: ApiSettings) -> ExplainConfig:
         truncate_queries=settings.truncate_queries,
         score_space=settings.score_space,
     )
-
-
-def get_settings() -> ApiSettings:
-    return ApiSettings()

@@ -11,7 +11,9 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import ApiSettings
 from exemplar.errors import InvalidInputError
-from exemplar.explain import COMPARE_STRATEGIES, Explainer, ExplainOptions
+from exemplar.explain import Explainer
+from exemplar.options import ExplainOptions
+from exemplar.strategies import COMPARED
 from exemplar.tasks import Example
 
 
@@ -72,7 +74,7 @@ def test_compare_contract_matches_explain(client: TestClient) -> None:
     assert body["k"] == 3
     assert body["strategy"] == "topk"
     assert body["options"]["estimator"] == "grad_cos"
-    assert [p["strategy"] for p in body["by_strategy"]] == list(COMPARE_STRATEGIES)
+    assert [p["strategy"] for p in body["by_strategy"]] == list(COMPARED)
     assert [p["k"] for p in body["by_k"]] == [1, 3, 5, 10, 25]
     assert all(p["strategy"] == "topk" for p in body["by_k"])
     assert body["index"]["task"] == "classification"

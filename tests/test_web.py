@@ -350,3 +350,67 @@ def test_api_key_is_asked_for_and_sent(browser: Browser, keyed_server: str) -> N
         expect(p.locator("#example-dialog")).to_be_visible()
         assert lookup.value.headers.get("x-api-key") == API_KEY  # the key goes with every call
         watched.check_clean(keyed_server)
+
+
+@pytest.fixture(scope="module")
+def every_estimator_server(tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path) -> Iterator[str]:
+    """A classifier index built with a second checkpoint, so that it serves every registered estimator."""
+    from exemplar.build import build_index
+    from exemplar.gradients import ProjectionConfig
+    from exemplar.jsonl import read_examples_jsonl
+    from exemplar.models import load_model
+    from tests.conftest import classification_rows, write_jsonl
+    from tests.tiny_models import LABELS, save_classifier
+
+    tmp = tmp_path_factory.mktemp("registry")
+    data = write_jsonl(tmp / "train.jsonl", classification_rows())
+    examples, _ = read_examples_jsonl(data, "classification", LABELS)
+    early = load_model(save_classifier(tmp / "early", seed=7), "classification")
+    build_index(
+        load_model(classifier_dir, "classification"),
+        examples,
+        tmp / "idx",
+        ProjectionConfig(params="linear", proj_dim=16),
+        max_length=32,
+        checkpoints=[(early, 0.5)],
+    )
+    with serve(tmp / "idx", tmp / "server.log") as url:
+        yield url
+
+
+def test_every_registered_strategy_and_estimator_is_accepted_listed_and_offered(
+    browser: Browser, every_estimator_server: str
+) -> None:
+    """The registries are the one place names live: the API schema accepts each name, GET /v1/index
+    lists it with its label and summary, and the page offers it with that label and help."""
+    from exemplar.estimators import ESTIMATORS
+    from exemplar.strategies import STRATEGIES
+    from tests.conftest import classification_rows
+
+    url = every_estimator_server
+    training = classification_rows()[0]
+    schema = httpx.get(f"{url}/openapi.json", timeout=10).json()["components"]["schemas"]["ExplainRequest"]
+    assert schema["properties"]["strategy"]["enum"] == list(STRATEGIES)
+    assert schema["properties"]["estimator"]["enum"] == list(ESTIMATORS)
+    for name in STRATEGIES:  # "self" needs a training example as the query
+        body = {"text": training["text"], "label": training["label"], "k": 2, "strategy": name}
+        assert api(url, "/v1/explain", body)["options"]["strategy"] == name
+    for name in ESTIMATORS:
+        body = {"text": "the cat sat", "k": 2, "strategy": "topk", "estimator": name}
+        assert api(url, "/v1/explain", body)["options"]["estimator"] == name
+    info = httpx.get(f"{url}/v1/index", timeout=10).json()
+    assert info["strategies"] == list(STRATEGIES)
+    assert info["estimators"] == list(ESTIMATORS)
+    for listed, registry in (("strategy_descriptions", STRATEGIES), ("estimator_descriptions", ESTIMATORS)):
+        assert info[listed] == {n: {"label": r.label, "summary": r.summary} for n, r in registry.items()}
+    for watched in open_page(browser, url):
+        page = watched.page
+        for select, registry in (("strategy", STRATEGIES), ("estimator", ESTIMATORS)):
+            options = page.locator(f"#{select} option")
+            expect(options).to_have_count(len(registry))
+            assert options.evaluate_all("os => os.map(o => o.value)") == list(registry)
+            assert options.evaluate_all("os => os.map(o => o.textContent)") == [r.label for r in registry.values()]
+            for name, r in registry.items():
+                page.locator(f"#{select}").select_option(name)
+                expect(page.locator(f"#{select}-help")).to_have_text(r.summary)
+        watched.check_clean(url)

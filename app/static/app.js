@@ -3,40 +3,10 @@
 // (the examples and the score), POST /v1/compare (the chart's numbers) and GET /v1/examples/{id}.
 "use strict";
 
-const STRATEGY_HELP = {
-  balanced: "Influential examples that also cover the different reasons among the candidates (the paper's method).",
-  topk: "The k most influential training examples.",
-  reconstruct: "Examples chosen to rebuild the query's gradient as well as possible (maximises the score).",
-  auto: "Tries top-k, balanced and reconstruct and keeps the best-scoring one.",
-  divine: "Baseline (DIVINE): influential and diverse examples.",
-  aide: "Baseline (AIDE): influence, similarity to the query and coverage.",
-  random: "k random training examples: a reference point.",
-  self: "The query itself, when it is a training example (a sanity check).",
-};
-const STRATEGY_NAMES = {
-  balanced: "balanced",
-  topk: "top-k",
-  reconstruct: "reconstruct",
-  auto: "auto",
-  divine: "DIVINE",
-  aide: "AIDE",
-  random: "random",
-  self: "self",
-};
-const ESTIMATOR_HELP = {
-  grad_dot: "Dot product of loss gradients (the paper's default). Negative influence = helpful.",
-  grad_cos: "Cosine of loss gradients: ignores how large the gradients are. Negative = helpful.",
-  datainf: "Gradient dot product with DataInf's curvature correction. Negative = helpful.",
-  bm25: "Word overlap (BM25) instead of gradients: larger = more related.",
-  tracin: "Gradient dot products summed over the training checkpoints (TracIn). Negative = helpful.",
-};
-const ESTIMATOR_NAMES = {
-  grad_dot: "Grad-Dot",
-  grad_cos: "Grad-Cos",
-  datainf: "DataInf",
-  bm25: "BM25 (lexical)",
-  tracin: "TracIn",
-};
+// Labels and one-sentence help of strategies and estimators come from GET /v1/index (the
+// service's registries), so a new strategy shows up here without editing this page.
+const strategyLabel = (name) => state.index?.strategy_descriptions?.[name]?.label || name;
+const estimatorLabel = (name) => state.index?.estimator_descriptions?.[name]?.label || name;
 const WEIGHT_ZERO = 1e-6; // a weight at or below this is zero (exemplar.explain.WEIGHT_ZERO)
 const SOLVER_NAMES = { paper: "the paper's solver (pinv, projected onto the simplex)",
   exact: "the exact simplex least-squares solver" };
@@ -170,8 +140,8 @@ function needKey(message) {
 
 // ---- the served index ----------------------------------------------------------------
 
-function fillSelect(select, values, names, chosen) {
-  select.replaceChildren(...values.map((v) => el("option", { value: v, selected: v === chosen }, names[v] || v)));
+function fillSelect(select, values, label, chosen) {
+  select.replaceChildren(...values.map((v) => el("option", { value: v, selected: v === chosen }, label(v))));
 }
 
 function describeIndex(info) {
@@ -209,16 +179,17 @@ async function loadIndex() {
   }
   const strategy = $("strategy").value || "reconstruct"; // the service's default
   const estimator = $("estimator").value || "grad_dot";
-  fillSelect($("strategy"), info.strategies, STRATEGY_NAMES, strategy);
-  fillSelect($("estimator"), info.estimators, ESTIMATOR_NAMES, estimator);
+  fillSelect($("strategy"), info.strategies, strategyLabel, strategy);
+  fillSelect($("estimator"), info.estimators, estimatorLabel, estimator);
   $("k").max = String(info.max_k);
   $("k-help").textContent = `How many training examples to show (1 to ${Math.min(info.max_k, info.n_examples)}).`;
   updateHelp();
 }
 
 function updateHelp() {
-  $("strategy-help").textContent = STRATEGY_HELP[$("strategy").value] || "";
-  $("estimator-help").textContent = ESTIMATOR_HELP[$("estimator").value] || "";
+  const info = state.index || {};
+  $("strategy-help").textContent = info.strategy_descriptions?.[$("strategy").value]?.summary || "";
+  $("estimator-help").textContent = info.estimator_descriptions?.[$("estimator").value]?.summary || "";
   $("lam").closest(".field").classList.toggle("inactive", $("strategy").value !== "balanced");
 }
 
@@ -390,7 +361,7 @@ function renderExplanation(result) {
   score.classList.toggle("negative", db !== null && db <= 0);
   const position = db === null ? 50 : 50 + 50 * Math.max(-1, Math.min(1, db / SCALE_DB));
   $("scale-marker").style.left = `${position}%`;
-  const strategy = STRATEGY_NAMES[result.strategy] || result.strategy;
+  const strategy = strategyLabel(result.strategy);
   const how = result.reason ? ` Auto chose ${strategy}: ${result.reason}.` : "";
   $("score-reading").textContent = `${scoreReading(db)} Strategy ${strategy}, k = ${result.k}.${how}`;
   $("score-space").textContent = scoreSpaceWords(result);
@@ -434,7 +405,7 @@ function barChart(points, chosen) {
   const [lo, hi] = extent(points.map((p) => p.score_db));
   const x = (v) => left + ((v - lo) / (hi - lo)) * (width - left - right);
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart-svg", role: "img",
-    "aria-label": points.map((p) => `${STRATEGY_NAMES[p.strategy] || p.strategy} ${formatDb(p.score_db)}`).join("; ") });
+    "aria-label": points.map((p) => `${strategyLabel(p.strategy)} ${formatDb(p.score_db)}`).join("; ") });
   points.forEach((p, i) => {
     const y = top + i * row;
     const db = p.score_db === null ? 0 : p.score_db;
@@ -443,7 +414,7 @@ function barChart(points, chosen) {
       "data-k": p.k, "data-db": p.score_db === null ? "" : p.score_db });
     g.append(
       svg("text", { x: left - 8, y: y + row / 2 + 4, "text-anchor": "end", class: "axis-label" },
-        STRATEGY_NAMES[p.strategy] || p.strategy),
+        strategyLabel(p.strategy)),
       svg("rect", { x: x0, y: y + 5, width: Math.max(1, Math.abs(x(db) - x(0))), height: row - 10,
         fill: scoreColour(p.score_db), rx: 2 }),
       svg("text", { x: width - right + 6, y: y + row / 2 + 4, class: "value-label" }, pointLabel(p)),
@@ -509,11 +480,11 @@ function table(points, first, firstName) {
 }
 
 function renderComparison(result) {
-  const chosen = STRATEGY_NAMES[result.strategy] || result.strategy;
+  const chosen = strategyLabel(result.strategy);
   $("chart-strategy-caption").textContent = `Score by strategy at k = ${result.k}`;
   $("chart-strategy").replaceChildren(
     barChart(result.by_strategy, result.strategy),
-    table(result.by_strategy, (p) => STRATEGY_NAMES[p.strategy] || p.strategy, "strategy"),
+    table(result.by_strategy, (p) => strategyLabel(p.strategy), "strategy"),
   );
   $("chart-k-caption").textContent = `Score by k for ${chosen}`;
   $("chart-k").replaceChildren(lineChart(result.by_k, result.k), table(result.by_k, (p) => p.k, "k"));

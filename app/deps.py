@@ -1,0 +1,144 @@
+"""What the routes share: the app's settings and served explainer, the auth guard, the model thread, queries.
+
+Per-app state lives on `app.state` (several apps may share one process, as in the tests):
+`settings`, `metrics`, `swap_lock` from `create_app`; `executor`, `explainer`, `cache`, `jobs`,
+`limiter`, `batcher`, `served_since` from its lifespan. Index hot-swap (`swap_index`, used by
+`POST /v1/admin/reload` and the file watch) is here too: both open the new version on the
+model thread and swap the reference, so in-flight requests finish on the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+
+from app.batching import MicroBatcher
+from app.observability import Metrics
+from app.schemas import QueryFields
+from app.security import authenticate
+from app.settings import ApiSettings, explain_config
+from exemplar.errors import ExemplarError, InvalidInputError
+from exemplar.explain import Explainer
+from exemplar.options import ExplainOptions
+from exemplar.results import Explanation
+from exemplar.store import read_manifest, resolve_index
+from exemplar.tasks import Example
+
+log = logging.getLogger("exemplar.api")
+
+
+def get_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
+    return settings
+
+
+def get_explainer(request: Request) -> Explainer:
+    explainer: Explainer = request.app.state.explainer
+    return explainer
+
+
+async def guard(request: Request) -> str:
+    """API key (when configured) and the key's rate limit; the key's name is the client."""
+    name = authenticate(request.headers, get_settings(request).api_keys)
+    request.state.client = name
+    await asyncio.to_thread(request.app.state.limiter.check, name)
+    return name
+
+
+PROTECTED = [Depends(guard)]
+
+
+async def in_executor(request: Request, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on the app's one model thread."""
+    return await asyncio.get_running_loop().run_in_executor(request.app.state.executor, fn)
+
+
+async def explain_on_model(
+    request: Request, explainer: Explainer, query: Example, options: ExplainOptions
+) -> Explanation:
+    """One explanation on the model thread: through the micro-batcher when there is one, else alone."""
+    metrics: Metrics = request.app.state.metrics
+    batcher: MicroBatcher | None = request.app.state.batcher
+    if batcher is not None:
+        result: Explanation = await batcher.submit(query, options)
+    else:
+        result = await in_executor(request, lambda: explainer.explain(query, options))
+        metrics.batch_size.observe(1)
+    for stage, ms in result.timings_ms.items():
+        metrics.stage.labels(stage).observe(ms / 1e3)
+    return result
+
+
+def to_query(body: QueryFields, task: str, max_text_chars: int, where: str = "") -> Example:
+    """The query as an Example, checked against the served index's task and the length limit."""
+    for name in ("text", "prompt", "response"):
+        value = getattr(body, name)
+        if value is not None and len(value) > max_text_chars:
+            raise InvalidInputError(f"{where}{name}: longer than {max_text_chars} characters; shorten it")
+    if task == "classification":
+        if body.text is None:
+            raise InvalidInputError(
+                f"{where}this index serves a classifier: send 'text' (and optionally 'label'), not prompt/response"
+            )
+        return Example(text=body.text, label=body.label)
+    if body.prompt is None:
+        raise InvalidInputError(f"{where}this index serves a causal LM: send 'prompt' and 'response', not text/label")
+    return Example(prompt=body.prompt, response=body.response)
+
+
+def open_explainer(settings: ApiSettings) -> Explainer:
+    """Open the index version `settings.index_dir` stands for now (blocking: run it on the model thread)."""
+    config = explain_config(settings)
+    return Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size)
+
+
+async def swap_index(app: FastAPI, why: str) -> tuple[Explainer, Explainer]:
+    """Open the version `settings.index_dir` stands for now and serve it; returns (previous, fresh).
+
+    It is opened on the model thread, between requests: requests already running finish
+    on the old version, later ones (and queued micro-batches) get the new one, none
+    fails. If it cannot be opened, the exception propagates and the old one stays.
+    """
+    settings: ApiSettings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    async with app.state.swap_lock:
+        previous: Explainer = app.state.explainer
+        fresh = await asyncio.get_running_loop().run_in_executor(app.state.executor, open_explainer, settings)
+        app.state.explainer = fresh
+        app.state.served_since = time.time()
+        metrics.reloads.labels(why).inc()
+        log.info(
+            "%s: now serving %s (%d examples; was %s, %d)",
+            why,
+            fresh.store.path,
+            fresh.store.n,
+            previous.store.path,
+            previous.store.n,
+        )
+        return previous, fresh
+
+
+def index_changed(index_dir: Path, served: Explainer) -> bool:
+    """Whether the index directory now stands for another version than the one served."""
+    path = resolve_index(index_dir)
+    if path.resolve() != served.store.path.resolve():
+        return True
+    return read_manifest(path).created_at != served.store.manifest.created_at
+
+
+async def watch_index(app: FastAPI) -> None:
+    """Poll the index directory every `watch_interval_s` and swap in a new version."""
+    settings: ApiSettings = app.state.settings
+    while True:
+        await asyncio.sleep(settings.watch_interval_s)
+        try:
+            if await asyncio.to_thread(index_changed, settings.index_dir, app.state.explainer):
+                await swap_index(app, "file watch")
+        except ExemplarError as exc:  # a half-written or broken version: keep serving, try again later
+            log.warning("file watch: not swapping to %s: %s", settings.index_dir, exc)
