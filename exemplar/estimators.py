@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 import numpy as np
 
@@ -75,21 +75,25 @@ class EstimatorKind(Protocol):
     def open(self, store: GradientStore) -> Estimator: ...
 
 
-class GradDot:
+class _VectorsOnly:
+    """Estimators that need nothing but the stored vectors: always available, nothing to open."""
+
+    @classmethod
+    def available(cls, store: GradientStore) -> bool:
+        return True
+
+    @classmethod
+    def open(cls, store: GradientStore) -> Self:
+        return cls()
+
+
+class GradDot(_VectorsOnly):
     """`I = -<g_z, g'>`."""
 
     name = "grad_dot"
     label = "Grad-Dot"
     summary = "Dot product of loss gradients (the paper's default). Negative influence = helpful."
     signed = True
-
-    @classmethod
-    def available(cls, store: GradientStore) -> bool:
-        return True  # needs only the stored vectors
-
-    @classmethod
-    def open(cls, store: GradientStore) -> Estimator:
-        return cls()
 
     def search_vector(self, query: Query) -> np.ndarray:
         return np.asarray(query.grad, dtype=np.float32)
@@ -101,21 +105,13 @@ class GradDot:
         return -scan_inner_products(store.vectors, self.search_vector(query))
 
 
-class GradCos:
+class GradCos(_VectorsOnly):
     """`I = -cos(g_z, g')` (zero vectors have cosine 0)."""
 
     name = "grad_cos"
     label = "Grad-Cos"
     summary = "Cosine of loss gradients: ignores how large the gradients are. Negative = helpful."
     signed = True
-
-    @classmethod
-    def available(cls, store: GradientStore) -> bool:
-        return True  # needs only the stored vectors
-
-    @classmethod
-    def open(cls, store: GradientStore) -> Estimator:
-        return cls()
 
     def search_vector(self, query: Query) -> None:
         return None  # not an inner product with the stored vectors: scanned
@@ -133,6 +129,14 @@ class GradCos:
         dots = scan_inner_products(store.vectors, self._unit_query(query))
         norms = store.norms
         return -np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+
+
+def _index_file(store: GradientStore, name: str, what: str) -> Path:
+    """The estimator file `name` of the store's index; `InvalidInputError` when the index has none."""
+    path = store.path / name
+    if not path.exists():
+        raise InvalidInputError(f"this index has no {what}; rebuild it with index-builder")
+    return path
 
 
 def datainf_matrices(vectors: np.ndarray, n_layers: int, block: int, damping: float = 0.1) -> np.ndarray:
@@ -168,9 +172,7 @@ class DataInf:
 
     @classmethod
     def open(cls, store: GradientStore) -> Estimator:
-        if not cls.available(store):
-            raise InvalidInputError("this index has no DataInf matrices; rebuild it with index-builder")
-        return cls(np.load(store.path / DATAINF_FILE))
+        return cls(np.load(_index_file(store, DATAINF_FILE, "DataInf matrices")))
 
     def search_vector(self, query: Query) -> np.ndarray:
         n_layers, block, _ = self.matrices.shape
@@ -208,9 +210,7 @@ class BM25:
 
     @classmethod
     def open(cls, store: GradientStore) -> Estimator:
-        if not cls.available(store):
-            raise InvalidInputError("this index has no BM25 index; rebuild it with index-builder")
-        return cls.load(store.path / BM25_DIR)
+        return cls.load(_index_file(store, BM25_DIR, "BM25 index"))
 
     @staticmethod
     def build(corpus_ids: list[list[int]]) -> BM25:

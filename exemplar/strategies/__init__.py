@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from exemplar.errors import InvalidInputError
 from exemplar.strategies.auto import AUTO_CANDIDATES, Auto
-from exemplar.strategies.base import Proposal, SelectionContext, Strategy
-from exemplar.strategies.greedy import Aide, Balanced, Divine
-from exemplar.strategies.ranking import ORDERINGS, Random, Self, TopK, order_by, retrieve
+from exemplar.strategies.base import Direct, FromPool, Proposal, SelectionContext, Strategy
+from exemplar.strategies.greedy import AIDE, BALANCED, DIVINE
+from exemplar.strategies.ranking import ORDERINGS, RANDOM, SELF, TOPK, order_by, retrieve
 from exemplar.strategies.reconstruct import Reconstruct
 
 
@@ -33,7 +33,7 @@ def _registry(*strategies: Strategy) -> dict[str, Strategy]:
     return {s.name: s for s in strategies}
 
 
-_PLAIN = _registry(Balanced(), TopK(), Random(), Divine(), Aide(), Self(), Reconstruct())
+_PLAIN = _registry(BALANCED, TOPK, RANDOM, DIVINE, AIDE, SELF, Reconstruct())
 STRATEGIES: dict[str, Strategy] = {**_PLAIN, "auto": Auto(_PLAIN)}
 """Every strategy a request can name, in the order clients list them."""
 STRATEGY_NAMES = tuple(STRATEGIES)
@@ -54,6 +54,8 @@ __all__ = [
     "ORDERINGS",
     "STRATEGIES",
     "STRATEGY_NAMES",
+    "Direct",
+    "FromPool",
     "Proposal",
     "SelectionContext",
     "Strategy",

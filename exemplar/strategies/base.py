@@ -98,13 +98,54 @@ class Strategy(Protocol):
     candidate pool (`SelectionContext.candidates`), so the estimator and ordering matter.
     """
 
-    name: str
-    label: str  # for people (the web page)
-    summary: str  # one sentence: what it picks
-    compared: bool
-    uses_influence: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...  # for people (the web page)
+
+    @property
+    def summary(self) -> str: ...  # one sentence: what it picks
+
+    @property
+    def compared(self) -> bool: ...
+
+    @property
+    def uses_influence(self) -> bool: ...
 
     def propose(self, ctx: SelectionContext) -> list[Proposal]: ...
+
+
+@dataclass(frozen=True)
+class FromPool:
+    """A strategy that picks from the estimator's candidate pool: `pick(ctx, influence, rows)`
+    (the pool's influence and rows, best first) returns positions in the pool, in selection order."""
+
+    name: str
+    label: str
+    summary: str
+    pick: Callable[[SelectionContext, np.ndarray, np.ndarray], np.ndarray]
+    compared: bool = True
+    uses_influence: bool = True
+
+    def propose(self, ctx: SelectionContext) -> list[Proposal]:
+        return ctx.from_pool(self.name, lambda influence, rows: self.pick(ctx, influence, rows))
+
+
+@dataclass(frozen=True)
+class Direct:
+    """A strategy that picks rows of the store without a candidate pool: `pick(ctx)` returns them,
+    in selection order; their influence comes from the request's estimator."""
+
+    name: str
+    label: str
+    summary: str
+    pick: Callable[[SelectionContext], np.ndarray]
+    compared: bool = True
+    uses_influence: bool = False
+
+    def propose(self, ctx: SelectionContext) -> list[Proposal]:
+        return [ctx.proposal(self.name, self.pick(ctx))]
 
 
 # ---------------------------------------------------------------- input checks of the pure functions

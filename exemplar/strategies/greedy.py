@@ -1,11 +1,11 @@
 """Greedy strategies over the candidate pool (paper.md section 4): each trades the candidates'
 influence against how well the selection covers the pool's gradient directions.
 
-- ``"balanced"`` (``Balanced``): ``facility_location``, the paper's weighted facility location
+- ``"balanced"`` (``BALANCED``): ``facility_location``, the paper's weighted facility location
   ("FL lambda") over the top-``pool_size`` pool.
-- ``"divine"`` (``Divine``): ``divine``, DIVINE (Bhatt et al. 2021) as the paper re-implemented
+- ``"divine"`` (``DIVINE``): ``divine``, DIVINE (Bhatt et al. 2021) as the paper re-implemented
   it: importance minus gamma times within-selection similarity, best gamma by spread.
-- ``"aide"`` (``Aide``): ``aide``, AIDE (Nematov et al. 2024): influence, similarity to the test
+- ``"aide"`` (``AIDE``): ``aide``, AIDE (Nematov et al. 2024): influence, similarity to the test
   gradient and facility-location coverage of the pool.
 
 Pure functions on arrays; the tests check each against a direct loop transcription of its
@@ -22,8 +22,7 @@ import numpy.typing as npt
 from exemplar.errors import InvalidInputError
 from exemplar.strategies.base import (
     TIE_RTOL,
-    Proposal,
-    SelectionContext,
+    FromPool,
     checked_pool_grads,
     grads_matrix,
     influence_vector,
@@ -311,47 +310,25 @@ def aide(
     return pool[np.asarray(order, dtype=np.int64)]
 
 
-class Balanced:
-    name = "balanced"
-    label = "balanced"
-    summary = "Influential examples that also cover the different reasons among the candidates (the paper's method)."
-    compared = True
-    uses_influence = True
-
-    def propose(self, ctx: SelectionContext) -> list[Proposal]:
-        return ctx.from_pool(
-            self.name,
-            lambda influence, rows: facility_location(
-                influence, ctx.store.vectors_at(rows), ctx.k, lam=ctx.lam, pool_size=ctx.m, ordering=ctx.ordering
-            ),
-        )
-
-
-class Divine:
-    name = "divine"
-    label = "DIVINE"
-    summary = "Baseline (DIVINE): influential and diverse examples."
-    compared = True
-    uses_influence = True
-
-    def propose(self, ctx: SelectionContext) -> list[Proposal]:
-        return ctx.from_pool(
-            self.name,
-            lambda influence, rows: divine(
-                influence, ctx.store.vectors_at(rows), ctx.k, ordering=ctx.ordering, pool_size=ctx.m
-            ),
-        )
-
-
-class Aide:
-    name = "aide"
-    label = "AIDE"
-    summary = "Baseline (AIDE): influence, similarity to the query and coverage."
-    compared = True
-    uses_influence = True
-
-    def propose(self, ctx: SelectionContext) -> list[Proposal]:
-        return ctx.from_pool(
-            self.name,
-            lambda influence, rows: aide(influence, ctx.store.vectors_at(rows), ctx.query.grad, ctx.k, pool_size=ctx.m),
-        )
+BALANCED = FromPool(
+    "balanced",
+    "balanced",
+    "Influential examples that also cover the different reasons among the candidates (the paper's method).",
+    lambda ctx, influence, rows: facility_location(
+        influence, ctx.store.vectors_at(rows), ctx.k, lam=ctx.lam, pool_size=ctx.m, ordering=ctx.ordering
+    ),
+)
+DIVINE = FromPool(
+    "divine",
+    "DIVINE",
+    "Baseline (DIVINE): influential and diverse examples.",
+    lambda ctx, influence, rows: divine(
+        influence, ctx.store.vectors_at(rows), ctx.k, ordering=ctx.ordering, pool_size=ctx.m
+    ),
+)
+AIDE = FromPool(
+    "aide",
+    "AIDE",
+    "Baseline (AIDE): influence, similarity to the query and coverage.",
+    lambda ctx, influence, rows: aide(influence, ctx.store.vectors_at(rows), ctx.query.grad, ctx.k, pool_size=ctx.m),
+)

@@ -8,9 +8,9 @@ score, best first (``ordering_score``).
 
 Strategies:
 
-- ``"topk"`` (``TopK``): ``topk``, the first k candidates under an ordering.
-- ``"random"`` (``Random``): ``random_selection``, k distinct examples uniformly at random.
-- ``"self"`` (``Self``): ``self_selection``, the test instance itself (a sanity check; only
+- ``"topk"`` (``TOPK``): ``topk``, the first k candidates under an ordering.
+- ``"random"`` (``RANDOM``): ``random_selection``, k distinct examples uniformly at random.
+- ``"self"`` (``SELF``): ``self_selection``, the test instance itself (a sanity check; only
   when the query is a training example).
 
 The tests check each against a direct loop transcription of its definition.
@@ -25,7 +25,7 @@ from exemplar.errors import InvalidInputError
 from exemplar.estimators import Estimator, Query
 from exemplar.search import DEFAULT_PRESET
 from exemplar.store import GradientStore
-from exemplar.strategies.base import Proposal, SelectionContext, influence_vector, int_at_least, positive_int
+from exemplar.strategies.base import Direct, FromPool, influence_vector, int_at_least, positive_int
 
 ORDERINGS = ("most_influential", "least_influential", "most_helpful", "most_harmful")
 
@@ -145,34 +145,24 @@ def self_selection(query_row: int | None, k: int) -> npt.NDArray[np.int64]:
     return np.array([int_at_least(query_row, 0, message, message)], dtype=np.int64)
 
 
-class TopK:
-    name = "topk"
-    label = "top-k"
-    summary = "The k most influential training examples."
-    compared = True
-    uses_influence = True
-
-    def propose(self, ctx: SelectionContext) -> list[Proposal]:
-        return ctx.from_pool(self.name, lambda influence, _: topk(influence, ctx.k, ordering=ctx.ordering))
+TOPK = FromPool(
+    "topk",
+    "top-k",
+    "The k most influential training examples.",
+    lambda ctx, influence, _: topk(influence, ctx.k, ordering=ctx.ordering),
+)
 
 
-class Random:
-    name = "random"
-    label = "random"
-    summary = "k random training examples: a reference point."
-    compared = True
-    uses_influence = False
-
-    def propose(self, ctx: SelectionContext) -> list[Proposal]:
-        return [ctx.proposal(self.name, random_selection(ctx.store.n, ctx.k, ctx.seed))]
-
-
-class Self:
-    name = "self"
-    label = "self"
-    summary = "The query itself, when it is a training example (a sanity check)."
-    compared = False  # only for queries that are training examples
-    uses_influence = False
-
-    def propose(self, ctx: SelectionContext) -> list[Proposal]:
-        return [ctx.proposal(self.name, self_selection(ctx.find_row(), ctx.k))]
+RANDOM = Direct(
+    "random",
+    "random",
+    "k random training examples: a reference point.",
+    lambda ctx: random_selection(ctx.store.n, ctx.k, ctx.seed),
+)
+SELF = Direct(
+    "self",
+    "self",
+    "The query itself, when it is a training example (a sanity check).",
+    lambda ctx: self_selection(ctx.find_row(), ctx.k),
+    compared=False,  # only for queries that are training examples
+)
