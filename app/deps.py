@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 
 from app.batching import MicroBatcher
 from app.observability import Metrics
@@ -52,6 +52,19 @@ async def guard(request: Request) -> str:
 
 
 PROTECTED = [Depends(guard)]
+
+
+async def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON (`application/json` or a `+json` type), so a body sent
+    as text or form data is named as such instead of failing field validation."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        got = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
+        raise HTTPException(415, f"send the body as JSON with Content-Type: application/json (got {got})")
+
+
+JSON_BODY = [*PROTECTED, Depends(require_json)]
+"""Dependencies of the routes that take a JSON body: the API key first, then the content type."""
 
 
 async def in_executor(request: Request, fn: Callable[[], Any]) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,6 +52,16 @@ def _field(loc: tuple[object, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def json_problem(body: bytes, error: dict[str, Any]) -> str:
+    """What is wrong with an unparsable JSON body, with the line and column in words."""
+    loc = error.get("loc", ())
+    offset = loc[-1] if loc and isinstance(loc[-1], int) else 0
+    before = body[:offset].decode("utf-8", errors="replace")
+    line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+    reason = str((error.get("ctx") or {}).get("error", "not valid JSON"))
+    return f"the request body is not valid JSON: {reason} at line {line}, column {column}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ExemplarError)
     async def exemplar_error(request: Request, exc: ExemplarError) -> JSONResponse:
@@ -62,6 +73,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        unparsable = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if unparsable is not None:
+            return error_response(request, 400, "bad_request", json_problem(await request.body(), unparsable))
         messages = []
         for err in exc.errors():
             msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
@@ -70,9 +84,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error_type = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            exc.status_code, "http_error"
-        )
+        error_type = {
+            400: "bad_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+            415: "unsupported_media_type",
+        }.get(exc.status_code, "http_error")
         message = str(exc.detail)
         if exc.status_code == 400 and "parsing the body" in message:
             message = "the request body could not be parsed: send a JSON object encoded as UTF-8"

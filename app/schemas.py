@@ -32,10 +32,14 @@ else:
     Rerank = Literal[RERANKS]
 
 
+STRICT = ConfigDict(extra="forbid", strict=True)
+"""Request models: unknown fields are refused and nothing is coerced ("5" is not a number, true is not 1)."""
+
+
 class QueryFields(BaseModel):
     """A query: `text` (+ optional `label`) for a classifier index, `prompt` + `response` for a causal LM."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     text: str | None = Field(None, min_length=1, description="classification: the input text")
     label: str | None = Field(
@@ -60,7 +64,7 @@ class QueryFields(BaseModel):
 class OptionFields(BaseModel):
     """How to explain: k, strategy, estimator and their parameters."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     k: int = Field(
         5, ge=1, description="number of training examples to return, at most the server's `max_k` (`GET /v1/index`)"
@@ -121,13 +125,13 @@ class OptionFields(BaseModel):
 class ExplainRequest(QueryFields, OptionFields):
     """A query and how to explain it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
 
 class CompareRequest(QueryFields, OptionFields):
     """A query and options, scored under several strategies (at `k`) and several k (for `strategy`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     strategies: list[Strategy] | None = Field(
         None,
@@ -209,7 +213,7 @@ MAX_JOB_QUERIES = 1000
 class JobRequest(BaseModel):
     """A batch of queries explained with the same options by a worker."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     queries: list[QueryFields] = Field(min_length=1, max_length=MAX_JOB_QUERIES, description="1..1000 queries")
     options: OptionFields = Field(default_factory=OptionFields, description="explanation options for every query")

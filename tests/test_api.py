@@ -169,7 +169,7 @@ def test_bad_input_is_422_naming_the_field(client: TestClient, body: dict[str, o
 
 def test_malformed_and_oversized_bodies(client: TestClient) -> None:
     r = client.post("/v1/explain", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422
+    assert r.status_code == 400  # unparsable: the README's promise (issue 24)
     r = client.post("/v1/explain", json={"text": "x" * 10_000})
     assert r.status_code == 413
     assert r.json()["error_type"] == "payload_too_large"
@@ -183,6 +183,43 @@ def test_malformed_and_oversized_bodies(client: TestClient) -> None:
     r = client.post("/v1/explain", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert client.get("/healthz").status_code == 200  # still serving
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("k", "5"), ("k", True), ("k", 5.0), ("lam", "0.5"), ("seed", False), ("text", 5), ("strategy", 1), ("ks", ["1"])],
+)
+def test_types_are_checked_not_coerced(client: TestClient, field: str, value: object) -> None:
+    path = "/v1/compare" if field == "ks" else "/v1/explain"
+    r = client.post(path, json={"text": "the cat sat", field: value})
+    assert r.status_code == 422, (field, value, r.text)
+    assert field in r.json()["error"]
+
+
+def test_unparsable_json_is_400_with_the_line_and_column(client: TestClient) -> None:
+    body = b'{"text": "the cat sat",\n "k": 5,}'
+    r = client.post("/v1/explain", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error_type"] == "bad_request"
+    assert r.json()["error"] == (
+        "the request body is not valid JSON: Expecting property name enclosed in double quotes at line 2, column 9"
+    )
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/xml"])
+@pytest.mark.parametrize("path", ["/v1/explain", "/v1/compare", "/v1/jobs"])
+def test_a_body_that_is_not_declared_json_is_415(client: TestClient, path: str, content_type: str | None) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    r = client.post(path, content=b'{"text": "the cat sat", "k": 2}', headers=headers)
+    assert r.status_code == 415, r.text
+    assert r.json()["error_type"] == "unsupported_media_type"
+    assert "Content-Type: application/json" in r.json()["error"]
+    ok = client.post(
+        "/v1/explain",
+        content=b'{"text": "the cat sat", "k": 2}',
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert ok.status_code == 200, ok.text
 
 
 def test_health_and_docs(client: TestClient) -> None:

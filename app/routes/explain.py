@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.cache import ExplanationCache, index_version, request_key
-from app.deps import PROTECTED, explain_on_model, get_explainer, get_settings, in_executor, to_query
+from app.deps import JSON_BODY, explain_on_model, get_explainer, get_settings, in_executor, to_query
 from app.observability import Metrics
 from app.routes import ERRORS
 from app.schemas import CompareRequest, CompareResponse, ExplainRequest, ExplainResponse
@@ -19,7 +19,7 @@ from exemplar.results import Comparison
 router = APIRouter()
 
 
-@router.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS, tags=["explain"], dependencies=PROTECTED)
+@router.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS, tags=["explain"], dependencies=JSON_BODY)
 async def explain(body: ExplainRequest, request: Request, response: Response) -> Any:
     """Explain one output with k training examples, their simplex weights and the score in dB.
 
@@ -47,7 +47,7 @@ async def explain(body: ExplainRequest, request: Request, response: Response) ->
     return out
 
 
-@router.post("/v1/compare", response_model=CompareResponse, responses=ERRORS, tags=["explain"], dependencies=PROTECTED)
+@router.post("/v1/compare", response_model=CompareResponse, responses=ERRORS, tags=["explain"], dependencies=JSON_BODY)
 async def compare(body: CompareRequest, request: Request) -> CompareResponse:
     """Compare strategies for one query: the score in dB of each strategy at `k`, and of `strategy` at each k.
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.deps import PROTECTED, get_explainer, get_settings, to_query
+from app.deps import JSON_BODY, PROTECTED, get_explainer, get_settings, to_query
 from app.jobs import JobQueue
 from app.routes import ERRORS
 from app.schemas import JobRequest, JobStatus
@@ -16,7 +16,7 @@ router = APIRouter()
 
 
 @router.post(
-    "/v1/jobs", response_model=JobStatus, status_code=202, responses=ERRORS, tags=["jobs"], dependencies=PROTECTED
+    "/v1/jobs", response_model=JobStatus, status_code=202, responses=ERRORS, tags=["jobs"], dependencies=JSON_BODY
 )
 async def submit_job(body: JobRequest, request: Request) -> dict[str, Any]:
     """Explain up to 1000 queries with the same options on a worker; returns the job at once.
