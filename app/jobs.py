@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from exemplar.errors import NotFoundError, RateLimitedError, UnavailableError
+from exemplar.errors import NotFoundError, RateLimitedError, UnavailableError, quoted
 from worker.keys import EXPLAIN_BATCH_JOB, active_jobs_key
 
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what RQ accepts as a job id
@@ -106,14 +106,16 @@ class JobQueue:
 
     def _fetch(self, job_id: str, owner: str) -> Any:
         if not _JOB_ID.fullmatch(job_id):
-            raise NotFoundError(f"no job {job_id!r}: job ids are the 'id' POST /v1/jobs returned")
+            raise NotFoundError(f"no job {quoted(job_id)}: job ids are the 'id' POST /v1/jobs returned")
         queue = self._queue()
         queue.started_job_registry.cleanup()  # re-enqueue jobs whose worker died (heartbeat expired)
         job = queue.fetch_job(job_id)
         if job is not None and self.check_owner and (job.meta or {}).get("owner") != owner:
             job = None  # another key's job: do not reveal that it exists
         if job is None:
-            raise NotFoundError(f"no job {job_id!r} (unknown, or its results expired after {self.result_ttl_s} s)")
+            raise NotFoundError(
+                f"no job {quoted(job_id)} (unknown, or its results expired after {self.result_ttl_s} s)"
+            )
         return job
 
     def status(self, job_id: str, owner: str = "anonymous") -> dict[str, Any]:

@@ -106,7 +106,7 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
     app.state.metrics = Metrics()
     app.state.swap_lock = asyncio.Lock()
     app.middleware("http")(add_request_id)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, max_header_bytes=settings.max_header_bytes)
     for area in (explain, index, jobs, admin, health):
         app.include_router(area.router)
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")

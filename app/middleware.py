@@ -48,16 +48,22 @@ async def add_request_id(request: Request, call_next: Callable[[Request], Awaita
 
 
 class BodySizeLimit:
-    """Pure ASGI middleware: refuse request bodies over `max_bytes` with 413, streamed or not."""
+    """Pure ASGI middleware: refuse request headers over `max_header_bytes` in all with 431, and
+    request bodies over `max_bytes` with 413, streamed or not."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, max_header_bytes: int = 16 * 1024) -> None:
+        self.app, self.max_bytes, self.max_header_bytes = app, max_bytes, max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers", []))
+        raw_headers = scope.get("headers", [])
+        if sum(len(name) + len(value) for name, value in raw_headers) > self.max_header_bytes:
+            too_large = f"request headers are larger than {self.max_header_bytes} bytes in all; send shorter ones"
+            await self._reject(scope, receive, send, 431, "headers_too_large", too_large)
+            return
+        headers = dict(raw_headers)
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(scope, receive, send)
@@ -88,13 +94,16 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _reject(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        status: int = 413,
+        error_type: str = "payload_too_large",
+        message: str | None = None,
+    ) -> None:
         request = Request(scope, receive)
         request.state.request_id = scope.get("state", {}).get("request_id", uuid.uuid4().hex)
-        response = error_response(
-            request,
-            413,
-            "payload_too_large",
-            f"request body is larger than {self.max_bytes} bytes; send a shorter query",
-        )
-        await response(scope, receive, send)
+        message = message or f"request body is larger than {self.max_bytes} bytes; send a shorter query"
+        await error_response(request, status, error_type, message)(scope, receive, send)

@@ -1,5 +1,16 @@
 """The one exception hierarchy of Exemplar; app/ maps each class to an HTTP status once."""
 
+ID_IN_MESSAGE_CHARS = 80
+"""Ids and names a caller sent are quoted in messages up to this many characters (`quoted`)."""
+
+
+def quoted(value: str, limit: int = ID_IN_MESSAGE_CHARS) -> str:
+    """`value` quoted for an error message, cut to `limit` characters (with its full length said),
+    so a huge id sent by a caller is not echoed back in full."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
 
 class ExemplarError(Exception):
     """Base class of every error the core raises on purpose."""

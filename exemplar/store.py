@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from exemplar import __version__
-from exemplar.errors import IndexIncompatibleError, InvalidInputError, NotFoundError
+from exemplar.errors import IndexIncompatibleError, InvalidInputError, NotFoundError, quoted
 from exemplar.search import (
     DEFAULT_PRESET,
     PRESETS,
@@ -378,7 +378,7 @@ class FaissGradientStore:
     def example_by_id(self, example_id: str) -> StoredExample:
         rows = self._rows("SELECT * FROM examples WHERE id = ?", [example_id])
         if not rows:
-            raise NotFoundError(f"no training example with id {example_id!r} in this index")
+            raise NotFoundError(f"no training example with id {quoted(example_id)} in this index")
         return self._example(rows[0])
 
     def close(self) -> None:

@@ -222,6 +222,17 @@ def test_a_body_that_is_not_declared_json_is_415(client: TestClient, path: str, 
     assert ok.status_code == 200, ok.text
 
 
+def test_oversized_headers_are_431_and_long_ids_are_not_echoed_in_full(client: TestClient) -> None:
+    r = client.get("/v1/index", headers={"X-Padding": "x" * 70_000})
+    assert r.status_code == 431, r.text
+    assert r.json()["error_type"] == "headers_too_large"
+    assert client.get("/v1/index", headers={"X-Padding": "x" * 1000}).status_code == 200
+    r = client.get("/v1/examples/" + "e" * 10_000)
+    assert r.status_code == 404
+    assert len(r.text) < 500
+    assert "(10000 characters)" in r.json()["error"]
+
+
 def test_health_and_docs(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz").json()
