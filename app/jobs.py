@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from exemplar.errors import NotFoundError, RateLimitedError, UnavailableError, quoted
-from worker.keys import EXPLAIN_BATCH_JOB, active_jobs_key
+from worker.keys import EXPLAIN_BATCH_JOB, active_jobs_key, cancel_key
 
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what RQ accepts as a job id
 
@@ -122,13 +122,19 @@ class JobQueue:
         return self._describe(self._fetch(job_id, owner))
 
     def cancel(self, job_id: str, owner: str = "anonymous") -> dict[str, Any]:
-        """Cancel a queued job or stop a running one; a finished job is left as it is."""
+        """Cancel a queued job or stop a running one; a finished job is left as it is.
+
+        A worker may take a queued job between our reading its status and cancelling it, so
+        the cancel is also recorded (`cancel_key`): the job checks it before every query and
+        stops there, reporting `canceled` with what it had done (`_describe`)."""
         from rq.command import send_stop_job_command
         from rq.exceptions import InvalidJobOperation
         from rq.job import JobStatus
 
         job = self._fetch(job_id, owner)
         status = job.get_status()
+        if status not in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            job.connection.set(cancel_key(job.id), 1, ex=self.result_ttl_s)
         try:
             if status == JobStatus.STARTED:
                 send_stop_job_command(job.connection, job.id, serializer=job.serializer)
@@ -155,7 +161,10 @@ class JobQueue:
             "created_at": job.created_at.isoformat() if job.created_at else None,
             "ended_at": job.ended_at.isoformat() if job.ended_at else None,
         }
-        if status == JobStatus.FINISHED:
+        if meta.get("canceled"):  # stopped by a cancel at a query boundary (see `cancel`)
+            out["status"] = "canceled"
+            out["results"] = job.return_value() if status == JobStatus.FINISHED else None
+        elif status == JobStatus.FINISHED:
             out["results"] = job.return_value()
             out["done"] = out["total"]
         elif status == JobStatus.FAILED:

@@ -97,6 +97,53 @@ def test_cancel_a_queued_job_and_unknown_ids(client: TestClient) -> None:
     assert "no job" in missing.json()["error"]
 
 
+def test_a_job_taken_before_its_cancel_stops_at_the_next_query(client: TestClient, queue: str, tmp_path: Path) -> None:
+    """The race: a worker takes a queued job, then the cancel arrives. The cancel is recorded
+    (worker.keys.cancel_key, here without RQ's own cancel, which only reaches queued jobs) and
+    the job stops before its next query, reporting `canceled` with what it had done."""
+    from redis import Redis
+
+    from worker.keys import cancel_key
+
+    queries = [{"text": f"query {i}"} for i in range(5)]
+    job = client.post("/v1/jobs", json={"queries": queries, "options": {"k": 2, "strategy": "topk"}}).json()
+    Redis.from_url(REDIS_URL).set(cancel_key(job["id"]), 1, ex=600)
+    worker = start_worker(queue, tmp_path / "worker.log")
+    try:
+        done = wait_for(client, job["id"], {"canceled", "finished", "failed"})
+        time.sleep(1.0)
+        again = client.get(f"/v1/jobs/{job['id']}").json()
+    finally:
+        stop(worker)
+    assert done["status"] == "canceled", done
+    assert (done["done"], done["total"], done["results"]) == (0, 5, [])
+    assert again == done  # the final state stays
+    assert "cancelled after 0 of 5 queries" in (tmp_path / "worker.log").read_text()
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.2])
+def test_cancel_right_after_submit_never_lets_the_job_run_to_the_end(
+    client: TestClient, queue: str, tmp_path: Path, delay_s: float
+) -> None:
+    """Whenever the DELETE lands (queued, just taken, running), the final state is a cancel the
+    worker honoured: `canceled` or `stopped`, before the last query, and it does not change."""
+    worker = start_worker(queue, tmp_path / "worker.log")
+    try:
+        queries = [{"text": f"query number {i} about markets and weather"} for i in range(300)]
+        job = client.post("/v1/jobs", json={"queries": queries, "options": {"k": 2, "strategy": "topk"}}).json()
+        time.sleep(delay_s)
+        answered = client.delete(f"/v1/jobs/{job['id']}")
+        assert answered.status_code == 200, answered.text
+        final = wait_for(client, job["id"], {"canceled", "stopped", "finished", "failed"})
+        time.sleep(2.0)
+        again = client.get(f"/v1/jobs/{job['id']}").json()
+    finally:
+        stop(worker)
+    assert final["status"] in ("canceled", "stopped"), final
+    assert again["status"] == final["status"], (final, again)
+    assert again["done"] < again["total"] == 300, again
+
+
 def test_bad_jobs_are_422_naming_the_query(client: TestClient) -> None:
     wrong_task = client.post("/v1/jobs", json={"queries": [{"text": "ok"}, {"prompt": "p", "response": "r"}]})
     assert wrong_task.status_code == 422

@@ -6,6 +6,7 @@ The API and the index builder enqueue them by import path: `worker.keys.EXPLAIN_
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from exemplar.errors import ExemplarError, InvalidInputError
 from exemplar.explain import Explainer
 from exemplar.options import ExplainOptions
 from exemplar.tasks import Example
+from worker.keys import cancel_key
+
+log = logging.getLogger("exemplar.worker")
 
 _explainers: dict[str, tuple[int, Explainer]] = {}
 
@@ -52,9 +56,14 @@ def explain_batch(
     results: list[dict[str, Any]] = []
     job = _current_job()
     for i, query in enumerate(queries):
-        if job is not None:  # progress for GET /v1/jobs/{id}
+        if job is not None:  # progress for GET /v1/jobs/{id}, and the cancel check
+            if _cancelled(job):
+                job.meta.update(done=i, total=len(queries), canceled=True)
+                _save_meta(job)
+                log.info("job %s cancelled after %d of %d queries", job.id, i, len(queries))
+                return results
             job.meta.update(done=i, total=len(queries))
-            job.save_meta()
+            _save_meta(job)
         try:
             if not isinstance(query, dict) or set(query) - set(fields):
                 raise InvalidInputError(f"query {i}: expected an object with fields {', '.join(fields)}")
@@ -67,6 +76,28 @@ def explain_batch(
         except ExemplarError as exc:
             results.append({"error": str(exc), "error_type": type(exc).__name__})
     return results
+
+
+def _cancelled(job: Any) -> bool:
+    """Whether `DELETE /v1/jobs/{id}` asked this job to stop (`worker.keys.cancel_key`); with Redis
+    unreachable, no (the job goes on, and a cancel sent meanwhile is seen at a later query)."""
+    from redis.exceptions import RedisError
+
+    try:
+        return bool(job.connection.exists(cancel_key(job.id)))
+    except RedisError as exc:
+        log.warning("job %s: cannot check for a cancel (%s); going on", job.id, exc)
+        return False
+
+
+def _save_meta(job: Any) -> None:
+    """Progress is best effort: a Redis outage must not fail the job (its result is saved at the end)."""
+    from redis.exceptions import RedisError
+
+    try:
+        job.save_meta()
+    except RedisError as exc:
+        log.warning("job %s: cannot save progress (%s); going on", job.id, exc)
 
 
 def _current_job() -> Any:

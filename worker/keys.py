@@ -5,6 +5,7 @@
 - `EXPLAIN_BATCH_JOB`, `BUILD_SHARD_JOB`: the functions the jobs run, named by import path.
 - `shard_job_id`: the RQ job id of one shard of one build plan.
 - `active_jobs_key`: the set of one client's queued or running batch jobs (`app.jobs`).
+- `cancel_key`: set by `DELETE /v1/jobs/{id}`; a running batch job stops at its next query.
 - `explanation_key` (prefix `EXPLANATION_PREFIX`): one cached explanation (`app.cache`).
 - `rate_limit_key`: one client's request count in one clock minute (`app.security`).
 
@@ -29,6 +30,11 @@ def shard_job_id(plan: str, shard: str) -> str:
 def active_jobs_key(owner: str) -> str:
     """Set of the ids of `owner`'s batch jobs that may still be queued or running."""
     return f"exemplar:jobs:active:{owner}"
+
+
+def cancel_key(job_id: str) -> str:
+    """Present once `job_id` was cancelled: the job checks it between queries (`worker.jobs.explain_batch`)."""
+    return f"exemplar:jobs:cancel:{job_id}"
 
 
 def explanation_key(version: str, request_sha256: str) -> str:
