@@ -47,10 +47,10 @@ def build_args(tmp_path: Path, classifier_dir: Path) -> list[str]:
     ]
 
 
-def start_worker(queue: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(queue: str, log: Path, redis_url: str = REDIS_URL) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [BIN / "exemplar-worker", "--redis", REDIS_URL, "--queue", queue, "--heartbeat", "1"],
+            [BIN / "exemplar-worker", "--redis", redis_url, "--queue", queue, "--heartbeat", "1"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=ENV,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,6 +14,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from redis import Redis
+from redis.exceptions import RedisError
 
 from app.main import create_app
 from app.settings import ApiSettings
@@ -142,6 +146,58 @@ def test_cancel_right_after_submit_never_lets_the_job_run_to_the_end(
     assert final["status"] in ("canceled", "stopped"), final
     assert again["status"] == final["status"], (final, again)
     assert again["done"] < again["total"] == 300, again
+
+
+def start_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+    """A redis-server of our own (append-only file in `data_dir`, so a restart keeps the jobs)."""
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--dir", str(data_dir)]
+    proc = subprocess.Popen(
+        ["redis-server", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if Redis(port=port, socket_timeout=1).ping():
+                return proc
+        except RedisError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail("redis-server did not start")
+
+
+def test_a_worker_outlives_a_redis_restart_mid_job(classifier_index: Path, queue: str, tmp_path: Path) -> None:
+    """Redis killed under a running job and restarted: the worker waits for it instead of exiting,
+    and the job is settled (retried and finished), not lost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    server = start_redis(port, tmp_path)
+    worker = None
+    try:
+        settings = ApiSettings(index_dir=classifier_index, redis_url=url, queue=queue)
+        with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+            queries = [{"text": f"query number {i} about markets and weather"} for i in range(150)]
+            job = c.post("/v1/jobs", json={"queries": queries, "options": {"k": 2, "strategy": "topk"}}).json()
+            worker = start_worker(queue, tmp_path / "worker.log", redis_url=url)
+            body = wait_for(c, job["id"], {"started"}, timeout=120)
+            server.kill()  # SIGKILL: no goodbye to the worker
+            server.wait()
+            time.sleep(3)
+            assert worker.poll() is None, "the worker exited when Redis went away"
+            server = start_redis(port, tmp_path)
+            done = wait_for(c, job["id"], {"finished", "failed"}, timeout=240)
+            assert worker.poll() is None, "the worker exited"
+    finally:
+        stop(*([worker] if worker else []))
+        server.kill()
+        server.wait()
+    assert body["status"] == "started"
+    assert done["status"] == "finished", done
+    assert len(done["results"]) == 150
+    assert "lost Redis" in (tmp_path / "worker.log").read_text()
 
 
 def test_bad_jobs_are_422_naming_the_query(client: TestClient) -> None:

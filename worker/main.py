@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.keys import DEFAULT_QUEUE
+
+log = logging.getLogger("exemplar.worker")
+MAX_BACKOFF_S = 30.0
+"""Longest wait between two checks whether a lost Redis is back."""
 
 
 class WorkerSettings(BaseSettings):
@@ -64,15 +70,44 @@ def main(argv: list[str] | None = None) -> None:
         except ExemplarError as exc:
             parser.exit(2, f"exemplar-worker: error: {exc}\n")
     connection = Redis.from_url(settings.redis_url)
-    queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
-    worker = _worker_class(Worker)(
-        [queue],
-        connection=connection,
-        serializer=JSONSerializer,
-        job_monitoring_interval=settings.heartbeat,
-        maintenance_interval=settings.heartbeat,  # retries abandoned jobs soon after their heartbeat expires
-    )
-    worker.work(burst=args.burst)
+
+    def make_worker() -> Any:
+        queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
+        return _worker_class(Worker)(
+            [queue],
+            connection=connection,
+            serializer=JSONSerializer,
+            job_monitoring_interval=settings.heartbeat,
+            maintenance_interval=settings.heartbeat,  # retries abandoned jobs soon after their heartbeat expires
+        )
+
+    work_through_outages(make_worker, connection, burst=args.burst)
+
+
+def work_through_outages(make_worker: Callable[[], Any], connection: Any, *, burst: bool = False) -> None:
+    """Run a worker; when Redis goes away (RQ's loop raises a connection error, seen mid-job), wait
+    for it with backoff (1 s doubling to `MAX_BACKOFF_S`) and start a fresh worker.
+
+    The job that was running is not lost: its entry in RQ's started-job registry stops being
+    heartbeated, so the next worker's maintenance retries it (as for a worker killed mid-job)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    while True:
+        try:
+            make_worker().work(burst=burst)
+            return
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("lost Redis (%s); waiting for it to come back", exc)
+        delay = 1.0
+        while True:
+            time.sleep(delay)
+            try:
+                connection.ping()
+                break
+            except (RedisConnectionError, RedisTimeoutError):
+                delay = min(2 * delay, MAX_BACKOFF_S)
+        log.info("Redis is back; starting a fresh worker")
 
 
 def _worker_class(base: type) -> type:
