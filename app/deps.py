@@ -1,7 +1,8 @@
 """What the routes share: the app's settings and served explainer, the auth guard, the model thread, queries.
 
 Per-app state lives on `app.state` (several apps may share one process, as in the tests):
-`settings`, `metrics`, `swap_lock` from `create_app`; `executor`, `explainer`, `cache`, `jobs`,
+`settings`, `metrics`, `swap_lock` from `create_app`; `executor` (the model lane), `heavy_executor`
+(the heavy lane, `in_executor`), `explainer`, `cache`, `jobs`,
 `limiter`, `batcher`, `served_since` from its lifespan. Index hot-swap (`swap_index`, used by
 `POST /v1/admin/reload` and the file watch) is here too: both open the new version on the
 model thread and swap the reference, so in-flight requests finish on the old one.
@@ -29,6 +30,7 @@ from exemplar.options import ExplainOptions
 from exemplar.results import Explanation
 from exemplar.store import read_manifest, resolve_index
 from exemplar.tasks import Example
+from exemplar.threads import PRIORITY
 
 log = logging.getLogger("exemplar.api")
 
@@ -67,19 +69,39 @@ JSON_BODY = [*PROTECTED, Depends(require_json)]
 """Dependencies of the routes that take a JSON body: the API key first, then the content type."""
 
 
-async def in_executor(request: Request, fn: Callable[[], Any]) -> Any:
-    """Run `fn` on the app's one model thread."""
-    return await asyncio.get_running_loop().run_in_executor(request.app.state.executor, fn)
+async def in_executor(request: Request, fn: Callable[[], Any], *, heavy: bool = False) -> Any:
+    """Run `fn` on the app's model lane, or with `heavy` on the heavy lane: a second thread whose
+    requests (compare, large pools, re-ranking) take the model only in short turns of its fair
+    lock, so light requests on the model lane are not starved behind them."""
+    lane = heavy and get_settings(request).heavy_lane
+    executor = request.app.state.heavy_executor if lane else request.app.state.executor
+    return await asyncio.get_running_loop().run_in_executor(executor, with_priority(fn, heavy=lane))
+
+
+def with_priority(fn: Callable[[], Any], *, heavy: bool) -> Callable[[], Any]:
+    """`fn` marked as heavy work (it waits at its checkpoints while light work runs) or light work
+    (`exemplar.threads.Priority`)."""
+
+    def run() -> Any:
+        with PRIORITY.heavy_work() if heavy else PRIORITY.light_work():
+            return fn()
+
+    return run
 
 
 async def explain_on_model(
     request: Request, explainer: Explainer, query: Example, options: ExplainOptions
 ) -> Explanation:
-    """One explanation on the model thread: through the micro-batcher when there is one, else alone."""
+    """One explanation: a heavy one (`ExplainOptions.heavy`) on the heavy lane, else on the model
+    thread, through the micro-batcher when there is one."""
     metrics: Metrics = request.app.state.metrics
     batcher: MicroBatcher | None = request.app.state.batcher
-    if batcher is not None:
-        result: Explanation = await batcher.submit(query, options)
+    result: Explanation
+    if options.heavy(explainer.config) and get_settings(request).heavy_lane:
+        result = await in_executor(request, lambda: explainer.explain(query, options), heavy=True)
+        metrics.batch_size.observe(1)
+    elif batcher is not None:
+        result = await batcher.submit(query, options)
     else:
         result = await in_executor(request, lambda: explainer.explain(query, options))
         metrics.batch_size.observe(1)

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.batching import MicroBatcher
 from app.cache import ExplanationCache
-from app.deps import open_explainer, watch_index
+from app.deps import open_explainer, watch_index, with_priority
 from app.errors import install_error_handlers
 from app.jobs import JobQueue
 from app.middleware import BodySizeLimit, add_request_id
@@ -46,6 +46,7 @@ def lifespan_of(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exemplar-model")
         app.state.executor = executor
+        app.state.heavy_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exemplar-heavy")
         limit_blas_threads(settings.blas_threads)
         if settings.torch_threads:
             import torch
@@ -75,7 +76,7 @@ def lifespan_of(
         app.state.batcher = None
         if settings.batch_max > 1:
             app.state.batcher = MicroBatcher(
-                lambda requests: app.state.explainer.explain_many(requests),
+                lambda requests: with_priority(lambda: app.state.explainer.explain_many(requests), heavy=False)(),
                 executor,
                 settings.batch_max,
                 settings.batch_wait_ms,
@@ -87,6 +88,7 @@ def lifespan_of(
             watcher.cancel()
         if app.state.batcher is not None:
             await app.state.batcher.stop()
+        app.state.heavy_executor.shutdown(wait=True)
         executor.shutdown(wait=True)
 
     return lifespan

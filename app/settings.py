@@ -30,6 +30,9 @@ class ApiSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
+    heavy_lane: bool = Field(
+        True, description="run heavy requests (compare, large pools, re-ranking) on their own thread (issue 24)"
+    )
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="larger request headers (all together) get 431")
     max_text_chars: int = Field(20_000, ge=1, description="longest text/prompt/response accepted")
     max_k: int = Field(50, ge=1)

@@ -23,9 +23,9 @@ strategy at one k, dB by k for one strategy), for the web page's comparison char
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from exemplar.results import ComparePoint, Comparison, Explanation, Selected
 from exemplar.store import Checkpoint, GradientStore
 from exemplar.strategies import COMPARED, Proposal, SelectionContext, order_by, retrieve, strategy
 from exemplar.tasks import Example
+from exemplar.threads import FairLock, checkpoint
 
 COMPARE_KS = (1, 5, 10, 25)
 """The k `compare` scores by default, capped by `max_k` and the index size."""
@@ -94,11 +95,19 @@ class Explainer:
         self.store = store
         self.featurizer = featurizer
         self.config = config or ExplainConfig()
-        self._model_lock = threading.Lock()
+        self._model_lock = FairLock()  # first come, first served: see exemplar.threads
         self.estimators = EstimatorSet(store)
         self._checkpoint_featurizers: list[KroneckerFeaturizer] | None = None
         self.strategy_state: dict[str, Any] = {}  # per-index state strategies keep (SelectionContext.shared)
         self.full = KroneckerGram(featurizer.model, featurizer.task, featurizer.layers, batches=featurizer.batches)
+
+    @contextlib.contextmanager
+    def _model(self) -> Iterator[None]:
+        """Hold the model (and its tokenizer): first come, first served, after any light work when
+        this is the API's heavy lane (`exemplar.threads.checkpoint`)."""
+        checkpoint()
+        with self._model_lock:
+            yield
 
     @classmethod
     def from_index(
@@ -120,7 +129,7 @@ class Explainer:
         each state keeps its layers' inputs and output gradients, so scoring it in the full
         space does not run the query again.
         """
-        with self._model_lock:
+        with self._model():
             for query in queries:
                 self._check_query(query)
             return self._featurize_checked(queries, keep_factors)
@@ -142,7 +151,7 @@ class Explainer:
         """Raise `InvalidInputError` for a query that cannot be explained as given: an unknown
         label, or (unless `truncate`, default `config.truncate_queries`) more tokens than the
         index's max_length."""
-        with self._model_lock:
+        with self._model():
             self._check_query(query, truncate)
 
     def _check_query(self, query: Example, truncate: bool | None = None) -> None:
@@ -157,7 +166,7 @@ class Explainer:
     def checkpoint_gradients(self, state: QueryState) -> list[np.ndarray]:
         """The query's gradient under each of the index's checkpoints (TracIn); models load on first use."""
         if state.checkpoint_grads is None:
-            with self._model_lock:
+            with self._model():
                 if self._checkpoint_featurizers is None:
                     self._checkpoint_featurizers = [self._load_checkpoint(c) for c in self.store.manifest.checkpoints]
                 state.checkpoint_grads = [f.featurize([state.example]).vectors[0] for f in self._checkpoint_featurizers]
@@ -181,8 +190,11 @@ class Explainer:
         the projected top 100 recovered the true top 10 for every query (docs/search.md)."""
         stored = self.store.examples_at(np.asarray(rows).tolist())
         training = [e.to_example() for e in stored]
-        with self._model_lock:
-            influence = -self.full.cross(self._query_factors(state), training)[0]  # (m,)
+        parts = []
+        for start in range(0, len(training), FULL_GROUP_ROWS):  # the model is shared: many short holds
+            with self._model():
+                parts.append(-self.full.cross(self._query_factors(state), training[start : start + FULL_GROUP_ROWS])[0])
+        influence = np.concatenate(parts) if parts else np.zeros(0)  # (m,)
         order = order_by(influence, ordering)
         return np.asarray(rows)[order], np.asarray(influence[order], dtype=np.float64)
 
@@ -285,7 +297,7 @@ class Explainer:
         """Full-space Gram of the query (position 0) and the training examples `rows` (positions 1..);
         the query's own pass is reused when its state kept its factors."""
         training = [e.to_example() for e in self.store.examples_at(np.asarray(rows).tolist())]
-        with self._model_lock:
+        with self._model():
             return self.full.gram(training, prefix=self._query_factors(state))
 
     def _query_factors(self, state: QueryState) -> LayerFactors:
@@ -319,7 +331,8 @@ class Explainer:
         distinct = list(dict.fromkeys(keys))
         union = sorted({r for key in distinct for r in key})
         examples = dict(zip(union, (e.to_example() for e in self.store.examples_at(union)), strict=True))
-        tokens = {r: len(self.featurizer.task.encode(e).input_ids) for r, e in examples.items()}
+        with self._model():  # the tokenizer is not thread-safe either
+            tokens = {r: len(self.featurizer.task.encode(e).input_ids) for r, e in examples.items()}
         groups: list[tuple[list[tuple[int, ...]], set[int]]] = []
         for key in sorted(distinct, key=len, reverse=True):
             members = set(key)
@@ -336,8 +349,9 @@ class Explainer:
             ordered = sorted(rows)
             position = {r: j for j, r in enumerate(ordered)}
             subsets = [[position[r] for r in key] for key in group]
-            with self._model_lock:
-                done = computer.subset_grams([examples[r] for r in ordered], subsets, prefix=self._query_factors(state))
+            with self._model():
+                query = self._query_factors(state)
+            done = computer.subset_grams([examples[r] for r in ordered], subsets, prefix=query, model=self._model)
             grams.update(zip(group, done, strict=True))
         return [grams[key] for key in keys]
 
@@ -426,7 +440,7 @@ class Explainer:
         keep = any(self.resolve(options).score_space == "full" for _, options in requests)
         states: list[QueryState | ExemplarError | None] = []
         try:
-            with self._model_lock:  # cheap per-query checks first, so one bad query does not split the batch
+            with self._model():  # cheap per-query checks first, so one bad query does not split the batch
                 for query, options in requests:
                     try:
                         self.check_options(self.resolve(options))

@@ -18,20 +18,20 @@ Each layer's products run in `dtype`, float64 by default: the paper's solver inv
 Gram's eigenvalues down to its truncation threshold, and float32 products (about twice as
 fast) moved its score by 0.13 dB from the materialised gradients' (tests/test_explain.py's
 full-space check for DIVINE on the tiny classifier index, run with `dtype=torch.float32`);
-the sum over layers is float64. Padded
-tokens have a zero output gradient and add nothing.
+the sum over layers is float64. Padded tokens have a zero output gradient and add nothing.
 
 Implementations of `GramComputer`:
 - `KroneckerGram`: the production path: batched forward/backward passes with module hooks,
-  examples processed in chunks of at most `max_tokens` tokens (two chunks held at a time,
-  so memory is bounded whatever the number of examples).
+  examples in chunks of at most `max_tokens` tokens (two held at a time: bounded memory).
 - `ReferenceGram`: the slow oracle: per example, the full weight gradients by autograd,
   flattened, and their float64 inner products.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -42,6 +42,7 @@ import torch
 from exemplar.errors import InvalidInputError
 from exemplar.relevance import Relevance, gram_relevance
 from exemplar.tasks import Encoded, Example, LossOutput, Task
+from exemplar.threads import checkpoint
 
 MAX_CHUNK_TOKENS = 4096
 """Real tokens per chunk of examples whose layer inputs and output gradients are held at once."""
@@ -293,23 +294,31 @@ class KroneckerGram:
         return self._assemble(chunks, p + len(examples))
 
     def subset_grams(
-        self, examples: Sequence[Example], subsets: Sequence[Sequence[int]], prefix: LayerFactors | None = None
+        self,
+        examples: Sequence[Example],
+        subsets: Sequence[Sequence[int]],
+        prefix: LayerFactors | None = None,
+        model: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> list[FullGram]:
         """The Gram of each subset (distinct positions in `examples`), `prefix` first in each, from
         ONE forward/backward of `examples`: overlapping subsets share the passes, and only each
         subset's own pairs are multiplied (`_within`); the prefix's products with the examples are
         taken once. Above `max_chunk_tokens` tokens in all, each subset is computed on its own
-        instead (`gram`, chunked), so memory stays bounded."""
-        encoded = [self.task.encode(e) for e in examples]
-        if sum(len(e.input_ids) for e in encoded) > self.max_chunk_tokens:
-            return [self.gram([examples[j] for j in subset], prefix=prefix) for subset in subsets]
-        f = self._factors(encoded)
+        instead (`gram`, chunked), so memory stays bounded. `model` guards what uses the model and
+        its tokenizer (the tokenisation and the forward/backward); the products run outside it, with
+        a `checkpoint` per layer."""
+        with model():
+            encoded = [self.task.encode(e) for e in examples]
+            if sum(len(e.input_ids) for e in encoded) > self.max_chunk_tokens:
+                return [self.gram([examples[j] for j in subset], prefix=prefix) for subset in subsets]
+            f = self._factors(encoded)
         index = [torch.tensor(list(subset), dtype=torch.long) for subset in subsets]
         p = prefix.n if prefix is not None else 0
         pp = torch.zeros(p, p, dtype=torch.float64)
         pf = torch.zeros(p, f.n, dtype=torch.float64)
         within = [torch.zeros(len(i), len(i), dtype=torch.float64) for i in index]
         for layer, shapes in enumerate(self.shapes):
+            checkpoint()
             if prefix is not None:
                 pp += _cross(prefix, prefix, layer, shapes, self.dtype, self.dense_max_elements).double()
                 pf += _cross(prefix, f, layer, shapes, self.dtype, self.dense_max_elements).double()

@@ -21,6 +21,8 @@ MAX_POOL_SIZE = 10_000
 """The largest candidate pool a request may ask for (`ExplainOptions.pool_size`; the API schema reads it)."""
 RERANKS = ("none", "full")
 """`rerank`: "full" re-orders the candidate pool by exact full-space Grad-Dot influence (`Explainer.rerank`)."""
+HEAVY_K = 25
+"""Above this k a request counts as heavy (`ExplainOptions.heavy`)."""
 RERANK_MAX_POOL = 1000
 """`rerank: "full"` runs a forward/backward of every candidate: larger pools are refused (about 13 ms
 per candidate for MiniLM on 2 cores, so 1,000 already hold the model for over 10 s)."""
@@ -51,6 +53,12 @@ class ExplainOptions:
     preset: str = DEFAULT_PRESET  # search effort of approximate indexes (exemplar.search.PRESETS)
     score_space: str | None = None  # SCORE_SPACES; None: the deployment's default (ExplainConfig)
     rerank: str = "none"  # RERANKS: "full" re-ranks the candidate pool by exact full-space influence
+
+    def heavy(self, config: ExplainConfig) -> bool:
+        """Whether this request may hold the service for long (seconds to a minute): a candidate pool
+        above the deployment's default, exact full-space re-ranking, or k above `HEAVY_K`. The API
+        runs heavy requests on their own lane, so they take the model only in short turns."""
+        return (self.pool_size or config.pool_size) > config.pool_size or self.rerank == "full" or self.k > HEAVY_K
 
     def check(self, config: ExplainConfig) -> None:
         """Raise `InvalidInputError` unless these options are valid under `config` (no model work;

@@ -1,4 +1,9 @@
-"""Thread pools of the numeric libraries in a serving process.
+"""Threads in a serving process: the numeric libraries' thread pools, and the model's lock.
+
+`FairLock` serialises model work (PyTorch autograd on one shared model is not thread-safe)
+first come, first served: a thread that releases it and asks again queues behind those
+already waiting, so a long request that takes the model in many short holds cannot starve a
+short one (a plain `threading.Lock` lets the releasing thread win again and again).
 
 numpy's BLAS (OpenBLAS) starts one thread per core and keeps them spinning between calls.
 The selection code makes many small BLAS calls (Gram matrices, pseudo-inverses of a few
@@ -7,6 +12,13 @@ spinning threads fight them: beside a busy process `reconstruct` ran 3.9x / 6.1x
 `benchmarks/blas_threads.py` than with one BLAS thread, which costs nothing measurable on an
 idle machine. torch's thread pool (OpenMP) is separate and not affected.
 """
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from types import TracebackType
 
 from threadpoolctl import threadpool_limits
 
@@ -17,3 +29,82 @@ BLAS_THREADS = 1
 def limit_blas_threads(threads: int = BLAS_THREADS) -> None:
     """Cap numpy's BLAS thread pool at ``threads`` for the whole process (kept across forks)."""
     threadpool_limits(limits=threads, user_api="blas")
+
+
+class FairLock:
+    """A lock granted in the order it was asked for (FIFO); use it as a context manager."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[int] = deque()
+        self._held = False
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            self._queue.append(me)
+            while self._held or self._queue[0] != me:
+                self._cond.wait()
+            self._queue.popleft()
+            self._held = True
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+
+HEAVY_MAX_WAIT_S = 2.0
+"""Longest a heavy step waits for light work at one checkpoint: under a steady stream of light
+requests heavy ones still move on, one step at least every this many seconds."""
+
+
+class Priority:
+    """Light work first: while any light work runs, heavy work waits at its next `checkpoint`.
+
+    The API marks its model lane's work light and its heavy lane's work heavy (`light_work`,
+    `heavy_work`); the core calls `checkpoint` between steps of long computations (greedy steps,
+    layers of full-space products, before taking the model). A checkpoint is never inside a
+    hold of the model lock, so a waiting heavy thread never blocks a light one. Outside the API
+    (no work marked heavy) a checkpoint returns at once.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._light = 0
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def light_work(self) -> Iterator[None]:
+        with self._cond:
+            self._light += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._light -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def heavy_work(self) -> Iterator[None]:
+        self._local.heavy = True
+        try:
+            yield
+        finally:
+            self._local.heavy = False
+
+    def checkpoint(self) -> None:
+        if getattr(self._local, "heavy", False):
+            deadline = time.monotonic() + HEAVY_MAX_WAIT_S
+            with self._cond:
+                while self._light and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+
+
+PRIORITY = Priority()
+"""The process's one priority gate (threads of one process share the cores it arbitrates)."""
+
+
+def checkpoint() -> None:
+    """Where heavy work lets light work go first (`Priority`); free outside the API's heavy lane."""
+    PRIORITY.checkpoint()

@@ -233,6 +233,25 @@ def test_oversized_headers_are_431_and_long_ids_are_not_echoed_in_full(client: T
     assert "(10000 characters)" in r.json()["error"]
 
 
+def test_heavy_requests_run_on_their_own_lane(client: TestClient) -> None:
+    """With the model lane busy, compare and a heavy explain (a pool above the default) still run:
+    they are on the heavy lane and take the model only through its fair lock."""
+    import threading
+
+    release = threading.Event()
+    blocked = client.app.state.executor.submit(release.wait, 60)  # type: ignore[attr-defined]
+    try:
+        compare = client.post("/v1/compare", json={"text": "the cat sat", "k": 2, "ks": [1, 2]})
+        assert compare.status_code == 200, compare.text
+        heavy = client.post("/v1/explain", json={"text": "the cat sat", "k": 2, "pool_size": 200})
+        assert heavy.status_code == 200, heavy.text
+        assert not blocked.done()  # the model lane was busy all along
+    finally:
+        release.set()
+    blocked.result(timeout=10)
+    assert client.post("/v1/explain", json={"text": "the cat sat", "k": 2}).status_code == 200
+
+
 def test_health_and_docs(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz").json()

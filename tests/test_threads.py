@@ -1,5 +1,6 @@
 """The BLAS thread cap of the serving processes."""
 
+import pytest
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -20,3 +21,71 @@ def test_limit_blas_threads_caps_numpy_blas_and_leaves_torch_alone() -> None:
         limit_blas_threads(2)
         assert all(n == 2 for n in blas_threads())
     assert torch.get_num_threads() == torch_threads
+
+
+def test_fair_lock_is_granted_in_the_order_asked_even_to_a_thread_that_just_released_it() -> None:
+    import threading
+    import time
+
+    from exemplar.threads import FairLock
+
+    lock = FairLock()
+    order: list[str] = []
+    waiting = threading.Event()
+
+    def take(name: str) -> None:
+        with lock:
+            order.append(name)
+
+    def greedy() -> None:  # holds, then asks again at once: must queue behind "light"
+        with lock:
+            order.append("greedy-1")
+            waiting.wait(5)
+            time.sleep(0.2)  # "light" is waiting on the lock by now
+        with lock:
+            order.append("greedy-2")
+
+    first = threading.Thread(target=greedy)
+    first.start()
+    while not order:
+        time.sleep(0.01)
+    light = threading.Thread(target=take, args=("light",))
+    light.start()
+    waiting.set()
+    first.join(10)
+    light.join(10)
+    assert order == ["greedy-1", "light", "greedy-2"]
+
+
+def test_heavy_work_waits_at_its_checkpoints_while_light_work_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import exemplar.threads as threads
+
+    monkeypatch.setattr(threads, "HEAVY_MAX_WAIT_S", 60.0)
+    gate = threads.Priority()
+    events: list[str] = []
+    light_in, light_out, heavy_at_checkpoint = threading.Event(), threading.Event(), threading.Event()
+
+    def light() -> None:
+        with gate.light_work():
+            light_in.set()
+            light_out.wait(10)
+            events.append("light done")
+
+    def heavy() -> None:
+        with gate.heavy_work():
+            light_in.wait(10)
+            heavy_at_checkpoint.set()
+            gate.checkpoint()
+            events.append("heavy step")
+
+    threads_ = [threading.Thread(target=light), threading.Thread(target=heavy)]
+    for t in threads_:
+        t.start()
+    heavy_at_checkpoint.wait(10)
+    light_out.set()
+    for t in threads_:
+        t.join(10)
+    assert events == ["light done", "heavy step"]
+    gate.checkpoint()  # not heavy work: returns at once

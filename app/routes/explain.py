@@ -59,7 +59,7 @@ async def compare(body: CompareRequest, request: Request) -> CompareResponse:
     query = to_query(body, explainer.store.manifest.task, get_settings(request).max_text_chars)
     options = options_of(body)
     result: Comparison = await in_executor(
-        request, lambda: explainer.compare(query, options, strategies=body.strategies, ks=body.ks)
+        request, lambda: explainer.compare(query, options, strategies=body.strategies, ks=body.ks), heavy=True
     )
     metrics: Metrics = request.app.state.metrics
     metrics.stage.labels("gradient").observe(result.timings_ms["gradient"] / 1e3)

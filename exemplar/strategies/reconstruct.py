@@ -25,6 +25,7 @@ from exemplar.simplex import exact_simplex_weights, simplex_weights_gram
 from exemplar.store import GradientStore
 from exemplar.strategies.base import TIE_RTOL, Proposal, SelectionContext, int_at_least, positive_int
 from exemplar.strategies.reduced import ReducedScorer
+from exemplar.threads import checkpoint
 
 RECONSTRUCT_POOL_PER_K = 4
 """Without an explicit pool_size, `reconstruct` takes at least 4k nearest and 4k aligned candidates
@@ -262,6 +263,7 @@ def reconstruct_selections(
         order = list(order)
         ratio = scored(order) if order else 0.0
         while len(order) < steps:
+            checkpoint()  # long searches let light requests go first (exemplar.threads.Priority)
             open_idx = np.setdiff1d(np.arange(m), order)
             best, ratio = best_of([[*order, int(j)] for j in open_idx], scorer.extensions(order, open_idx))
             order.append(int(open_idx[best]))
@@ -271,6 +273,7 @@ def reconstruct_selections(
         for _ in range(swap_sweeps):
             swapped = False
             for i in range(len(order)):
+                checkpoint()
                 open_idx = np.flatnonzero(~chosen)
                 if open_idx.size == 0:
                     break
@@ -298,6 +301,7 @@ def reconstruct_selections(
         for _ in range(steps):
             made: dict[frozenset[int], tuple[list[int], float]] = {}  # distinct selections, in the order made
             for sel in beam:
+                checkpoint()
                 open_idx = np.setdiff1d(np.arange(m), sel)
                 for j, screened_ratio in zip(open_idx, scorer.extensions(sel, open_idx), strict=True):
                     made.setdefault(frozenset([*sel, int(j)]), ([*sel, int(j)], float(screened_ratio)))
