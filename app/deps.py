@@ -75,15 +75,17 @@ async def in_executor(request: Request, fn: Callable[[], Any], *, heavy: bool = 
     lock, so light requests on the model lane are not starved behind them."""
     lane = heavy and get_settings(request).heavy_lane
     executor = request.app.state.heavy_executor if lane else request.app.state.executor
-    return await asyncio.get_running_loop().run_in_executor(executor, with_priority(fn, heavy=lane))
+    timeout_s = get_settings(request).request_timeout_s or None
+    run = with_priority(fn, heavy=lane, timeout_s=timeout_s)
+    return await asyncio.get_running_loop().run_in_executor(executor, run)
 
 
-def with_priority(fn: Callable[[], Any], *, heavy: bool) -> Callable[[], Any]:
-    """`fn` marked as heavy work (it waits at its checkpoints while light work runs) or light work
-    (`exemplar.threads.Priority`)."""
+def with_priority(fn: Callable[[], Any], *, heavy: bool, timeout_s: float | None = None) -> Callable[[], Any]:
+    """`fn` marked as heavy work (it waits at its checkpoints while light work runs, and stops at one
+    past `timeout_s` seconds) or light work (`exemplar.threads.Priority`)."""
 
     def run() -> Any:
-        with PRIORITY.heavy_work() if heavy else PRIORITY.light_work():
+        with PRIORITY.heavy_work(timeout_s) if heavy else PRIORITY.light_work():
             return fn()
 
     return run

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from exemplar.errors import (
     AuthenticationError,
     CapacityError,
+    DeadlineExceededError,
     ExemplarError,
     IndexIncompatibleError,
     InvalidInputError,
@@ -23,7 +24,8 @@ from exemplar.errors import (
 
 log = logging.getLogger("exemplar.api")
 
-STATUS: dict[type[ExemplarError], tuple[int, str]] = {
+STATUS: dict[type[ExemplarError], tuple[int, str]] = {  # subclasses before their bases
+    DeadlineExceededError: (503, "deadline_exceeded"),
     InvalidInputError: (422, "invalid_input"),
     NotFoundError: (404, "not_found"),
     CapacityError: (413, "capacity"),
@@ -67,8 +69,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def exemplar_error(request: Request, exc: ExemplarError) -> JSONResponse:
         status, error_type = next((v for cls, v in STATUS.items() if isinstance(exc, cls)), (500, "internal"))
         response = error_response(request, status, error_type, str(exc))
-        if isinstance(exc, RateLimitedError):
-            response.headers["Retry-After"] = str(exc.retry_after)
+        retry_after = getattr(exc, "retry_after", None)  # rate limits, deadlines
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
         return response
 
     @app.exception_handler(RequestValidationError)

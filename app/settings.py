@@ -30,6 +30,12 @@ class ApiSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
+    request_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        description="a heavy request still running after this many seconds is stopped at its next step and "
+        "answered 503 with Retry-After (0: no deadline)",
+    )
     heavy_lane: bool = Field(
         True, description="run heavy requests (compare, large pools, re-ranking) on their own thread (issue 24)"
     )

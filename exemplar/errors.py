@@ -40,6 +40,15 @@ class UnavailableError(ExemplarError):
     """A backing service the operation needs (e.g. Redis for batch jobs) is not configured or not reachable."""
 
 
+class DeadlineExceededError(UnavailableError):
+    """A request ran past its deadline and was stopped at its next step; ``retry_after`` (s) says when
+    the service may have room again."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class RateLimitedError(ExemplarError):
     """Too many requests or jobs for a client right now; ``retry_after`` says when to come back."""
 

@@ -22,6 +22,8 @@ from types import TracebackType
 
 from threadpoolctl import threadpool_limits
 
+from exemplar.errors import DeadlineExceededError
+
 BLAS_THREADS = 1
 """Default size of numpy's BLAS thread pool in the API and worker processes."""
 
@@ -86,14 +88,27 @@ class Priority:
                 self._cond.notify_all()
 
     @contextlib.contextmanager
-    def heavy_work(self) -> Iterator[None]:
+    def heavy_work(self, timeout_s: float | None = None) -> Iterator[None]:
+        """Mark this thread's work heavy; with `timeout_s`, a checkpoint past that many seconds
+        raises `DeadlineExceededError` (the work stops at its next step)."""
         self._local.heavy = True
+        self._local.deadline = time.monotonic() + timeout_s if timeout_s else None
+        self._local.timeout_s = timeout_s
         try:
             yield
         finally:
             self._local.heavy = False
+            self._local.deadline = None
 
     def checkpoint(self) -> None:
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is not None and time.monotonic() > deadline:
+            timeout_s = self._local.timeout_s
+            raise DeadlineExceededError(
+                f"the request ran past its deadline of {timeout_s:g} s and was stopped: ask for less (a smaller "
+                "pool_size, fewer strategies or ks) or submit it as a batch job (POST /v1/jobs)",
+                retry_after=max(1, round(timeout_s)),
+            )
         if getattr(self._local, "heavy", False):
             deadline = time.monotonic() + HEAVY_MAX_WAIT_S
             with self._cond:

@@ -252,6 +252,17 @@ def test_heavy_requests_run_on_their_own_lane(client: TestClient) -> None:
     assert client.post("/v1/explain", json={"text": "the cat sat", "k": 2}).status_code == 200
 
 
+def test_a_heavy_request_past_its_deadline_is_503_with_retry_after(classifier_index: Path) -> None:
+    settings = ApiSettings(index_dir=classifier_index, request_timeout_s=1e-9)
+    with TestClient(create_app(settings, Explainer.from_index(classifier_index))) as c:
+        r = c.post("/v1/compare", json={"text": "the cat sat", "k": 2, "ks": [1, 2]})
+        assert r.status_code == 503, r.text
+        assert r.json()["error_type"] == "deadline_exceeded"
+        assert "batch job" in r.json()["error"]
+        assert r.headers["Retry-After"] == "1"
+        assert c.post("/v1/explain", json={"text": "the cat sat", "k": 2}).status_code == 200  # light: no deadline
+
+
 def test_health_and_docs(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz").json()

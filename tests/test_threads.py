@@ -89,3 +89,16 @@ def test_heavy_work_waits_at_its_checkpoints_while_light_work_runs(monkeypatch: 
         t.join(10)
     assert events == ["light done", "heavy step"]
     gate.checkpoint()  # not heavy work: returns at once
+
+
+def test_heavy_work_past_its_deadline_stops_at_the_next_checkpoint() -> None:
+    from exemplar.errors import DeadlineExceededError
+    from exemplar.threads import Priority
+
+    gate = Priority()
+    with gate.heavy_work(timeout_s=60):
+        gate.checkpoint()  # well within the deadline
+    with gate.heavy_work(timeout_s=1e-9), pytest.raises(DeadlineExceededError, match="batch job") as stopped:
+        gate.checkpoint()
+    assert stopped.value.retry_after == 1
+    gate.checkpoint()  # the deadline ended with the heavy work
