@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.batching import MicroBatcher
 from app.cache import ExplanationCache
-from app.deps import open_explainer, watch_index, with_priority
+from app.deps import open_explainer, watch_index
 from app.errors import install_error_handlers
 from app.jobs import JobQueue
 from app.middleware import BodySizeLimit, add_request_id
@@ -32,7 +32,10 @@ from app.security import RateLimiter
 from app.settings import ApiSettings
 from exemplar.errors import ExemplarError
 from exemplar.explain import Explainer
-from exemplar.threads import limit_blas_threads
+from exemplar.options import ExplainOptions
+from exemplar.results import Explanation
+from exemplar.tasks import Example
+from exemplar.threads import PRIORITY, limit_blas_threads
 
 log = logging.getLogger("exemplar.api")
 
@@ -75,8 +78,13 @@ def lifespan_of(
             watcher = asyncio.create_task(watch_index(app))
         app.state.batcher = None
         if settings.batch_max > 1:
+
+            def explain_batch(requests: Sequence[tuple[Example, ExplainOptions]]) -> list[Explanation | ExemplarError]:
+                with PRIORITY.light_work():  # the model lane's work goes before the heavy lane's
+                    return app.state.explainer.explain_many(requests)
+
             app.state.batcher = MicroBatcher(
-                lambda requests: with_priority(lambda: app.state.explainer.explain_many(requests), heavy=False)(),
+                explain_batch,
                 executor,
                 settings.batch_max,
                 settings.batch_wait_ms,

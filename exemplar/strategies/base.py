@@ -72,13 +72,6 @@ class SelectionContext:
         """The estimator's exact influence of `rows` on the query, float64."""
         return np.asarray(self.estimator.influence(self.store, self.query, rows), dtype=np.float64)
 
-    def from_pool(self, strategy: str, pick: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> list[Proposal]:
-        """`strategy`'s one proposal from the candidate pool: `pick(influence, rows)` (both `(m,)`,
-        best first) returns positions in the pool, in selection order."""
-        rows, influence = self.candidates()
-        picked = pick(influence, rows)
-        return [Proposal(strategy, rows[picked], influence[picked])]
-
     def proposal(self, strategy: str, rows: np.ndarray) -> Proposal:
         """`rows` as `strategy`'s proposal, with their exact influence."""
         return Proposal(strategy, rows, self.influence(rows))
@@ -129,7 +122,9 @@ class FromPool:
     uses_influence: bool = True
 
     def propose(self, ctx: SelectionContext) -> list[Proposal]:
-        return ctx.from_pool(self.name, lambda influence, rows: self.pick(ctx, influence, rows))
+        rows, influence = ctx.candidates()
+        picked = self.pick(ctx, influence, rows)
+        return [Proposal(self.name, rows[picked], influence[picked])]
 
 
 @dataclass(frozen=True)
