@@ -23,9 +23,12 @@ from app.batching import MicroBatcher
 from app.observability import Metrics
 from app.schemas import QueryFields
 from app.security import authenticate
+from app.serialise import describe
 from app.settings import ApiSettings, explain_config
+from exemplar.cost import Cost
 from exemplar.errors import ExemplarError, InvalidInputError
 from exemplar.explain import Explainer
+from exemplar.memory import release_memory
 from exemplar.options import ExplainOptions
 from exemplar.results import Explanation
 from exemplar.store import read_manifest, resolve_index
@@ -85,21 +88,43 @@ def with_priority(fn: Callable[[], Any], *, heavy: bool, timeout_s: float | None
     past `timeout_s` seconds) or light work (`exemplar.threads.Priority`)."""
 
     def run() -> Any:
-        with PRIORITY.heavy_work(timeout_s) if heavy else PRIORITY.light_work():
-            return fn()
+        if not heavy:
+            with PRIORITY.light_work():
+                return fn()
+        try:
+            with PRIORITY.heavy_work(timeout_s):
+                return fn()
+        finally:  # a heavy request's large transient arrays (pools, pairwise matrices) go back to the OS
+            release_memory()
 
     return run
+
+
+def admit(
+    request: Request, explainer: Explainer, options: ExplainOptions, points: list[tuple[str, int]] | None = None
+) -> Cost:
+    """The request's estimated cost (`Explainer.cost`), refused (`CostLimitError`, 413) above the
+    server's limit: `max_request_cost_s`, by default the request deadline."""
+    settings = get_settings(request)
+    limit = settings.max_request_cost_s if settings.max_request_cost_s is not None else settings.request_timeout_s
+    explainer.check_options(explainer.resolve(options))  # a bad option is named before any estimate
+    cost = explainer.cost(options, points)
+    cost.check(limit)
+    request.state.cost = cost
+    return cost
 
 
 async def explain_on_model(
     request: Request, explainer: Explainer, query: Example, options: ExplainOptions
 ) -> Explanation:
-    """One explanation: a heavy one (`ExplainOptions.heavy`) on the heavy lane, else on the model
-    thread, through the micro-batcher when there is one."""
+    """One explanation, refused up front when its estimated cost is above the limit (`admit`): a
+    heavy one (estimated above `exemplar.cost.HEAVY_COST_S`, or `ExplainOptions.heavy`) on the heavy
+    lane, else on the model thread, through the micro-batcher when there is one."""
     metrics: Metrics = request.app.state.metrics
     batcher: MicroBatcher | None = request.app.state.batcher
+    cost = admit(request, explainer, options)
     result: Explanation
-    if options.heavy(explainer.config) and get_settings(request).heavy_lane:
+    if (cost.heavy or options.heavy(explainer.config)) and get_settings(request).heavy_lane:
         result = await in_executor(request, lambda: explainer.explain(query, options), heavy=True)
         metrics.batch_size.observe(1)
     elif batcher is not None:
@@ -129,24 +154,30 @@ def to_query(body: QueryFields, task: str, max_text_chars: int, where: str = "")
     return Example(prompt=body.prompt, response=body.response)
 
 
-def open_explainer(settings: ApiSettings) -> Explainer:
-    """Open the index version `settings.index_dir` stands for now (blocking: run it on the model thread)."""
+def open_explainer(settings: ApiSettings, previous: Explainer | None = None) -> Explainer:
+    """Open the index version `settings.index_dir` stands for now (blocking: run it on the model thread);
+    a version over the same model as `previous` shares its loaded model (`Explainer.from_index`)."""
     config = explain_config(settings)
-    return Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size)
+    return Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size, previous=previous)
 
 
-async def swap_index(app: FastAPI, why: str) -> tuple[Explainer, Explainer]:
-    """Open the version `settings.index_dir` stands for now and serve it; returns (previous, fresh).
+async def swap_index(app: FastAPI, why: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Open the version `settings.index_dir` stands for now and serve it; returns the previous and
+    the fresh version's descriptions (`app.serialise.describe`).
 
     It is opened on the model thread, between requests: requests already running finish
     on the old version, later ones (and queued micro-batches) get the new one, none
-    fails. If it cannot be opened, the exception propagates and the old one stays.
+    fails. If it cannot be opened, the exception propagates and the old one stays. A version
+    over the same model shares the loaded model; the old version's store and caches are freed
+    once the last request on it finishes, and the memory is given back to the OS
+    (`exemplar.memory.release_memory`).
     """
     settings: ApiSettings = app.state.settings
     metrics: Metrics = app.state.metrics
     async with app.state.swap_lock:
         previous: Explainer = app.state.explainer
-        fresh = await asyncio.get_running_loop().run_in_executor(app.state.executor, open_explainer, settings)
+        loop = asyncio.get_running_loop()
+        fresh = await loop.run_in_executor(app.state.executor, open_explainer, settings, previous)
         app.state.explainer = fresh
         app.state.served_since = time.time()
         metrics.reloads.labels(why).inc()
@@ -158,7 +189,10 @@ async def swap_index(app: FastAPI, why: str) -> tuple[Explainer, Explainer]:
             previous.store.path,
             previous.store.n,
         )
-        return previous, fresh
+        described = describe(previous), describe(fresh)
+    del previous, fresh
+    await asyncio.to_thread(release_memory)
+    return described
 
 
 def index_changed(index_dir: Path, served: Explainer) -> bool:

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from exemplar.errors import (
     AuthenticationError,
     CapacityError,
+    CostLimitError,
     DeadlineExceededError,
     ExemplarError,
     IndexIncompatibleError,
@@ -26,6 +27,7 @@ log = logging.getLogger("exemplar.api")
 
 STATUS: dict[type[ExemplarError], tuple[int, str]] = {  # subclasses before their bases
     DeadlineExceededError: (503, "deadline_exceeded"),
+    CostLimitError: (413, "cost_limit"),
     InvalidInputError: (422, "invalid_input"),
     NotFoundError: (404, "not_found"),
     CapacityError: (413, "capacity"),
@@ -72,6 +74,9 @@ def install_error_handlers(app: FastAPI) -> None:
         retry_after = getattr(exc, "retry_after", None)  # rate limits, deadlines
         if retry_after is not None:
             response.headers["Retry-After"] = str(retry_after)
+        if isinstance(exc, CostLimitError):
+            response.headers["X-Cost-Estimate-S"] = f"{exc.estimate_s:.3g}"
+            response.headers["X-Cost-Limit-S"] = f"{exc.limit_s:g}"
         return response
 
     @app.exception_handler(RequestValidationError)

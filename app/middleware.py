@@ -19,7 +19,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 async def add_request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Take the caller's `X-Request-ID` (when well-formed) or make one; log and count the request."""
+    """Take the caller's `X-Request-ID` (when well-formed) or make one; log and count the request; say
+    what the request was estimated to cost (`X-Cost-Estimate-S`, seconds) when it was estimated."""
     given = request.headers.get("x-request-id", "")
     request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
     token = REQUEST_ID.set(request.state.request_id)
@@ -27,6 +28,9 @@ async def add_request_id(request: Request, call_next: Callable[[Request], Awaita
     try:
         response = await call_next(request)
         response.headers["X-Request-ID"] = request.state.request_id
+        cost = getattr(request.state, "cost", None)  # set by `app.deps.admit` on explain and compare
+        if cost is not None:
+            response.headers["X-Cost-Estimate-S"] = f"{cost.seconds:.3g}"
         route = getattr(request.scope.get("route"), "path", "unmatched")
         seconds = time.perf_counter() - started
         metrics: Metrics = request.app.state.metrics

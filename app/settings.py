@@ -36,6 +36,12 @@ class ApiSettings(BaseSettings):
         description="a heavy request still running after this many seconds is stopped at its next step and "
         "answered 503 with Retry-After (0: no deadline)",
     )
+    max_request_cost_s: float | None = Field(
+        None,
+        ge=0,
+        description="refuse up front (413 cost_limit) a request whose estimated cost (exemplar.cost) is above this "
+        "many seconds; default: the request deadline (request_timeout_s), which would most likely stop it; 0: no limit",
+    )
     heavy_lane: bool = Field(
         True, description="run heavy requests (compare, large pools, re-ranking) on their own thread (issue 24)"
     )

@@ -32,6 +32,16 @@ class CapacityError(ExemplarError):
     """A request exceeds a configured limit."""
 
 
+class CostLimitError(CapacityError):
+    """A request's estimated cost (`exemplar.cost`) is above the server's limit per request; it is
+    refused before any work, with the estimate and the limit in seconds."""
+
+    def __init__(self, message: str, *, estimate_s: float, limit_s: float) -> None:
+        super().__init__(message)
+        self.estimate_s = estimate_s
+        self.limit_s = limit_s
+
+
 class AuthenticationError(ExemplarError):
     """Missing or wrong credentials for a protected operation."""
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from exemplar import comparison
+from exemplar.cost import Cost, RowClock, estimate
 from exemplar.errors import ExemplarError, IndexIncompatibleError, InvalidInputError
 from exemplar.estimators import EstimatorSet, Query
 from exemplar.fullspace import FullGram, KroneckerGram, LayerFactors
@@ -40,14 +42,12 @@ from exemplar.index import build_featurizer, open_index
 from exemplar.models import load_model
 from exemplar.options import ExplainConfig, ExplainOptions
 from exemplar.relevance import Relevance, selection_relevance
-from exemplar.results import ComparePoint, Comparison, Explanation, Selected
+from exemplar.results import Comparison, Explanation, Selected
 from exemplar.store import Checkpoint, GradientStore
-from exemplar.strategies import COMPARED, Proposal, SelectionContext, order_by, retrieve, strategy
+from exemplar.strategies import Proposal, SelectionContext, order_by, retrieve, strategy
 from exemplar.tasks import Example
-from exemplar.threads import FairLock, checkpoint
+from exemplar.threads import PRIORITY, FairLock, checkpoint
 
-COMPARE_KS = (1, 5, 10, 25)
-"""The k `compare` scores by default, capped by `max_k` and the index size."""
 FULL_GROUP_ROWS = 64
 """Selections scored together in the full space (`compare`, `reconstruct`'s and `auto`'s candidates)
 share one forward/backward per group of at most this many distinct rows (a single larger selection
@@ -90,15 +90,29 @@ class Explainer:
     """
 
     def __init__(
-        self, store: GradientStore, featurizer: KroneckerFeaturizer, config: ExplainConfig | None = None
+        self,
+        store: GradientStore,
+        featurizer: KroneckerFeaturizer,
+        config: ExplainConfig | None = None,
+        *,
+        sharing: Explainer | None = None,
     ) -> None:
         self.store = store
         self.featurizer = featurizer
         self.config = config or ExplainConfig()
-        self._model_lock = FairLock()  # first come, first served: see exemplar.threads
         self.estimators = EstimatorSet(store)
-        self._checkpoint_featurizers: list[KroneckerFeaturizer] | None = None
         self.strategy_state: dict[str, Any] = {}  # per-index state strategies keep (SelectionContext.shared)
+        self._checkpoint_featurizers: list[KroneckerFeaturizer] | None = None
+        self._model_lock: FairLock
+        self.full: KroneckerGram
+        self.rows = RowClock()  # seconds per training example through the model, for `cost`
+        if sharing is not None and sharing.featurizer is featurizer:  # another version over the same model
+            self._model_lock = sharing._model_lock  # one model, one lock, whichever version a request uses
+            self.full, self.rows = sharing.full, sharing.rows
+            if sharing.store.manifest.checkpoints == store.manifest.checkpoints:
+                self._checkpoint_featurizers = sharing._checkpoint_featurizers
+            return
+        self._model_lock = FairLock()  # first come, first served: see exemplar.threads
         self.full = KroneckerGram(featurizer.model, featurizer.task, featurizer.layers, batches=featurizer.batches)
 
     @contextlib.contextmanager
@@ -111,11 +125,22 @@ class Explainer:
 
     @classmethod
     def from_index(
-        cls, index_dir: str | Path, config: ExplainConfig | None = None, *, batch_size: int = 16
+        cls,
+        index_dir: str | Path,
+        config: ExplainConfig | None = None,
+        *,
+        batch_size: int = 16,
+        previous: Explainer | None = None,
     ) -> Explainer:
-        """Open an index and the model it was built from; refuse any mismatch."""
-        store, featurizer = open_index(index_dir, batch_size=batch_size)
-        return cls(store, featurizer, config)
+        """Open an index and the model it was built from; refuse any mismatch.
+
+        With `previous` (the explainer served until now), a version built from the same model and
+        projection shares its model, featuriser and model lock (`exemplar.index.open_index`), so a
+        hot swap neither loads the model again nor leaves two copies alive.
+        """
+        reuse = (previous.store.manifest, previous.featurizer) if previous is not None else None
+        store, featurizer = open_index(index_dir, batch_size=batch_size, reuse=reuse)
+        return cls(store, featurizer, config, sharing=previous)
 
     def prepare(self, query: Example, *, keep_factors: bool = False) -> QueryState:
         """Featurise the query (one forward/backward); `keep_factors` for full-space scoring."""
@@ -193,7 +218,9 @@ class Explainer:
         parts = []
         for start in range(0, len(training), FULL_GROUP_ROWS):  # the model is shared: many short holds
             with self._model():
+                t0 = time.perf_counter()
                 parts.append(-self.full.cross(self._query_factors(state), training[start : start + FULL_GROUP_ROWS])[0])
+                self._observe_rows(len(parts[-1]), time.perf_counter() - t0)
         influence = np.concatenate(parts) if parts else np.zeros(0)  # (m,)
         order = order_by(influence, ordering)
         return np.asarray(rows)[order], np.asarray(influence[order], dtype=np.float64)
@@ -252,9 +279,9 @@ class Explainer:
         """The selection `options` asks for, scored in its score space (and in the projection)."""
         options = self.resolve(options)
         proposals = self.proposals(state, options)
-        return self._pick(options, proposals, *self._score_proposals(state, proposals, options))
+        return self.pick(options, proposals, *self.score_proposals(state, proposals, options))
 
-    def _score_proposals(
+    def score_proposals(
         self, state: QueryState, proposals: Sequence[Proposal], options: ExplainOptions
     ) -> tuple[list[Relevance], list[Relevance]]:
         """Each proposal's score in `options.score_space`, and in the projection."""
@@ -264,7 +291,7 @@ class Explainer:
         return self.full_scores(state, [p.rows for p in proposals], options.solver), projected
 
     @staticmethod
-    def _pick(
+    def pick(
         options: ExplainOptions,
         proposals: Sequence[Proposal],
         scores: Sequence[Relevance],
@@ -351,7 +378,9 @@ class Explainer:
             subsets = [[position[r] for r in key] for key in group]
             with self._model():
                 query = self._query_factors(state)
+            t0 = time.perf_counter()
             done = computer.subset_grams([examples[r] for r in ordered], subsets, prefix=query, model=self._model)
+            self._observe_rows(len(ordered), time.perf_counter() - t0)
             grams.update(zip(group, done, strict=True))
         return [grams[key] for key in keys]
 
@@ -362,6 +391,25 @@ class Explainer:
         t0 = time.perf_counter()
         state = self.prepare(query, keep_factors=options.score_space == "full")
         return self._finish(state, options, (time.perf_counter() - t0) * 1e3)
+
+    def cost(self, options: ExplainOptions, points: Sequence[tuple[str, int]] | None = None) -> Cost:
+        """The estimated cost of `options`, or of making each (strategy, k) of `points` with them
+        (`compare`), on this index and server (`exemplar.cost`); no model work."""
+        options = self.resolve(options)
+        return estimate(
+            points or [(options.strategy, options.k)],
+            pool=options.pool_size or self.config.pool_size,
+            n=self.store.n,
+            solver=options.solver,
+            full_space=options.score_space == "full",
+            rerank=options.rerank == "full",
+            row_s=self.rows.seconds,
+        )
+
+    def _observe_rows(self, rows: int, seconds: float) -> None:
+        """Feed the row clock, unless on the heavy lane (whose timings include waits for light work)."""
+        if not PRIORITY.is_heavy():
+            self.rows.observe(rows, seconds)
 
     def check_options(self, options: ExplainOptions) -> None:
         """Raise `InvalidInputError` unless `options` are valid for this index and configuration
@@ -377,56 +425,8 @@ class Explainer:
         strategies: Sequence[str] | None = None,
         ks: Sequence[int] | None = None,
     ) -> Comparison:
-        """Score several selections for one query, featurised ONCE.
-
-        `by_strategy`: each of `strategies` (default `exemplar.strategies.COMPARED` plus
-        `options.strategy`) at `options.k`; `by_k`: `options.strategy` at each of `ks`
-        (default `COMPARE_KS` up to `max_k` and the index size, plus `options.k`), ascending.
-        Every combination is checked before the model runs, so bad options cost nothing.
-        In the full space every selection is scored from shared Grams (`full_scores`).
-        """
-        options = self.resolve(options or ExplainOptions())
-        if strategies is None:
-            strategies = (*COMPARED, options.strategy)
-        if ks is None:
-            limit = min(self.config.max_k, self.store.n)
-            ks = [k for k in COMPARE_KS if k <= limit] + [options.k]
-        names = list(dict.fromkeys(strategies))
-        sizes = sorted(set(ks))
-        if not names or not sizes:
-            raise InvalidInputError("compare needs at least one strategy and one k")
-        for name in names:
-            self.check_options(replace(options, strategy=name))
-        for k in sizes:
-            self.check_options(replace(options, k=k))
-        t0 = time.perf_counter()
-        state = self.prepare(query, keep_factors=options.score_space == "full")
-        t1 = time.perf_counter()
-        points = list(dict.fromkeys([(name, options.k) for name in names] + [(options.strategy, k) for k in sizes]))
-        asked = {p: replace(options, strategy=p[0], k=p[1]) for p in points}
-        proposed = {p: self.proposals(state, asked[p]) for p in points}
-        flat = [prop for p in points for prop in proposed[p]]
-        scores, projected = self._score_proposals(state, flat, options)
-        scored: dict[tuple[str, int], ComparePoint] = {}
-        start = 0
-        for p in points:
-            n = len(proposed[p])
-            best = self._pick(asked[p], proposed[p], scores[start : start + n], projected[start : start + n])
-            start += n
-            scored[p] = ComparePoint(
-                p[0],
-                p[1],
-                float(best.relevance.db),
-                float(best.relevance.ratio),
-                len(best.proposal.rows),
-                best.reason,
-                float(best.projected.db),
-            )
-        by_strategy = [scored[name, options.k] for name in names]
-        by_k = [scored[options.strategy, k] for k in sizes]
-        t2 = time.perf_counter()
-        timings = {"gradient": (t1 - t0) * 1e3, "selection_and_score": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
-        return Comparison(state.prediction, options, by_strategy, by_k, timings)
+        """Score several selections for one query, featurised ONCE (`exemplar.comparison.compare`)."""
+        return comparison.compare(self, query, options, strategies=strategies, ks=ks)
 
     def explain_many(self, requests: Sequence[tuple[Example, ExplainOptions]]) -> list[Explanation | ExemplarError]:
         """Explain several outputs with ONE batched featurisation (micro-batching); per-request results.
@@ -476,7 +476,7 @@ class Explainer:
         t1 = time.perf_counter()
         proposals = self.proposals(state, options)
         t2 = time.perf_counter()
-        scored = self._pick(options, proposals, *self._score_proposals(state, proposals, options))
+        scored = self.pick(options, proposals, *self.score_proposals(state, proposals, options))
         t3 = time.perf_counter()
         rows, relevance = scored.proposal.rows, scored.relevance
         examples = self.store.examples_at(rows.tolist())

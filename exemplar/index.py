@@ -112,13 +112,42 @@ def write_index(
     return out
 
 
-def open_index(index_dir: str | Path, *, batch_size: int = 16) -> tuple[FaissGradientStore, KroneckerFeaturizer]:
+FEATURIZER_FIELDS = (
+    "task",
+    "model_dir",
+    "adapter_dir",
+    "model_checksum",
+    "params",
+    "layer_names",
+    "proj_dim",
+    "seed",
+    "max_length",
+)
+"""Manifest fields that decide the featuriser: two indexes that agree on them share one loaded model."""
+
+
+def same_featurizer(a: Manifest, b: Manifest) -> bool:
+    """Whether the vectors of two indexes come from the same model, layers and projection."""
+    return all(getattr(a, name) == getattr(b, name) for name in FEATURIZER_FIELDS)
+
+
+def open_index(
+    index_dir: str | Path,
+    *,
+    batch_size: int = 16,
+    reuse: tuple[Manifest, KroneckerFeaturizer] | None = None,
+) -> tuple[FaissGradientStore, KroneckerFeaturizer]:
     """The store and the featuriser of the model named by its manifest, checked against each other.
 
     `index_dir` may be a versioned root: its current version is opened (`store.resolve_index`).
+    With `reuse` (the manifest and featuriser of an index already open), a new version built
+    from the same model and projection (`same_featurizer`) gets that featuriser instead of a
+    second copy of the model: a hot swap after `index-builder append` holds one model, not two.
     """
     store = FaissGradientStore(resolve_index(index_dir))
     m = store.manifest
+    if reuse is not None and same_featurizer(reuse[0], m) and reuse[1].batch_size == batch_size:
+        return store, reuse[1]
     loaded = load_model(m.model_dir, m.task, m.adapter_dir)
     config = ProjectionConfig(params=m.params, proj_dim=m.proj_dim, seed=m.seed)
     featurizer = build_featurizer(loaded, config, m.max_length, batch_size=batch_size)

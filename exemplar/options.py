@@ -6,13 +6,14 @@ model work. Names come from the registries (`exemplar.strategies.STRATEGIES`,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exemplar.errors import InvalidInputError
 from exemplar.estimators import estimator_kind
 from exemplar.relevance import SOLVERS
 from exemplar.search import DEFAULT_PRESET, check_preset
-from exemplar.strategies import ORDERINGS, strategy
+from exemplar.strategies import COMPARED, ORDERINGS, strategy
 
 SCORE_SPACES = ("full", "projected")
 """Where a selection is scored: "full" = the model's own gradients of the tracked weights (exact, one
@@ -95,3 +96,30 @@ class ExplainOptions:
                 f"rerank 'full' re-ranks by exact full-space Grad-Dot influence: use estimator grad_dot, not "
                 f"{self.estimator!r}"
             )
+
+
+COMPARE_KS = (1, 5, 10, 25)
+"""The k `compare` scores by default, capped by `max_k` and the index size."""
+
+
+def compare_points(
+    options: ExplainOptions,
+    strategies: Sequence[str] | None,
+    ks: Sequence[int] | None,
+    *,
+    max_k: int,
+    n: int,
+) -> tuple[list[str], list[int], list[tuple[str, int]]]:
+    """What `compare` makes: its strategies (default `COMPARED` plus `options.strategy`), its ks
+    (default `COMPARE_KS` up to `max_k` and `n`, plus `options.k`; ascending) and the distinct
+    (strategy, k) points: each strategy at `options.k`, then `options.strategy` at each k."""
+    if strategies is None:
+        strategies = (*COMPARED, options.strategy)
+    if ks is None:
+        ks = [k for k in COMPARE_KS if k <= min(max_k, n)] + [options.k]
+    names = list(dict.fromkeys(strategies))
+    sizes = sorted(set(ks))
+    if not names or not sizes:
+        raise InvalidInputError("compare needs at least one strategy and one k")
+    points = list(dict.fromkeys([(name, options.k) for name in names] + [(options.strategy, k) for k in sizes]))
+    return names, sizes, points

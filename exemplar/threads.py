@@ -100,6 +100,10 @@ class Priority:
             self._local.heavy = False
             self._local.deadline = None
 
+    def is_heavy(self) -> bool:
+        """Whether this thread runs heavy work (its timings include waits for light work)."""
+        return bool(getattr(self._local, "heavy", False))
+
     def checkpoint(self) -> None:
         deadline = getattr(self._local, "deadline", None)
         if deadline is not None and time.monotonic() > deadline:

@@ -252,8 +252,53 @@ def test_heavy_requests_run_on_their_own_lane(client: TestClient) -> None:
     assert client.post("/v1/explain", json={"text": "the cat sat", "k": 2}).status_code == 200
 
 
+def test_a_request_estimated_to_cost_more_than_heavy_runs_on_the_heavy_lane(client: TestClient) -> None:
+    """`reconstruct` with the exact solver at k = 18 asks for no large pool and k <= 25, but its estimate
+    (exemplar.cost) is above HEAVY_COST_S: it runs on the heavy lane, not behind a busy model lane."""
+    import threading
+
+    release = threading.Event()
+    blocked = client.app.state.executor.submit(release.wait, 60)  # type: ignore[attr-defined]
+    body = {"text": "the cat sat", "k": 18, "strategy": "reconstruct", "solver": "exact", "score_space": "projected"}
+    try:
+        r = client.post("/v1/explain", json=body)
+        assert r.status_code == 200, r.text
+        assert float(r.headers["X-Cost-Estimate-S"]) > 2.0
+        assert not blocked.done()
+    finally:
+        release.set()
+    blocked.result(timeout=10)
+
+
+def test_a_request_estimated_above_the_limit_is_413_before_any_model_work(classifier_index: Path) -> None:
+    """Issue 24: refused up front, with the estimate, the limit and where to send it instead."""
+    settings = ApiSettings(index_dir=classifier_index, max_request_cost_s=0.5, watch_interval_s=0)
+    explainer = Explainer.from_index(classifier_index)
+    with TestClient(create_app(settings, explainer)) as c:
+        runs = []
+        featurize = explainer.featurizer.featurize
+        explainer.featurizer.featurize = lambda *a, **kw: runs.append(1) or featurize(*a, **kw)  # type: ignore[method-assign]
+        for path, body in [
+            ("/v1/compare", {"text": "the cat sat", "k": 10, "solver": "exact"}),
+            ("/v1/explain", {"text": "the cat sat", "k": 20, "strategy": "reconstruct", "solver": "exact"}),
+        ]:
+            r = c.post(path, json=body)
+            assert r.status_code == 413, r.text
+            out = r.json()
+            assert out["error_type"] == "cost_limit"
+            assert "limit of 0.5 s" in out["error"] and "POST /v1/jobs" in out["error"]
+            assert float(r.headers["X-Cost-Estimate-S"]) > 0.5 and r.headers["X-Cost-Limit-S"] == "0.5"
+        assert runs == []  # refused before the model ran
+        cheap = c.post("/v1/explain", json={"text": "the cat sat", "k": 2, "strategy": "topk", "score_space": "projected"})
+        assert cheap.status_code == 200, cheap.text
+        assert 0 < float(cheap.headers["X-Cost-Estimate-S"]) <= 0.5
+        assert runs == [1]
+        bad = c.post("/v1/explain", json={"text": "the cat sat", "k": 2, "strategy": "nope"})
+        assert bad.status_code == 422  # a bad option is named, not estimated
+
+
 def test_a_heavy_request_past_its_deadline_is_503_with_retry_after(classifier_index: Path) -> None:
-    settings = ApiSettings(index_dir=classifier_index, request_timeout_s=1e-9)
+    settings = ApiSettings(index_dir=classifier_index, request_timeout_s=1e-9, max_request_cost_s=0)
     with TestClient(create_app(settings, Explainer.from_index(classifier_index))) as c:
         r = c.post("/v1/compare", json={"text": "the cat sat", "k": 2, "ks": [1, 2]})
         assert r.status_code == 503, r.text
@@ -341,6 +386,36 @@ def test_reload_serves_an_appended_index_and_needs_the_admin_key(tmp_path: Path,
         broken = c.post("/v1/admin/reload", headers={"X-Admin-Key": "s3cret"})
         assert 400 <= broken.status_code < 500, broken.text
         assert c.post("/v1/explain", json={"text": "still served", "k": 3}).status_code == 200
+
+
+def test_a_reload_shares_the_model_and_frees_the_old_version(tmp_path: Path, classifier_index: Path) -> None:
+    """Issue 24: memory after a hot swap. A version over the same model gets the loaded model (not a
+    second copy), and nothing keeps the old version's store, estimators or caches alive."""
+    import gc
+    import shutil
+    import weakref
+
+    from exemplar.build import append_index
+    from exemplar.tasks import Example
+
+    index = tmp_path / "index"
+    shutil.copytree(classifier_index, index)
+    with TestClient(create_app(ApiSettings(index_dir=index, watch_interval_s=0))) as c:
+        assert c.post("/v1/explain", json={"text": "warm the caches", "k": 3}).status_code == 200
+        old = c.app.state.explainer  # type: ignore[attr-defined]
+        old_store, model = weakref.ref(old.store), old.featurizer.model
+        label, before = old.store.manifest.labels[0], old.store.n
+        gone = weakref.ref(old)
+        del old
+        append_index(index, [Example(id="new-1", text="a brand new example", label=label)])
+        assert c.post("/v1/admin/reload").status_code == 200
+        fresh = c.app.state.explainer  # type: ignore[attr-defined]
+        assert fresh.store.n == before + 1
+        assert fresh.featurizer.model is model  # shared, not loaded again
+        assert c.post("/v1/explain", json={"text": "a brand new example", "k": 3}).status_code == 200
+        gc.collect()
+        assert gone() is None, gc.get_referrers(gone())
+        assert old_store() is None
 
 
 def test_metrics_count_requests_by_route_and_stage(client: TestClient) -> None:

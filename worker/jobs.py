@@ -20,20 +20,28 @@ from worker.keys import cancel_key
 log = logging.getLogger("exemplar.worker")
 
 _explainers: dict[str, tuple[int, Explainer]] = {}
+MAX_OPEN_INDEXES = 2
+"""Indexes a worker process keeps open (the most recently used); each holds a model."""
 
 
 def load_explainer(index_dir: str) -> Explainer:
-    """Open an index once per worker process, and again when a new version replaced it (append, rebuild)."""
+    """Open an index once per worker process, and again when a new version replaced it (append,
+    rebuild: the new version shares the old one's model when built from the same one). At most
+    `MAX_OPEN_INDEXES` stay open; the least recently used is dropped."""
     from exemplar.store import MANIFEST
 
     try:
         version = (Path(index_dir) / MANIFEST).stat().st_mtime_ns
     except OSError:
         version = -1  # let from_index report what is wrong
-    cached = _explainers.get(index_dir)
+    cached = _explainers.pop(index_dir, None)
     if cached is None or cached[0] != version:
-        _explainers[index_dir] = (version, Explainer.from_index(index_dir))
-    return _explainers[index_dir][1]
+        previous = cached[1] if cached is not None else None
+        cached = (version, Explainer.from_index(index_dir, previous=previous))
+    _explainers[index_dir] = cached  # most recently used last
+    while len(_explainers) > MAX_OPEN_INDEXES:
+        del _explainers[next(iter(_explainers))]
+    return cached[1]
 
 
 def explain_batch(

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Request
 
 from app.deps import get_settings, swap_index
 from app.routes import ERRORS
-from app.serialise import describe
 from exemplar.errors import AuthenticationError
 
 router = APIRouter()
@@ -30,4 +29,4 @@ async def reload_index(request: Request) -> dict[str, Any]:
         if not hmac.compare_digest(digest, admin_key_sha256.lower()):
             raise AuthenticationError("reloading needs the admin key in the X-Admin-Key header")
     previous, fresh = await swap_index(request.app, "admin reload")
-    return {"previous": describe(previous), "index": describe(fresh)}
+    return {"previous": previous, "index": fresh}

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.cache import ExplanationCache, index_version, request_key
-from app.deps import JSON_BODY, explain_on_model, get_explainer, get_settings, in_executor, to_query
+from app.deps import JSON_BODY, admit, explain_on_model, get_explainer, get_settings, in_executor, to_query
 from app.observability import Metrics
 from app.routes import ERRORS
 from app.schemas import CompareRequest, CompareResponse, ExplainRequest, ExplainResponse
 from app.serialise import options_of, to_compare_response, to_response
+from exemplar.options import compare_points
 from exemplar.results import Comparison
 
 router = APIRouter()
@@ -57,7 +58,9 @@ async def compare(body: CompareRequest, request: Request) -> CompareResponse:
     """
     explainer = get_explainer(request)
     query = to_query(body, explainer.store.manifest.task, get_settings(request).max_text_chars)
-    options = options_of(body)
+    options = explainer.resolve(options_of(body))
+    _, _, points = compare_points(options, body.strategies, body.ks, max_k=explainer.config.max_k, n=explainer.store.n)
+    admit(request, explainer, options, points)
     result: Comparison = await in_executor(
         request, lambda: explainer.compare(query, options, strategies=body.strategies, ks=body.ks), heavy=True
     )

@@ -18,9 +18,13 @@ class Auto:
     summary = "Tries top-k, balanced and reconstruct and keeps the best-scoring one."
     compared = False  # the best of three others, not a method of its own
     uses_influence = True
+    scored_per_k = 3  # top-k, balanced and reconstruct's proposals, overlapping
 
     def __init__(self, candidates: dict[str, Strategy]) -> None:
         self.candidates = candidates
+
+    def work(self, m: int, k: int, solver: str) -> float:
+        return sum(self.candidates[name].work(m, k, solver) for name in AUTO_CANDIDATES)
 
     def propose(self, ctx: SelectionContext) -> list[Proposal]:
         return [p for name in AUTO_CANDIDATES for p in self.candidates[name].propose(ctx)]

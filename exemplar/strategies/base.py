@@ -108,6 +108,20 @@ class Strategy(Protocol):
 
     def propose(self, ctx: SelectionContext) -> list[Proposal]: ...
 
+    def work(self, m: int, k: int, solver: str) -> float: ...  # estimated seconds over m candidates (exemplar.cost)
+
+    @property
+    def scored_per_k(self) -> int: ...  # rows its proposals put through full-space scoring, per k (exemplar.cost)
+
+
+RANKING_S = 1e-6
+"""Seconds per candidate of a ranking (top-k, random, self)."""
+
+
+def ranking_work(m: int, k: int, solver: str) -> float:
+    """Estimated seconds of a ranking over m candidates (`Strategy.work`)."""
+    return RANKING_S * m
+
 
 @dataclass(frozen=True)
 class FromPool:
@@ -120,6 +134,11 @@ class FromPool:
     pick: Callable[[SelectionContext, np.ndarray, np.ndarray], np.ndarray]
     compared: bool = True
     uses_influence: bool = True
+    cost: Callable[[int, int, str], float] = ranking_work  # `work`
+    scored_per_k: int = 1
+
+    def work(self, m: int, k: int, solver: str) -> float:
+        return self.cost(m, k, solver)
 
     def propose(self, ctx: SelectionContext) -> list[Proposal]:
         rows, influence = ctx.candidates()
@@ -138,6 +157,10 @@ class Direct:
     pick: Callable[[SelectionContext], np.ndarray]
     compared: bool = True
     uses_influence: bool = False
+    scored_per_k: int = 1
+
+    def work(self, m: int, k: int, solver: str) -> float:
+        return ranking_work(m, k, solver)
 
     def propose(self, ctx: SelectionContext) -> list[Proposal]:
         return [ctx.proposal(self.name, self.pick(ctx))]

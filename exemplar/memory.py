@@ -1,0 +1,41 @@
+"""Giving memory back: after a large transient allocation (a large candidate pool's pairwise
+matrices, a swapped-out index) the objects are freed, but glibc's allocator keeps the pages in
+its arenas, so the process's RSS stays at its high-water mark. `release_memory` collects
+cycles and asks the allocator to return free pages to the OS (`malloc_trim`); elsewhere than
+glibc it only collects.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+from pathlib import Path
+from typing import Any
+
+
+@functools.cache
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def release_memory() -> None:
+    """Collect garbage and return the allocator's free pages to the OS (tens of ms at most)."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process (Linux `/proc`), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"no VmRSS in /proc/{pid}/status")
