@@ -216,10 +216,11 @@ class Explainer:
         stored = self.store.examples_at(np.asarray(rows).tolist())
         training = [e.to_example() for e in stored]
         parts = []
-        for start in range(0, len(training), FULL_GROUP_ROWS):  # the model is shared: many short holds
+        step = self.featurizer.batch_size  # the model is shared: one batch per hold
+        for start in range(0, len(training), step):
             with self._model():
                 t0 = time.perf_counter()
-                parts.append(-self.full.cross(self._query_factors(state), training[start : start + FULL_GROUP_ROWS])[0])
+                parts.append(-self.full.cross(self._query_factors(state), training[start : start + step])[0])
                 self._observe_rows(len(parts[-1]), time.perf_counter() - t0)
         influence = np.concatenate(parts) if parts else np.zeros(0)  # (m,)
         order = order_by(influence, ordering)

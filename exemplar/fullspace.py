@@ -311,7 +311,7 @@ class KroneckerGram:
             encoded = [self.task.encode(e) for e in examples]
             if sum(len(e.input_ids) for e in encoded) > self.max_chunk_tokens:
                 return [self.gram([examples[j] for j in subset], prefix=prefix) for subset in subsets]
-            f = self._factors(encoded)
+        f = self._factors(encoded, hold=model)  # the model held batch by batch: short holds
         index = [torch.tensor(list(subset), dtype=torch.long) for subset in subsets]
         p = prefix.n if prefix is not None else 0
         pp = torch.zeros(p, p, dtype=torch.float64)
@@ -452,15 +452,19 @@ class KroneckerGram:
                 out[rows] += (x.sum(dim=-1, dtype=torch.float64) * y.sum(dim=-1, dtype=torch.float64)).sum(dim=-1)
         return out.numpy()
 
-    def _factors(self, encoded: Sequence[Encoded]) -> LayerFactors:
-        """One forward/backward per batch; what each tracked layer saw and got back, kept as it is."""
+    def _factors(
+        self, encoded: Sequence[Encoded], hold: Callable[[], AbstractContextManager[None]] | None = None
+    ) -> LayerFactors:
+        """One forward/backward per batch; what each tracked layer saw and got back, kept as it is.
+        With `hold`, each batch's pass runs inside its own `hold()` (the caller's model lock)."""
         xs: list[list[torch.Tensor]] = [[] for _ in self.layers]
         ys: list[list[torch.Tensor]] = [[] for _ in self.layers]
         rows: list[torch.Tensor] = []
         losses = [0.0] * len(encoded)
         for group in self.batches(encoded):
             batch = self.task.collate([encoded[i] for i in group])
-            inputs, grads, out = forward_backward(self.model, self.task, self.layers, batch, lambda i, x: x)
+            with hold() if hold is not None else contextlib.nullcontext():
+                inputs, grads, out = forward_backward(self.model, self.task, self.layers, batch, lambda i, x: x)
             batch_xs, batch_ys = batch_factors(self.layers, len(group), inputs, grads)
             for i in range(len(self.layers)):
                 xs[i].append(batch_xs[i])

@@ -14,6 +14,7 @@ idle machine. torch's thread pool (OpenMP) is separate and not affected.
 """
 
 import contextlib
+import os
 import threading
 import time
 from collections import deque
@@ -118,6 +119,23 @@ class Priority:
             with self._cond:
                 while self._light and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
+
+
+HEAVY_NICE = 10
+"""How much lower the OS schedules the heavy lane's thread (`lower_thread_priority`): at nice 10
+against 0 it gets about a tenth of a contended core, so a step it cannot interrupt (a QR
+factorisation, one layer's products) slows light requests little."""
+
+
+def lower_thread_priority(nice: int = HEAVY_NICE) -> None:
+    """Lower the calling thread's scheduling priority by `nice` (Linux schedules threads on their
+    own; threads it starts later, such as torch's, inherit it). It cannot be raised back without
+    privileges: use it for a thread that only ever runs low-priority work. Elsewhere, a no-op."""
+    if not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
 
 
 PRIORITY = Priority()

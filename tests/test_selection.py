@@ -1115,3 +1115,15 @@ def test_reconstruct_refuses_a_negative_beam_width() -> None:
         reconstruct(test_grad, grads, 2, beam_width=-1)
     with pytest.raises(InvalidInputError, match="beam_width must be a non-negative integer"):
         reconstruct(test_grad, grads, 2, beam_width=1.5)  # type: ignore[arg-type]
+
+
+def test_pairwise_products_in_blocks_match_one_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large pools get their pairwise products in blocks of rows, with a checkpoint between blocks."""
+    from exemplar.strategies import greedy
+
+    calls: list[int] = []
+    monkeypatch.setattr(greedy, "checkpoint", lambda: calls.append(1))
+    monkeypatch.setattr(greedy, "PAIRWISE_BLOCK_ROWS", 64)
+    unit = greedy.unit_rows(np.random.default_rng(0).normal(size=(150, 12)))
+    np.testing.assert_allclose(greedy._self_products(unit), unit @ unit.T, rtol=0, atol=1e-12)
+    assert len(calls) == 3  # blocks of 64, 64 and 22 rows

@@ -102,3 +102,24 @@ def test_heavy_work_past_its_deadline_stops_at_the_next_checkpoint() -> None:
         gate.checkpoint()
     assert stopped.value.retry_after == 1
     gate.checkpoint()  # the deadline ended with the heavy work
+
+
+def test_lowering_a_threads_priority_leaves_the_others_alone() -> None:
+    """The API's heavy lane runs at a lower OS priority (nice +10); only that thread is lowered."""
+    import os
+    import threading
+
+    from exemplar.threads import HEAVY_NICE, lower_thread_priority
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: list[int] = []
+
+    def lowered() -> None:
+        lower_thread_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    t = threading.Thread(target=lowered)
+    t.start()
+    t.join()
+    assert seen == [min(19, mine + HEAVY_NICE)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
