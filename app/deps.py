@@ -95,7 +95,7 @@ def with_priority(fn: Callable[[], Any], *, heavy: bool, timeout_s: float | None
             with PRIORITY.heavy_work(timeout_s):
                 return fn()
         finally:  # a heavy request's large transient arrays (pools, pairwise matrices) go back to the OS
-            release_memory()
+            release_memory(collect=False)
 
     return run
 

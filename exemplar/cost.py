@@ -10,9 +10,10 @@ The estimate is in seconds on this server, from what the request asks for and th
   data-dependent (k = 25 over 2,000 tweets took 7.7 s, k = 50 took 788 s), and its term is
   fitted to the slow end;
 - **model**: the training examples the model runs on, one forward/backward and the full-space
-  products each (the full-space score of every proposal's rows, exact re-ranking of the pool),
-  at this server's seconds per example (`RowClock`: `ROW_SECONDS` until requests have measured
-  it, then their moving average).
+  products each (the full-space score of every proposal's rows: `scored_per_k` rows per k, and
+  the products of their pairs, `PAIRS_PER_ROW`; exact re-ranking of the pool), at this
+  server's seconds per example (`RowClock`: `ROW_SECONDS` until requests have measured it, then
+  their moving average).
 
 The API uses it twice: a request estimated above `HEAVY_COST_S` runs on the heavy lane (it
 takes the model only in short turns, after light work), and one estimated above the
@@ -36,6 +37,11 @@ HEAVY_COST_S = 2.0
 ROW_SECONDS = 0.1
 """Seconds per training example through the model (forward/backward and full-space products)
 until this server has measured its own: 0.08 (10 rows) to 0.13 (50 rows) on the tweets demo."""
+
+PAIRS_PER_ROW = 35.0
+"""Full-space scoring multiplies each selection's pairs too: k^2 pair products cost about as much
+as k^2 / 35 examples' passes (top-k on tweets: 5.0 s at k = 25, 14.1 s at k = 50). The row clock
+counts work in these units: rows + pairs / `PAIRS_PER_ROW`."""
 
 ROW_CLOCK_WEIGHT = 0.2
 """Weight of each new measurement in `RowClock`'s moving average."""
@@ -93,13 +99,21 @@ def estimate(
     m = max(1, min(pool, n))
     selection_s = sum(strategy(name).work(m, k, solver) for name, k in points)
     scored = sum(min(k, n) * strategy(name).scored_per_k for name, k in points)
+    pairs = sum(min(k, n) ** 2 * strategy(name).scored_per_k for name, k in points)
     rows = (min(scored, n) if full_space else 0) + (m if rerank else 0)
-    return Cost(selection_s, rows * row_s, len(points), m, rows)
+    units = rows + (pairs / PAIRS_PER_ROW if full_space else 0.0)
+    return Cost(selection_s, units * row_s, len(points), m, rows)
+
+
+def model_units(rows: int, subset_sizes: Sequence[int] = ()) -> float:
+    """Model work of a pass over `rows` examples that multiplies the pairs of subsets of these sizes."""
+    return rows + sum(size * size for size in subset_sizes) / PAIRS_PER_ROW
 
 
 class RowClock:
-    """This server's seconds per training example through the model: `ROW_SECONDS` until measured,
-    then a moving average of what full-space scoring and re-ranking measure (thread-safe)."""
+    """This server's seconds per training example through the model (`model_units`): `ROW_SECONDS`
+    until measured, then a moving average of what full-space scoring and re-ranking measure
+    (thread-safe)."""
 
     def __init__(self, seconds: float = ROW_SECONDS) -> None:
         self._seconds = seconds
@@ -109,8 +123,8 @@ class RowClock:
     def seconds(self) -> float:
         return self._seconds
 
-    def observe(self, rows: int, seconds: float) -> None:
-        if rows <= 0 or seconds <= 0:
+    def observe(self, units: float, seconds: float) -> None:
+        if units <= 0 or seconds <= 0:
             return
         with self._lock:
-            self._seconds += ROW_CLOCK_WEIGHT * (seconds / rows - self._seconds)
+            self._seconds += ROW_CLOCK_WEIGHT * (seconds / units - self._seconds)

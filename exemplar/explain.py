@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from exemplar import comparison
-from exemplar.cost import Cost, RowClock, estimate
+from exemplar.cost import Cost, RowClock, estimate, model_units
 from exemplar.errors import ExemplarError, IndexIncompatibleError, InvalidInputError
 from exemplar.estimators import EstimatorSet, Query
 from exemplar.fullspace import FullGram, KroneckerGram, LayerFactors
@@ -46,7 +46,7 @@ from exemplar.results import Comparison, Explanation, Selected
 from exemplar.store import Checkpoint, GradientStore
 from exemplar.strategies import Proposal, SelectionContext, order_by, retrieve, strategy
 from exemplar.tasks import Example
-from exemplar.threads import PRIORITY, FairLock, checkpoint
+from exemplar.threads import PRIORITY, FairLock, checkpoint, rows_per_hold
 
 FULL_GROUP_ROWS = 64
 """Selections scored together in the full space (`compare`, `reconstruct`'s and `auto`'s candidates)
@@ -216,7 +216,7 @@ class Explainer:
         stored = self.store.examples_at(np.asarray(rows).tolist())
         training = [e.to_example() for e in stored]
         parts = []
-        step = self.featurizer.batch_size  # the model is shared: one batch per hold
+        step = rows_per_hold(self.featurizer.batch_size)  # the model is shared: short holds
         for start in range(0, len(training), step):
             with self._model():
                 t0 = time.perf_counter()
@@ -381,7 +381,7 @@ class Explainer:
                 query = self._query_factors(state)
             t0 = time.perf_counter()
             done = computer.subset_grams([examples[r] for r in ordered], subsets, prefix=query, model=self._model)
-            self._observe_rows(len(ordered), time.perf_counter() - t0)
+            self._observe_rows(model_units(len(ordered), [len(key) for key in group]), time.perf_counter() - t0)
             grams.update(zip(group, done, strict=True))
         return [grams[key] for key in keys]
 
@@ -394,8 +394,7 @@ class Explainer:
         return self._finish(state, options, (time.perf_counter() - t0) * 1e3)
 
     def cost(self, options: ExplainOptions, points: Sequence[tuple[str, int]] | None = None) -> Cost:
-        """The estimated cost of `options`, or of making each (strategy, k) of `points` with them
-        (`compare`), on this index and server (`exemplar.cost`); no model work."""
+        """Estimated cost of `options` (or of each (strategy, k) of `points`) here (`exemplar.cost`)."""
         options = self.resolve(options)
         return estimate(
             points or [(options.strategy, options.k)],
@@ -407,10 +406,10 @@ class Explainer:
             row_s=self.rows.seconds,
         )
 
-    def _observe_rows(self, rows: int, seconds: float) -> None:
-        """Feed the row clock, unless on the heavy lane (whose timings include waits for light work)."""
+    def _observe_rows(self, units: float, seconds: float) -> None:
+        """Feed the row clock (`model_units`), except from the heavy lane (its timings include waits)."""
         if not PRIORITY.is_heavy():
-            self.rows.observe(rows, seconds)
+            self.rows.observe(units, seconds)
 
     def check_options(self, options: ExplainOptions) -> None:
         """Raise `InvalidInputError` unless `options` are valid for this index and configuration

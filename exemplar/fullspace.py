@@ -42,7 +42,7 @@ import torch
 from exemplar.errors import InvalidInputError
 from exemplar.relevance import Relevance, gram_relevance
 from exemplar.tasks import Encoded, Example, LossOutput, Task
-from exemplar.threads import checkpoint
+from exemplar.threads import checkpoint, rows_per_hold
 
 MAX_CHUNK_TOKENS = 4096
 """Real tokens per chunk of examples whose layer inputs and output gradients are held at once."""
@@ -461,7 +461,10 @@ class KroneckerGram:
         ys: list[list[torch.Tensor]] = [[] for _ in self.layers]
         rows: list[torch.Tensor] = []
         losses = [0.0] * len(encoded)
-        for group in self.batches(encoded):
+        groups = list(self.batches(encoded))
+        if hold is not None:  # heavy work holds the model for a few examples at a time
+            groups = [g[i : i + rows_per_hold(len(g))] for g in groups for i in range(0, len(g), rows_per_hold(len(g)))]
+        for group in groups:
             batch = self.task.collate([encoded[i] for i in group])
             with hold() if hold is not None else contextlib.nullcontext():
                 inputs, grads, out = forward_backward(self.model, self.task, self.layers, batch, lambda i, x: x)

@@ -25,9 +25,12 @@ def _libc() -> Any:
     return libc if libc is not None and hasattr(libc, "malloc_trim") else None
 
 
-def release_memory() -> None:
-    """Collect garbage and return the allocator's free pages to the OS (tens of ms at most)."""
-    gc.collect()
+def release_memory(*, collect: bool = True) -> None:
+    """Return the allocator's free pages to the OS, after collecting reference cycles when `collect`
+    (a full collection holds the interpreter for as long as it walks every object: leave it out on
+    paths that run beside latency-sensitive threads; reference counting frees the rest anyway)."""
+    if collect:
+        gc.collect()
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)

@@ -142,6 +142,18 @@ PRIORITY = Priority()
 """The process's one priority gate (threads of one process share the cores it arbitrates)."""
 
 
+HEAVY_HOLD_ROWS = 4
+"""Heavy work runs the model on at most this many examples per hold of the model lock (one
+forward/backward of 4 tweets is about a tenth of a second here), so a light request that arrives
+while heavy work holds the model waits for at most that."""
+
+
+def rows_per_hold(rows: int) -> int:
+    """How many of `rows` examples to run through the model per hold: all of them for light work,
+    at most `HEAVY_HOLD_ROWS` for heavy work."""
+    return max(1, min(rows, HEAVY_HOLD_ROWS)) if PRIORITY.is_heavy() else rows
+
+
 def checkpoint() -> None:
     """Where heavy work lets light work go first (`Priority`); free outside the API's heavy lane."""
     PRIORITY.checkpoint()

@@ -286,10 +286,14 @@ def test_a_request_estimated_above_the_limit_is_413_before_any_model_work(classi
             assert r.status_code == 413, r.text
             out = r.json()
             assert out["error_type"] == "cost_limit"
-            assert "limit of 0.5 s" in out["error"] and "POST /v1/jobs" in out["error"]
-            assert float(r.headers["X-Cost-Estimate-S"]) > 0.5 and r.headers["X-Cost-Limit-S"] == "0.5"
+            assert "limit of 0.5 s" in out["error"]
+            assert "POST /v1/jobs" in out["error"]
+            assert float(r.headers["X-Cost-Estimate-S"]) > 0.5
+            assert r.headers["X-Cost-Limit-S"] == "0.5"
         assert runs == []  # refused before the model ran
-        cheap = c.post("/v1/explain", json={"text": "the cat sat", "k": 2, "strategy": "topk", "score_space": "projected"})
+        cheap = c.post(
+            "/v1/explain", json={"text": "the cat sat", "k": 2, "strategy": "topk", "score_space": "projected"}
+        )
         assert cheap.status_code == 200, cheap.text
         assert 0 < float(cheap.headers["X-Cost-Estimate-S"]) <= 0.5
         assert runs == [1]

@@ -215,3 +215,31 @@ def test_projection_of_kept_factors_equals_featurisation(case: str) -> None:
     assert chunks > 1
     assert np.abs(expected).max() > 0
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_heavy_work_holds_the_model_for_a_few_examples_at_a_time(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the API's heavy lane the forward/backward runs in holds of at most HEAVY_HOLD_ROWS examples
+    (light requests wait for one of those at most); the Grams are the same."""
+    import contextlib
+    from collections.abc import Iterator
+
+    from exemplar import threads
+
+    monkeypatch.setattr(threads, "HEAVY_HOLD_ROWS", 1)
+    fast, _, examples = _pair(case)
+    holds: list[int] = []
+
+    @contextlib.contextmanager
+    def hold() -> Iterator[None]:
+        holds.append(1)
+        yield
+
+    subsets = [[0, 1, 2]]
+    light = fast.subset_grams(examples, subsets, model=hold)
+    light_holds = len(holds)
+    holds.clear()
+    with threads.PRIORITY.heavy_work():
+        heavy = fast.subset_grams(examples, subsets, model=hold)
+    assert len(holds) == 1 + len(examples) > light_holds  # the tokenisation, then one example per hold
+    np.testing.assert_allclose(heavy[0].gram, light[0].gram, rtol=1e-6, atol=1e-6 * float(np.abs(light[0].gram).max()))

@@ -326,9 +326,9 @@ def served_pool(shared: dict[str, Any], store: GradientStore) -> ReconstructPool
     return pools
 
 
-RECONSTRUCT_S = 2.7e-6
+RECONSTRUCT_S = 4e-6
 """Estimated seconds per (candidate x k^2) of `reconstruct` with the paper's solver (`Reconstruct.work`;
-13.2 s at m = 2,000, k = 50 and 1.8 s with the default pool at k = 50 on the tweets demo, 2 cores)."""
+13-23 s at m = 2,000, k = 50 and 1.6-1.8 s with the default pool at k = 50 on the tweets demo, 2 cores)."""
 
 RECONSTRUCT_EXACT_S = 3.2e-6
 """Estimated seconds per (candidate x k^3) with the exact solver: 788 s at m = 2,000, k = 50 on the
