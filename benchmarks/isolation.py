@@ -3,7 +3,8 @@
 Starts its own `exemplar-api` on a demo (no Redis, so no cache), twice: with the heavy lane
 (`EXEMPLAR_HEAVY_LANE=true`, the default) and without it (every request on the one model
 thread, as before issue 24), side by side. Each time it first measures light
-explains (the defaults: `reconstruct`, k = 5, full-space score) one after another, unloaded.
+explains (the defaults: `reconstruct`, k = 5, full-space score) one after another, unloaded
+(three passes over the queries, so its p99 is a tail, not the slowest query's one time).
 Then it sends the heaviest request the API accepts: `POST /v1/compare` with every compared
 strategy, eight ks up to k, `pool_size` 10,000 and the exact or paper solver, heaviest first by
 the cost estimate; the API refuses those above its cost limit up front (413), and the first it
@@ -97,7 +98,7 @@ def measure(index: Path, bodies: list[dict[str, Any]], n: int, lane: bool) -> di
     env = {**SERVER_ENV, "EXEMPLAR_HEAVY_LANE": str(lane).lower()}
     with running_api(index, log, 180.0, **env) as url:
         light_latencies(url, bodies, 3)  # warm-up: first-use caches (the centred Gram), allocators
-        unloaded = light_latencies(url, bodies, n)
+        unloaded = light_latencies(url, bodies, 3 * n)  # each query several times: a p99, not one max
         candidates = heaviest(url, bodies[0])
         done = threading.Event()
         heavy: dict[str, Any] = {"refused": 0}

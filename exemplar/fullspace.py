@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -42,7 +41,7 @@ import torch
 from exemplar.errors import InvalidInputError
 from exemplar.relevance import Relevance, gram_relevance
 from exemplar.tasks import Encoded, Example, LossOutput, Task
-from exemplar.threads import checkpoint, rows_per_hold
+from exemplar.threads import Hold, checkpoint, per_hold
 
 MAX_CHUNK_TOKENS = 4096
 """Real tokens per chunk of examples whose layer inputs and output gradients are held at once."""
@@ -298,15 +297,14 @@ class KroneckerGram:
         examples: Sequence[Example],
         subsets: Sequence[Sequence[int]],
         prefix: LayerFactors | None = None,
-        model: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        model: Hold = contextlib.nullcontext,
     ) -> list[FullGram]:
         """The Gram of each subset (distinct positions in `examples`), `prefix` first in each, from
         ONE forward/backward of `examples`: overlapping subsets share the passes, and only each
         subset's own pairs are multiplied (`_within`); the prefix's products with the examples are
         taken once. Above `max_chunk_tokens` tokens in all, each subset is computed on its own
-        instead (`gram`, chunked), so memory stays bounded. `model` guards what uses the model and
-        its tokenizer (the tokenisation and the forward/backward); the products run outside it, with
-        a `checkpoint` per layer."""
+        instead (`gram`, chunked), so memory stays bounded. `model` guards the tokenisation and each
+        batch's forward/backward; the products run outside it, with a `checkpoint` per layer."""
         with model():
             encoded = [self.task.encode(e) for e in examples]
             if sum(len(e.input_ids) for e in encoded) > self.max_chunk_tokens:
@@ -452,21 +450,16 @@ class KroneckerGram:
                 out[rows] += (x.sum(dim=-1, dtype=torch.float64) * y.sum(dim=-1, dtype=torch.float64)).sum(dim=-1)
         return out.numpy()
 
-    def _factors(
-        self, encoded: Sequence[Encoded], hold: Callable[[], AbstractContextManager[None]] | None = None
-    ) -> LayerFactors:
-        """One forward/backward per batch; what each tracked layer saw and got back, kept as it is.
-        With `hold`, each batch's pass runs inside its own `hold()` (the caller's model lock)."""
+    def _factors(self, encoded: Sequence[Encoded], hold: Hold = contextlib.nullcontext) -> LayerFactors:
+        """One forward/backward per batch (of at most `rows_per_hold` examples, each inside its own
+        `hold()`: the caller's model lock); what each tracked layer saw and got back, kept as it is."""
         xs: list[list[torch.Tensor]] = [[] for _ in self.layers]
         ys: list[list[torch.Tensor]] = [[] for _ in self.layers]
         rows: list[torch.Tensor] = []
         losses = [0.0] * len(encoded)
-        groups = list(self.batches(encoded))
-        if hold is not None:  # heavy work holds the model for a few examples at a time
-            groups = [g[i : i + rows_per_hold(len(g))] for g in groups for i in range(0, len(g), rows_per_hold(len(g)))]
-        for group in groups:
+        for group in per_hold(self.batches(encoded)):
             batch = self.task.collate([encoded[i] for i in group])
-            with hold() if hold is not None else contextlib.nullcontext():
+            with hold():
                 inputs, grads, out = forward_backward(self.model, self.task, self.layers, batch, lambda i, x: x)
             batch_xs, batch_ys = batch_factors(self.layers, len(group), inputs, grads)
             for i in range(len(self.layers)):

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from exemplar.errors import InvalidInputError
+from exemplar.threads import checkpoint
 
 KKT_RTOL = 1e-10
 """Relative tolerance of the exact solver's optimality test (reduced gradients >= -tol)."""
@@ -168,6 +169,7 @@ def _active_set(q: np.ndarray, b: np.ndarray, tol: float, max_solves: int) -> tu
     support = t > 0
     solves = 0
     while True:
+        checkpoint()  # a long solve lets light requests go first (exemplar.threads.Priority)
         on = np.flatnonzero(support)
         grad = t[on] @ q[on] - b  # t is zero off the support; q is symmetric, and whole rows copy fast
         mu = float(t @ grad)  # = grad_i on the support, averaged with the weights

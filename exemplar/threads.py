@@ -18,7 +18,8 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from types import TracebackType
 
 from threadpoolctl import threadpool_limits
@@ -148,10 +149,23 @@ forward/backward of 4 tweets is about a tenth of a second here), so a light requ
 while heavy work holds the model waits for at most that."""
 
 
+Hold = Callable[[], AbstractContextManager[None]]
+"""A hold of the model: a context manager factory (`Explainer._model`, or `contextlib.nullcontext`)."""
+
+
 def rows_per_hold(rows: int) -> int:
     """How many of `rows` examples to run through the model per hold: all of them for light work,
     at most `HEAVY_HOLD_ROWS` for heavy work."""
     return max(1, min(rows, HEAVY_HOLD_ROWS)) if PRIORITY.is_heavy() else rows
+
+
+def per_hold(batches: Iterable[list[int]]) -> list[list[int]]:
+    """`batches` (lists of positions) cut to `rows_per_hold` each: unchanged for light work."""
+    out: list[list[int]] = []
+    for batch in batches:
+        step = rows_per_hold(len(batch))
+        out.extend(batch[i : i + step] for i in range(0, len(batch), step))
+    return out
 
 
 def checkpoint() -> None:

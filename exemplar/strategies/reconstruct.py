@@ -252,7 +252,11 @@ def reconstruct_selections(
         """Index into ``subsets`` (pool positions) of the best ratio (ties to the earliest), and that
         ratio, given their ``screened`` ratios: the near-best are re-scored and decide."""
         keep = np.flatnonzero(screened >= screened.max() * (1.0 - RECONSTRUCT_SCREEN_RTOL))
-        ratios = np.array([scored(subsets[i]) for i in keep])
+        scores = []
+        for i in keep:
+            checkpoint()  # an exact score can take a while: light requests go first
+            scores.append(scored(subsets[i]))
+        ratios = np.array(scores)
         best = int(np.argmax(ratios >= ratios.max() * (1.0 - TIE_RTOL)))
         return int(keep[best]), float(ratios[best])
 
