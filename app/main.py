@@ -35,7 +35,7 @@ from exemplar.explain import Explainer
 from exemplar.options import ExplainOptions
 from exemplar.results import Explanation
 from exemplar.tasks import Example
-from exemplar.threads import PRIORITY, limit_blas_threads, lower_thread_priority
+from exemplar.threads import PRIORITY, limit_blas_threads, start_heavy_thread
 
 log = logging.getLogger("exemplar.api")
 
@@ -50,7 +50,7 @@ def lifespan_of(
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exemplar-model")
         app.state.executor = executor
         app.state.heavy_executor = ThreadPoolExecutor(  # scheduled below light work by the OS too
-            max_workers=1, thread_name_prefix="exemplar-heavy", initializer=lower_thread_priority
+            max_workers=1, thread_name_prefix="exemplar-heavy", initializer=start_heavy_thread
         )
         limit_blas_threads(settings.blas_threads)
         if settings.torch_threads:

@@ -139,6 +139,20 @@ def lower_thread_priority(nice: int = HEAVY_NICE) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
 
 
+HEAVY_TORCH_THREADS = 1
+"""torch threads of the heavy lane's thread (torch's OpenMP thread count is per calling thread):
+heavy work uses at most one core's worth of torch threads while light work runs beside it."""
+
+
+def start_heavy_thread() -> None:
+    """Initializer of the API's heavy lane thread: a lower OS priority (`lower_thread_priority`) and
+    `HEAVY_TORCH_THREADS` torch threads for it alone."""
+    import torch
+
+    lower_thread_priority()
+    torch.set_num_threads(HEAVY_TORCH_THREADS)
+
+
 PRIORITY = Priority()
 """The process's one priority gate (threads of one process share the cores it arbitrates)."""
 

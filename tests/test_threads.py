@@ -123,3 +123,22 @@ def test_lowering_a_threads_priority_leaves_the_others_alone() -> None:
     t.join()
     assert seen == [min(19, mine + HEAVY_NICE)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+
+
+def test_the_heavy_lane_thread_gets_one_torch_thread_and_the_others_keep_theirs() -> None:
+    import threading
+
+    from exemplar.threads import HEAVY_TORCH_THREADS, start_heavy_thread
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    def heavy() -> None:
+        start_heavy_thread()
+        seen.append(torch.get_num_threads())
+
+    t = threading.Thread(target=heavy)
+    t.start()
+    t.join()
+    assert seen == [HEAVY_TORCH_THREADS]
+    assert torch.get_num_threads() == before
