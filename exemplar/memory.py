@@ -11,7 +11,6 @@ import ctypes
 import ctypes.util
 import functools
 import gc
-from pathlib import Path
 from typing import Any
 
 
@@ -34,11 +33,3 @@ def release_memory(*, collect: bool = True) -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    """Resident set size of a process (Linux `/proc`), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise OSError(f"no VmRSS in /proc/{pid}/status")

@@ -115,7 +115,7 @@ class Priority:
                 "pool_size, fewer strategies or ks) or submit it as a batch job (POST /v1/jobs)",
                 retry_after=max(1, round(timeout_s)),
             )
-        if getattr(self._local, "heavy", False):
+        if self.is_heavy():
             deadline = time.monotonic() + HEAVY_MAX_WAIT_S
             with self._cond:
                 while self._light and (left := deadline - time.monotonic()) > 0:
