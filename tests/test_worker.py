@@ -61,6 +61,29 @@ def test_worker_reopens_an_index_replaced_by_a_new_version(tmp_path: Path, class
     assert second.store.n == first.store.n + 1
 
 
+def test_worker_keeps_at_most_max_open_indexes(tmp_path: Path, classifier_index: Path) -> None:
+    import shutil
+
+    from worker import jobs
+
+    dirs = [tmp_path / f"index-{i}" for i in range(jobs.MAX_OPEN_INDEXES + 1)]
+    for index in dirs:
+        shutil.copytree(classifier_index, index)
+    jobs._explainers.clear()
+    try:
+        first = jobs.load_explainer(str(dirs[0]))
+        for index in dirs[1:]:
+            jobs.load_explainer(str(index))
+        assert len(jobs._explainers) == jobs.MAX_OPEN_INDEXES
+        assert str(dirs[0]) not in jobs._explainers  # the least recently used went
+        jobs.load_explainer(str(dirs[-1]))  # using one makes it the most recent
+        assert list(jobs._explainers)[-1] == str(dirs[-1])
+        assert jobs.load_explainer(str(dirs[0])) is not first  # opened again after it went
+        assert str(dirs[1]) not in jobs._explainers
+    finally:
+        jobs._explainers.clear()
+
+
 def test_batch_job_refuses_over_long_queries_unless_truncating(classifier_index: Path) -> None:
     long_query = {"text": " ".join(["word"] * 200)}  # the test index has max_length 32
     refused = explain_batch(str(classifier_index), [long_query, {"text": "short"}], {"k": 2}, False)
