@@ -132,6 +132,7 @@ def _dense(f: LayerFactors, layer: int, dtype: torch.dtype) -> torch.Tensor:
         return torch.zeros(f.n, 0, dtype=dtype)
     out = torch.zeros(f.n, f.ys[layer][0].shape[-1] * first.shape[-1], dtype=dtype)
     for x, y, rows in zip(f.xs[layer], f.ys[layer], f.rows, strict=True):
+        checkpoint()  # one batch's products at a time: light requests go first between them
         out[rows] = torch.bmm(y.transpose(1, 2).to(dtype), x.to(dtype)).reshape(x.shape[0], -1)
     return out
 
@@ -300,11 +301,11 @@ class KroneckerGram:
         model: Hold = contextlib.nullcontext,
     ) -> list[FullGram]:
         """The Gram of each subset (distinct positions in `examples`), `prefix` first in each, from
-        ONE forward/backward of `examples`: overlapping subsets share the passes, and only each
-        subset's own pairs are multiplied (`_within`); the prefix's products with the examples are
-        taken once. Above `max_chunk_tokens` tokens in all, each subset is computed on its own
-        instead (`gram`, chunked), so memory stays bounded. `model` guards the tokenisation and each
-        batch's forward/backward; the products run outside it, with a `checkpoint` per layer."""
+        ONE forward/backward of `examples`: overlapping subsets share the passes, only each subset's
+        own pairs are multiplied (`_within`), the prefix's products with the examples once. Above
+        `max_chunk_tokens` tokens in all, each subset is computed on its own (`gram`, chunked): bounded
+        memory. `model` guards the tokenisation and each batch's forward/backward; the products
+        run outside it, with `checkpoint`s per layer and per subset."""
         with model():
             encoded = [self.task.encode(e) for e in examples]
             if sum(len(e.input_ids) for e in encoded) > self.max_chunk_tokens:
@@ -345,30 +346,29 @@ class KroneckerGram:
 
     def _within(
         self, f: LayerFactors, index: Sequence[torch.Tensor], layer: int, shapes: tuple[int, int]
-    ) -> list[torch.Tensor]:
-        """Per subset (positions `index[s]` in `f`), the `(|S|, |S|)` inner products of its examples'
-        gradients at one layer, in the cheaper form over all subsets: every example's dense
-        gradient once and each subset's products of them (`tokens * in * out + sum |S|^2 in out`,
-        while `f.n * in * out` fits `dense_max_elements`), or each subset's own token kernel
-        (`sum N_S^2 (in + out)`)."""
-        d_in, d_out = shapes
-        x, y, seg = _real_tokens(f, layer, self.dtype)
+    ) -> Iterator[torch.Tensor]:
+        """Per subset (positions `index[s]` in `f`, one at a time, a `checkpoint` before each), its
+        `(|S|, |S|)` gradient inner products at one layer, in the cheaper form over all subsets:
+        dense gradients once and each subset's products (`tokens * in * out + sum |S|^2 in out`, while
+        `f.n * in * out` fits `dense_max_elements`), or each subset's token kernel (`sum N_S^2 (in + out)`)."""
+        (d_in, d_out), (x, y, seg) = shapes, _real_tokens(f, layer, self.dtype)
         counts = torch.bincount(seg, minlength=f.n)
         tokens_cost = sum(int(counts[i].sum()) ** 2 for i in index) * (d_in + d_out)
         dense_cost = DENSE_PENALTY * (f.tokens(layer) + sum(len(i) ** 2 for i in index)) * d_in * d_out
-        if dense_cost < tokens_cost and f.n * d_in * d_out <= self.dense_max_elements:
-            dense = _dense(f, layer, self.dtype)
-            return [dense[i] @ dense[i].T for i in index]
-        out = []
+        dense_form = dense_cost < tokens_cost and f.n * d_in * d_out <= self.dense_max_elements
+        dense = _dense(f, layer, self.dtype) if dense_form else None
         where = torch.full((f.n,), -1, dtype=torch.long)
         for i in index:
+            checkpoint()
+            if dense is not None:
+                yield dense[i] @ dense[i].T
+                continue
             where.fill_(-1)
             where[i] = torch.arange(len(i))
             local = where[seg]
             keep = local >= 0
             xs, ys, rows = x[keep], y[keep], local[keep]
-            out.append(_token_products(xs, ys, rows, len(i), xs, ys, rows, len(i)))
-        return out
+            yield _token_products(xs, ys, rows, len(i), xs, ys, rows, len(i))
 
     def _assemble(self, chunks: Sequence[tuple[list[int], Callable[[], LayerFactors]]], n: int) -> FullGram:
         """The Gram of chunks of examples given as (positions, how to get their factors)."""

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from exemplar.errors import InvalidInputError
-from exemplar.threads import checkpoint
+from exemplar.threads import checkpoint, products
 
 KKT_RTOL = 1e-10
 """Relative tolerance of the exact solver's optimality test (reduced gradients >= -tol)."""
@@ -226,7 +226,7 @@ def _fista(q: np.ndarray, b: np.ndarray, t0: np.ndarray, iterations: int) -> np.
 
 def simplex_least_squares(g: npt.NDArray[np.float64], a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """``argmin_{t in simplex} ||a.T @ t - g||^2`` for validated float64 ``g: (d,)``, ``a: (k, d)``."""
-    return _simplex_gram_qp(a @ a.T, a @ g)
+    return _simplex_gram_qp(products(a), a @ g)  # in blocks of rows over a large pool
 
 
 def _simplex_gram_qp(

@@ -876,6 +876,29 @@ def test_batched_extensions_agree_with_scoring_each_subset(solver: str, d: int) 
 
 
 @pytest.mark.parametrize("solver", TEST_SOLVERS)
+def test_extensions_of_many_candidates_are_screened_in_blocks(solver: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above `PRODUCT_BLOCK_ROWS` candidates the screening runs block by block, a checkpoint
+    between blocks, with the same values as scoring each extended subset alone."""
+    from exemplar import threads
+    from exemplar.strategies import reduced
+
+    calls: list[int] = []
+    monkeypatch.setattr(threads, "checkpoint", lambda: calls.append(1))
+    test_grad, grads = reconstruct_problem(threads.PRODUCT_BLOCK_ROWS * 2 + 20, 40, seed=3)
+    scorer = reduced.ReducedScorer(grads, test_grad, solver)
+    base = [0, 5, 9]
+    cands = np.setdiff1d(np.arange(grads.shape[0]), base)
+    expected = [selection_relevance(test_grad, grads[[*base, int(j)]], solver=solver).ratio for j in cands]
+    calls.clear()
+    blocked = scorer.extensions(base, cands)
+    assert len(calls) == 2  # three blocks
+    monkeypatch.setattr(reduced, "PRODUCT_BLOCK_ROWS", cands.shape[0])
+    np.testing.assert_array_equal(blocked, scorer.extensions(base, cands))  # bit for bit one block's
+    assert len(calls) == 2
+    np.testing.assert_allclose(blocked, expected, rtol=1e-6)  # d < pool: rounding of the QR coordinates
+
+
+@pytest.mark.parametrize("solver", TEST_SOLVERS)
 def test_batched_extensions_agree_on_near_collinear_selections(solver: str) -> None:
     """Bases holding near-duplicates (down to 1e-8 apart) and a near-mixture of two rows: the
     batched screening must stay within the band that ``reconstruct`` re-scores."""
@@ -1119,11 +1142,18 @@ def test_reconstruct_refuses_a_negative_beam_width() -> None:
 
 def test_pairwise_products_in_blocks_match_one_product(monkeypatch: pytest.MonkeyPatch) -> None:
     """Large pools get their pairwise products in blocks of rows, with a checkpoint between blocks."""
+    from exemplar import threads
     from exemplar.strategies import greedy
 
     calls: list[int] = []
-    monkeypatch.setattr(greedy, "checkpoint", lambda: calls.append(1))
-    monkeypatch.setattr(greedy, "PAIRWISE_BLOCK_ROWS", 64)
+    monkeypatch.setattr(threads, "checkpoint", lambda: calls.append(1))
+    monkeypatch.setattr(threads, "PRODUCT_BLOCK_ROWS", 64)
     unit = greedy.unit_rows(np.random.default_rng(0).normal(size=(150, 12)))
-    np.testing.assert_allclose(greedy._self_products(unit), unit @ unit.T, rtol=0, atol=1e-12)
-    assert len(calls) == 3  # blocks of 64, 64 and 22 rows
+    np.testing.assert_allclose(threads.products(unit), unit @ unit.T, rtol=0, atol=1e-12)
+    assert len(calls) == 2  # blocks of 64, 64 and 22 rows, a checkpoint between blocks
+    other = np.random.default_rng(1).normal(size=(7, 12))
+    np.testing.assert_allclose(threads.products(unit, other), unit @ other.T, rtol=0, atol=1e-12)
+    assert len(calls) == 4
+    # the cosine matrices greedy strategies use go through it
+    np.testing.assert_allclose(greedy._cosine(unit)[0, 1], unit[0] @ unit[1], rtol=0, atol=1e-12)
+    assert len(calls) == 6

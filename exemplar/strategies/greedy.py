@@ -29,7 +29,7 @@ from exemplar.strategies.base import (
     positive_int,
 )
 from exemplar.strategies.ranking import check_ordering, order_desc, ordering_score, rescale
-from exemplar.threads import checkpoint
+from exemplar.threads import checkpoint, products
 
 DIVINE_GAMMAS = tuple(float(x) for x in np.logspace(-4, 5, 20))
 """The paper's gamma grid for DIVINE, ``logspace(-4, 5, 20)``."""
@@ -51,31 +51,13 @@ def unit_rows(grads: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return unit
 
 
-PAIRWISE_BLOCK_ROWS = 1024
-"""Pools above this many candidates get their pairwise products in blocks of rows, with a
-`checkpoint` between blocks (over 2,000 candidates of 2,432 dims one product is seconds of
-work: on the API's heavy lane, light requests go first between blocks)."""
-
-
-def _self_products(unit: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """``unit @ unit.T`` (one product up to `PAIRWISE_BLOCK_ROWS` rows, else in blocks of rows)."""
-    m = unit.shape[0]
-    if m <= PAIRWISE_BLOCK_ROWS:
-        return np.asarray(unit @ unit.T, dtype=np.float64)
-    out = np.empty((m, m), dtype=np.float64)
-    for start in range(0, m, PAIRWISE_BLOCK_ROWS):
-        checkpoint()
-        out[start : start + PAIRWISE_BLOCK_ROWS] = unit[start : start + PAIRWISE_BLOCK_ROWS] @ unit.T
-    return out
-
-
 def _cos_squared(grads: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Squared cosine similarities of the rows of ``grads: (m, d)``, shape ``(m, m)``.
 
     A zero row has similarity 0 to every row, itself included.
     """
     unit = unit_rows(grads)
-    cos = _self_products(unit)
+    cos = products(unit)
     return np.asarray(cos * cos, dtype=np.float64)
 
 
@@ -86,7 +68,7 @@ def _cosine(grads: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     0 to every row, itself included.
     """
     unit = unit_rows(grads)
-    cos = _self_products(unit)
+    cos = products(unit)
     cos = np.clip((cos + cos.T) / 2.0, -1.0, 1.0)
     nonzero = np.any(unit != 0.0, axis=1)
     cos[np.diag_indices_from(cos)] = np.where(nonzero, 1.0, 0.0)
@@ -156,6 +138,7 @@ def facility_location(
     chosen = np.zeros(m, dtype=bool)
     order: list[int] = []
     for _ in range(min(k, m)):
+        checkpoint()  # one greedy step over the pool at a time (exemplar.threads.Priority)
         gains = np.maximum(0.0, sim - cur[None, :]).sum(axis=1)  # (m,)
         score = (gains + 1.0) ** lam / cost_term
         score[chosen] = -np.inf
@@ -240,6 +223,7 @@ def divine(
     best_order: list[int] = []
     best_spread = 0.0
     for gamma in grid:
+        checkpoint()  # one gamma's greedy steps at a time (exemplar.threads.Priority)
         chosen = np.zeros(m, dtype=bool)
         within = np.zeros(m)  # within_a = sum_{b in T} S_ab
         order: list[int] = []
@@ -320,6 +304,7 @@ def aide(
     cover: npt.NDArray[np.float64] | None = None  # cover_b = max_{e in S} cos(g_e, g_b)
     order: list[int] = []
     for _ in range(min(k, m)):
+        checkpoint()  # one greedy step over the pool at a time (exemplar.threads.Priority)
         fl_gain = cos.sum(axis=1) if cover is None else np.maximum(0.0, cos - cover[None, :]).sum(axis=1)
         gains = base + gamma * fl_gain
         pick = first_best(gains, chosen)

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from exemplar.relevance import EPS
 from exemplar.simplex import KKT_RTOL, exact_simplex_weights, project_onto_simplex, simplex_weights_gram
+from exemplar.threads import PRODUCT_BLOCK_ROWS, products, row_blocks
 
 RECONSTRUCT_BATCH_MAX_CONDITION = 1e7
 """``reconstruct`` screens a whole step's candidates at once from Gram matrices (the normal
@@ -60,7 +61,7 @@ class ReducedScorer:
         self.d = d
         self.var_g = float(np.var(g))
         self.solver = solver
-        self.gram = self.coords @ self.coords.T  # (m, m) = P P^T
+        self.gram = products(self.coords)  # (m, m) = P P^T, in steps (exemplar.threads.products)
         self.dots = self.coords @ self.h  # (m,) = P g
         self.sq = np.diag(self.gram).copy()  # (m,) squared row norms
 
@@ -85,8 +86,10 @@ class ReducedScorer:
         pseudo-inverse truncates, one batched eigendecomposition (``_paper_extensions``,
         ``_paper_eigen_solves``, ``_exact_extensions``). A candidate whose batched weights
         those cannot certify is scored alone by ``ratio``, so every value is ``ratio``'s up
-        to rounding.
+        to rounding. Many candidates are screened in blocks of rows (`exemplar.threads.row_blocks`).
         """
+        if cands.shape[0] > PRODUCT_BLOCK_ROWS:
+            return np.concatenate([self.extensions(base, cands[rows]) for rows in row_blocks(cands.shape[0])])
         n = cands.shape[0]
         if not base:  # one example: weight 1 under either solver
             weights, ok = np.ones((n, 1)), np.ones(n, dtype=bool)
