@@ -62,11 +62,18 @@ class FairLock:
 
 HEAVY_MAX_WAIT_S = 2.0
 """Longest a heavy step waits for light work at one checkpoint: under a steady stream of light
-requests heavy ones still move on, one step at least every this many seconds."""
+requests heavy ones still move on, one slice at least every this many seconds."""
+
+HEAVY_SLICE_S = 0.05
+"""Heavy work runs on through checkpoints for this long after it last found no light work (or
+last waited) before it waits for light work: a light request that arrives meanwhile shares the
+cores with it for at most this long plus one step, and a heavy request moves on by a slice in
+each gap between light requests, however finely it is cut into steps."""
 
 
 class Priority:
-    """Light work first: while any light work runs, heavy work waits at its next `checkpoint`.
+    """Light work first: while any light work runs, heavy work waits at its next `checkpoint` once
+    its current slice (`HEAVY_SLICE_S`) is spent.
 
     The API marks its model lane's work light and its heavy lane's work heavy (`light_work`,
     `heavy_work`); the core calls `checkpoint` between steps of long computations (greedy steps,
@@ -96,6 +103,7 @@ class Priority:
         """Mark this thread's work heavy; with `timeout_s`, a checkpoint past that many seconds
         raises `DeadlineExceededError` (the work stops at its next step)."""
         self._local.heavy = True
+        self._local.running_since = time.monotonic()  # the start of its current slice
         self._local.deadline = time.monotonic() + timeout_s if timeout_s else None
         self._local.timeout_s = timeout_s
         try:
@@ -118,10 +126,17 @@ class Priority:
                 retry_after=max(1, round(timeout_s)),
             )
         if self.is_heavy():
-            deadline = time.monotonic() + HEAVY_MAX_WAIT_S
+            now = time.monotonic()
             with self._cond:
+                if not self._light:
+                    self._local.running_since = now  # nothing to make way for: a fresh slice
+                    return
+                if now - self._local.running_since < HEAVY_SLICE_S:
+                    return  # the rest of this slice first
+                deadline = now + HEAVY_MAX_WAIT_S
                 while self._light and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
+            self._local.running_since = time.monotonic()
 
 
 HEAVY_NICE = 10

@@ -63,6 +63,7 @@ def test_heavy_work_waits_at_its_checkpoints_while_light_work_runs(monkeypatch: 
     import exemplar.threads as threads
 
     monkeypatch.setattr(threads, "HEAVY_MAX_WAIT_S", 60.0)
+    monkeypatch.setattr(threads, "HEAVY_SLICE_S", 0.0)
     gate = threads.Priority()
     events: list[str] = []
     light_in, light_out, heavy_at_checkpoint = threading.Event(), threading.Event(), threading.Event()
@@ -89,6 +90,36 @@ def test_heavy_work_waits_at_its_checkpoints_while_light_work_runs(monkeypatch: 
         t.join(10)
     assert events == ["light done", "heavy step"]
     gate.checkpoint()  # not heavy work: returns at once
+
+
+def test_heavy_work_finishes_its_slice_before_it_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heavy work passes checkpoints for `HEAVY_SLICE_S` after it last found no light work, then
+    waits for light work; finding none starts a fresh slice."""
+    import time
+
+    import exemplar.threads as threads
+
+    monkeypatch.setattr(threads, "HEAVY_MAX_WAIT_S", 0.2)
+    monkeypatch.setattr(threads, "HEAVY_SLICE_S", 0.5)
+    gate = threads.Priority()
+    with gate.heavy_work():
+        with gate.light_work():
+            t0 = time.monotonic()
+            gate.checkpoint()  # within the slice begun by heavy_work: no wait
+            assert time.monotonic() - t0 < 0.1
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            gate.checkpoint()  # the slice is spent and light work runs: waits (here its 0.2 s most)
+            assert time.monotonic() - t0 >= 0.19
+            t0 = time.monotonic()
+            gate.checkpoint()  # a fresh slice after the wait
+            assert time.monotonic() - t0 < 0.1
+        time.sleep(0.6)
+        gate.checkpoint()  # no light work: a fresh slice
+        with gate.light_work():
+            t0 = time.monotonic()
+            gate.checkpoint()
+            assert time.monotonic() - t0 < 0.1
 
 
 def test_heavy_work_past_its_deadline_stops_at_the_next_checkpoint() -> None:
