@@ -52,18 +52,22 @@ def light_bodies(index: Path) -> list[dict[str, Any]]:
 
 def light_latencies(
     url: str, bodies: list[dict[str, Any]], n: int, until: threading.Event | None = None
-) -> list[float]:
-    """Seconds per light explain, sent one after another: `n` of them, or (with `until`) at least
-    `n` and then on until `until` is set."""
-    out: list[float] = []
+) -> list[dict[str, float]]:
+    """Light explains sent one after another: `n` of them, or (with `until`) at least `n` and then
+    on until `until` is set. Each gives its seconds end to end (`total_s`) and the server's stage
+    timings (`timings_ms`: gradient, selection, score, total) in seconds, and `wait` (end to end
+    minus the server's total: queueing, HTTP, serialisation)."""
+    out: list[dict[str, float]] = []
     with httpx.Client(timeout=600) as http:
         while len(out) < n or (until is not None and not until.is_set()):
             body = {**bodies[len(out) % len(bodies)], "k": 5, "seed": len(out)}
             t0 = time.perf_counter()
             r = http.post(f"{url}/v1/explain", json=body)
-            out.append(time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
             if r.status_code != 200:
                 raise SystemExit(f"a light explain failed: {r.status_code} {r.text[:300]}")
+            stages = {name: ms / 1e3 for name, ms in r.json()["timings_ms"].items()}
+            out.append({"total_s": seconds, **stages, "wait": seconds - stages["total"]})
     return out
 
 
@@ -88,8 +92,11 @@ def heaviest(url: str, query: dict[str, Any]) -> list[dict[str, Any]]:
     return [body for _, body in sorted(bodies, key=lambda b: -b[0])]
 
 
-def p(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values) * 1e3, q))
+def p(values: list[dict[str, float]], q: float, key: str = "total_s") -> float:
+    return float(np.percentile(np.asarray([v[key] for v in values]) * 1e3, q))
+
+
+STAGES = ("gradient", "selection", "score", "wait")
 
 
 def measure(index: Path, bodies: list[dict[str, Any]], n: int, lane: bool) -> dict[str, Any]:
@@ -137,11 +144,15 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path(".cache/demos"))
     parser.add_argument("--light", type=int, default=30, help="light explains per series (at least)")
     parser.add_argument("--quick", action="store_true", help="the tiny demo and 10 light explains")
+    parser.add_argument("--cost-limit", type=float, default=300.0, help="the API's EXEMPLAR_MAX_REQUEST_COST_S")
+    parser.add_argument("--lane-only", action="store_true", help="skip the run on one model thread")
+    parser.add_argument("--records", type=Path, help="write every light request's timings here (JSON)")
     args = parser.parse_args()
     demo, n = ("tiny", 10) if args.quick else (args.demo, args.light)
+    SERVER_ENV["EXEMPLAR_MAX_REQUEST_COST_S"] = f"{args.cost_limit:g}"
     index = prepare(demo, args.root)
     bodies = light_bodies(index)
-    runs = {lane: measure(index, bodies, n, lane) for lane in (False, True)}
+    runs = {lane: measure(index, bodies, n, lane) for lane in ((True,) if args.lane_only else (False, True))}
     for lane, run in runs.items():
         b = run["body"]
         print(
@@ -156,10 +167,18 @@ def main() -> None:
             xs = run[series]
             heavy_s = f"{run['heavy_s']:.1f}" if series == "loaded" else ""
             label = f"{name}, {series}"
-            print(f"{label:<34}{len(xs):>5}{p(xs, 50):>10.0f}{p(xs, 99):>10.0f}{max(xs) * 1e3:>10.0f}{heavy_s:>10}")
-    before = p(runs[False]["loaded"], 99) - p(runs[False]["unloaded"], 99)
+            print(f"{label:<34}{len(xs):>5}{p(xs, 50):>10.0f}{p(xs, 99):>10.0f}{p(xs, 100):>10.0f}{heavy_s:>10}")
+    print("heavy lane, by stage (server timings; wait = end to end minus the server's total), ms:")
+    print(f"{'':<12}" + "".join(f"{s + ' ' + q:>16}" for s in STAGES for q in ("p50", "p99")))
+    for series in ("unloaded", "loaded"):
+        xs = runs[True][series]
+        print(f"{series:<12}" + "".join(f"{p(xs, q, s):>16.0f}" for s in STAGES for q in (50, 99)))
+    one = runs.get(False)
+    before = p(one["loaded"], 99) - p(one["unloaded"], 99) if one else float("nan")
     after = p(runs[True]["loaded"], 99) - p(runs[True]["unloaded"], 99)
     print(f"loaded minus unloaded p99: one thread {before:+.0f} ms, heavy lane {after:+.0f} ms (target <= +1000 ms)")
+    if args.records:
+        args.records.write_text(json.dumps({"lane" if lane else "one": run for lane, run in runs.items()}) + "\n")
     ours = runs[True]
     print(
         f"isolation: p99_unloaded_ms={p(ours['unloaded'], 99):.0f} p99_loaded_ms={p(ours['loaded'], 99):.0f} "

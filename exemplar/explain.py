@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class QueryState:
     row: int | None = None
     checkpoint_grads: list[np.ndarray] | None = None
     factors: LayerFactors | None = None  # kept for full-space scoring: the query's pass is not redone
+    scratch: dict[Any, Any] = field(default_factory=dict)  # strategies' per-query state (SelectionContext)
 
     @property
     def query(self) -> Query:
@@ -147,13 +148,10 @@ class Explainer:
         return self.prepare_many([query], keep_factors=keep_factors)[0]
 
     def prepare_many(self, queries: Sequence[Example], *, keep_factors: bool = False) -> list[QueryState]:
-        """Featurise several queries in shared batched forward/backward passes.
-
-        With `config.truncate_queries` off, a query longer than the index's `max_length`
-        tokens is refused (`InvalidInputError`) instead of being cut. With `keep_factors`
-        each state keeps its layers' inputs and output gradients, so scoring it in the full
-        space does not run the query again.
-        """
+        """Featurise several queries in shared batched forward/backward passes. With
+        `config.truncate_queries` off, a query longer than the index's `max_length` tokens is
+        refused (`InvalidInputError`) instead of being cut. With `keep_factors` each state keeps its
+        layers' inputs and output gradients: scoring it in the full space does not run it again."""
         with self._model():
             for query in queries:
                 self._check_query(query)
@@ -274,6 +272,7 @@ class Explainer:
             candidates=candidates,
             find_row=find_row,
             shared=self.strategy_state,
+            scratch=state.scratch,
         )
 
     def choose(self, state: QueryState, options: ExplainOptions) -> Scored:

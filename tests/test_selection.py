@@ -23,7 +23,12 @@ from exemplar.strategies.ranking import (
     self_selection,
     topk,
 )
-from exemplar.strategies.reconstruct import RECONSTRUCT_SCREEN_RTOL, RECONSTRUCT_SWAP_RTOL, reconstruct
+from exemplar.strategies.reconstruct import (
+    RECONSTRUCT_SCREEN_RTOL,
+    RECONSTRUCT_SWAP_RTOL,
+    reconstruct,
+    reconstruct_selections,
+)
 from exemplar.strategies.reduced import ReducedScorer, project_rows_onto_simplex
 
 PROPERTY_SETTINGS = settings(max_examples=50, deadline=None)
@@ -817,6 +822,29 @@ def test_reconstruct_single_pick_has_the_smallest_residual_variance(solver: str,
         assert reconstruct(test_grad, grads, 1, solver=solver, swap_sweeps=sweeps).tolist() == [
             int(np.argmin(residual_var))
         ]
+
+
+@pytest.mark.parametrize("solver", TEST_SOLVERS)
+def test_reconstruct_memo_factorises_one_pool_once_across_ks(solver: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a memo (compare's several ks for one query) the pool's screening factorisation and its
+    whole-pool fit are computed once, and every selection is the one computed without it."""
+    from exemplar.strategies import reconstruct as module
+
+    made: list[int] = []
+    real = module.ReducedScorer
+    monkeypatch.setattr(module, "ReducedScorer", lambda *args: made.append(1) or real(*args))
+    test_grad, grads = reconstruct_problem(40, 12, seed=5)
+    memo: dict[object, object] = {}
+    for k in (1, 2, 4, 6):
+        expected = reconstruct_selections(test_grad, grads, k, solver=solver, pool_size=40)
+        got = reconstruct_selections(test_grad, grads, k, solver=solver, pool_size=40, memo=memo)
+        assert [list(s) for s in got] == [list(s) for s in expected]
+    assert len(made) == 4 + 1  # once per call without the memo, once in all with it
+    assert len(memo) == 2  # the factorisation and the whole-pool fit
+    other = test_grad + 0.1  # another query's values: computed afresh, not taken from the memo
+    reconstruct_selections(other, grads, 3, solver=solver, pool_size=40, memo=memo)
+    assert len(made) == 6
+    assert len(memo) == 4
 
 
 def test_reconstruct_first_pick_is_not_always_the_l2_nearest() -> None:

@@ -62,6 +62,9 @@ class SelectionContext:
     """The query's row among the training examples, None when it is not one."""
     shared: dict[str, Any] = field(default_factory=dict)
     """Per-index state a strategy keeps between queries (reconstruct's centred Gram)."""
+    scratch: dict[Any, Any] = field(default_factory=dict)
+    """Per-query state a strategy keeps between selections for the same query (compare's several
+    ks: reconstruct's screening factorisation of one pool); it goes when the request ends."""
 
     @property
     def m(self) -> int:

@@ -13,6 +13,8 @@ the query's gradient, found on the score itself.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -143,6 +145,24 @@ def reconstruct(test_grad: np.ndarray, grads: np.ndarray, k: int, **options: Any
     return reconstruct_selections(test_grad, grads, k, **options)[0]
 
 
+def _digest(*arrays: npt.NDArray[np.float64]) -> bytes:
+    """A digest of the arrays' shapes and exact values."""
+    h = hashlib.blake2b(digest_size=16)
+    for arr in arrays:
+        h.update(repr(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr, dtype=np.float64).data)
+    return h.digest()
+
+
+def _memo(memo: dict[Any, Any] | None, key: Any, make: Callable[[], Any]) -> Any:
+    """``make()``, kept in ``memo`` under ``key`` when a memo is given."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
 def reconstruct_selections(
     test_grad: np.ndarray,
     grads: np.ndarray,
@@ -153,6 +173,7 @@ def reconstruct_selections(
     swap_sweeps: int = RECONSTRUCT_SWAP_SWEEPS,
     simplex_start: bool = True,
     beam_width: int = 0,
+    memo: dict[Any, Any] | None = None,
 ) -> list[npt.NDArray[np.int64]]:
     """Greedy forward selection on the relevance score itself, then swaps ("ours", beyond the paper).
 
@@ -213,6 +234,10 @@ def reconstruct_selections(
     re-scored with ``selection_relevance`` itself, which decides (a swap step whose best
     screened ratio is below the current one by more than that re-scores nothing). A test
     gradient with zero variance scores 0 with every selection: the pool order is returned.
+
+    ``memo``: a dict the caller keeps for one query. The pool's screening factorisation and
+    its whole-pool fit go in it, keyed by the exact values they come from (`_memo`), so calls
+    at several ``k`` over one pool (``compare``) compute them once.
     """
     k = positive_int(k, "k")
     pool_size = positive_int(pool_size, "pool_size")
@@ -242,7 +267,9 @@ def reconstruct_selections(
         return [pool[:steps]]
 
     grads_in = np.asarray(grads)
-    scorer = ReducedScorer(a[pool], g, solver)
+    pool_grads = a[pool]  # (m, d)
+    digest = _digest(pool_grads, g)
+    scorer = _memo(memo, ("screening", solver, digest), lambda: ReducedScorer(pool_grads, g, solver))
 
     def scored(subset: list[int]) -> float:
         """The ratio of ``subset`` (pool positions) by ``selection_relevance`` itself."""
@@ -295,7 +322,7 @@ def reconstruct_selections(
 
     order, ratio = improve([])
     if simplex_start:
-        weights = exact_simplex_weights(g, a[pool])  # (m,) the best mixture of the whole pool
+        weights = _memo(memo, ("pool fit", digest), lambda: exact_simplex_weights(g, pool_grads))  # (m,) best mixture
         support = np.flatnonzero(weights > 0)
         seeded, seeded_ratio = improve([int(j) for j in support[np.argsort(-weights[support], kind="stable")][:steps]])
         if seeded_ratio > ratio * (1.0 + RECONSTRUCT_SWAP_RTOL):
@@ -355,6 +382,11 @@ class Reconstruct:
     def propose(self, ctx: SelectionContext) -> list[Proposal]:
         pool = served_pool(ctx.shared, ctx.store).pool(ctx.query.grad, ctx.k, ctx.pool_size, ctx.default_pool_size)
         found = reconstruct_selections(
-            ctx.query.grad, ctx.store.vectors_at(pool), ctx.k, solver=ctx.solver, pool_size=pool.shape[0]
+            ctx.query.grad,
+            ctx.store.vectors_at(pool),
+            ctx.k,
+            solver=ctx.solver,
+            pool_size=pool.shape[0],
+            memo=ctx.scratch.setdefault(("reconstruct", pool.tobytes()), {}),
         )
         return [ctx.proposal(self.name, pool[picked]) for picked in found]
