@@ -351,7 +351,10 @@ def score_full_space(
     Per query, one forward/backward of its selections' examples in as few groups as memory allows
     (`grid_gram_computer`, `Explainer.full_grams`: only each selection's own pairs are multiplied).
     The products are float32, twice as fast; for the first query they are also taken in float64
-    and the largest difference in dB is kept in ``result.checks["float32_max_abs_db"]``. Random
+    and the largest difference in dB is kept in ``result.checks["float32_max_abs_db"]``. Above
+    `FLOAT32_MAX_DB` (a selection near the paper solver's truncation threshold, where float32
+    rounding decides which eigenvalues pinv keeps), the first query keeps its float64 scores and
+    the rest of the pass runs in float64 (``result.checks["float64_products"] = 1.0``). Random
     selections are scored for their first ``random_seeds`` seeds only (they are nearly disjoint,
     so on a large model they are most of the forward/backward passes).
     """
@@ -380,17 +383,26 @@ def score_full_space(
                 "full/exact": gram.relevance("exact").ratio,
             }
         if qi == 0:
-            exact = explainer.full_grams(
-                state, rows, computer=grid_gram_computer(explainer, torch.float64), group_rows=explainer.store.n
-            )
+            precise = grid_gram_computer(explainer, torch.float64)
+            exact = explainer.full_grams(state, rows, computer=precise, group_rows=explainer.store.n)
             result.checks["float32_max_abs_db"] = max(
                 abs(g.relevance(solver).db - ratio_db(r.scores[f"full/{solver}"]))
                 for r, g in zip(records, exact, strict=True)
                 for solver in ("paper", "exact")
             )
+            if result.checks["float32_max_abs_db"] > FLOAT32_MAX_DB:  # float32 is not good enough here
+                fast = precise
+                result.checks["float64_products"] = 1.0
+                for r, g in zip(records, exact, strict=True):
+                    r.scores.update({f"full/{solver}": g.relevance(solver).ratio for solver in ("paper", "exact")})
         progress.advance(1)
     progress.finish()
     result.seconds["full_space"] = result.seconds.get("full_space", 0.0) + time.perf_counter() - t0
+
+
+FLOAT32_MAX_DB = 0.05
+"""Largest difference float32 full-space products may make to a score (dB, on the first query,
+`score_full_space`) before the pass takes them in float64 instead."""
 
 
 def best_paper_config(result: GridResult, estimator: str, k: int) -> Config | None:

@@ -257,9 +257,7 @@ def _space_section(
         "grows and returns uniform weights at d >= 8.4M) and the exact simplex least squares (`exact`). "
         f"Each cell: the median over queries of each query's dB (random: the mean of the ratios of its "
         f"{_full_seeds(result)} seed(s) scored here), then the paper's mean of linear ratios in dB in parentheses; "
-        f"{_full_queries(result)}. The full-space products were taken in float32 (twice as fast); on the first "
-        f"query they moved no score by more than {result.checks.get('float32_max_abs_db', math.nan):.2g} dB from "
-        "float64 products.",
+        f"{_full_queries(result)}. {_products_note(result)}",
         "",
     ]
     shown = ("top-k most influential", "FL lambda=1", "divine", "aide")
@@ -455,3 +453,17 @@ def _beats_best(paired: list[PairedXiPlus], ks: list[int]) -> str:
             f"paired difference {p.difference:+.2e} (95% CI {p.lo:+.2e} .. {p.hi:+.2e}, n={p.n})"
         )
     return f"**{bool(wins) and all(wins)}** (" + "; ".join(parts) + ")"
+
+
+def _products_note(result: GridResult) -> str:
+    """How the full-space products were taken (`score_full_space`'s float32 check)."""
+    moved = f"{result.checks.get('float32_max_abs_db', math.nan):.2g} dB"
+    if result.checks.get("float64_products"):
+        return (
+            f"On the first query float32 products moved a score by {moved} from float64 ones, so every "
+            "full-space product was taken in float64."
+        )
+    return (
+        "The full-space products were taken in float32 (twice as fast); on the first query they moved "
+        f"no score by more than {moved} from float64 products."
+    )
