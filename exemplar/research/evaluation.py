@@ -307,6 +307,8 @@ GRID_FACTOR_BYTES = 6 * 1024**3
 tokens of a group are capped so that their factors (float32, plus float64 copies) fit it."""
 GRID_DENSE_ELEMENTS = 1 << 28
 """Per-layer dense gradients of one group held at once in the grid's full-space pass (2 GiB float64)."""
+FLOAT32_MAX_DB = 0.05
+"""Largest change float32 products may make to a first-query score (dB) before the pass takes float64."""
 
 
 def grid_gram_computer(explainer: Explainer, dtype: torch.dtype) -> KroneckerGram:
@@ -351,10 +353,8 @@ def score_full_space(
     Per query, one forward/backward of its selections' examples in as few groups as memory allows
     (`grid_gram_computer`, `Explainer.full_grams`: only each selection's own pairs are multiplied).
     The products are float32, twice as fast; for the first query they are also taken in float64
-    and the largest difference in dB is kept in ``result.checks["float32_max_abs_db"]``. Above
-    `FLOAT32_MAX_DB` (a selection near the paper solver's truncation threshold, where float32
-    rounding decides which eigenvalues pinv keeps), the first query keeps its float64 scores and
-    the rest of the pass runs in float64 (``result.checks["float64_products"] = 1.0``). Random
+    and the largest difference in dB is kept in ``result.checks["float32_max_abs_db"]``; above
+    `FLOAT32_MAX_DB` (pinv's truncation decided by rounding) the whole pass is float64. Random
     selections are scored for their first ``random_seeds`` seeds only (they are nearly disjoint,
     so on a large model they are most of the forward/backward passes).
     """
@@ -376,12 +376,9 @@ def score_full_space(
         rows = [np.asarray(r.rows, dtype=np.int64) for r in records]
         grams = explainer.full_grams(state, rows, computer=fast, group_rows=explainer.store.n)
         for r, gram in zip(records, grams, strict=True):
-            r.scores = {
-                "projected/paper": r.ratio,
-                "projected/exact": explainer.score(state, np.asarray(r.rows), solver="exact").ratio,
-                "full/paper": gram.relevance("paper").ratio,
-                "full/exact": gram.relevance("exact").ratio,
-            }
+            projected = explainer.score(state, np.asarray(r.rows), solver="exact").ratio
+            r.scores = {"projected/paper": r.ratio, "projected/exact": projected}
+            r.scores.update({f"full/{solver}": gram.relevance(solver).ratio for solver in ("paper", "exact")})
         if qi == 0:
             precise = grid_gram_computer(explainer, torch.float64)
             exact = explainer.full_grams(state, rows, computer=precise, group_rows=explainer.store.n)
@@ -391,18 +388,12 @@ def score_full_space(
                 for solver in ("paper", "exact")
             )
             if result.checks["float32_max_abs_db"] > FLOAT32_MAX_DB:  # float32 is not good enough here
-                fast = precise
-                result.checks["float64_products"] = 1.0
+                fast, result.checks["float64_products"] = precise, 1.0
                 for r, g in zip(records, exact, strict=True):
                     r.scores.update({f"full/{solver}": g.relevance(solver).ratio for solver in ("paper", "exact")})
         progress.advance(1)
     progress.finish()
     result.seconds["full_space"] = result.seconds.get("full_space", 0.0) + time.perf_counter() - t0
-
-
-FLOAT32_MAX_DB = 0.05
-"""Largest difference float32 full-space products may make to a score (dB, on the first query,
-`score_full_space`) before the pass takes them in float64 instead."""
 
 
 def best_paper_config(result: GridResult, estimator: str, k: int) -> Config | None:
