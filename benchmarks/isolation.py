@@ -151,7 +151,7 @@ def main() -> None:
     demo, n = ("tiny", 10) if args.quick else (args.demo, args.light)
     SERVER_ENV["EXEMPLAR_MAX_REQUEST_COST_S"] = f"{args.cost_limit:g}"
     index = prepare(demo, args.root)
-    bodies = light_bodies(index)
+    bodies = light_bodies(index)[:n]  # the same n queries unloaded and loaded: a like-for-like p99
     runs = {lane: measure(index, bodies, n, lane) for lane in ((True,) if args.lane_only else (False, True))}
     for lane, run in runs.items():
         b = run["body"]
