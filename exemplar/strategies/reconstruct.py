@@ -387,6 +387,6 @@ class Reconstruct:
             ctx.k,
             solver=ctx.solver,
             pool_size=pool.shape[0],
-            memo=ctx.scratch.setdefault(("reconstruct", pool.tobytes()), {}),
+            memo=ctx.scratch.setdefault("reconstruct", {}),  # keyed inside by the exact values
         )
         return [ctx.proposal(self.name, pool[picked]) for picked in found]
