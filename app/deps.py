@@ -15,9 +15,10 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.batching import MicroBatcher
 from app.observability import Metrics
@@ -48,7 +49,24 @@ def get_explainer(request: Request) -> Explainer:
     return explainer
 
 
-async def guard(request: Request) -> str:
+# Declared so the OpenAPI document has securitySchemes (Swagger UI's Authorize button, generated
+# clients); neither rejects anything itself (auto_error=False): `authenticate` does, by the settings.
+BEARER = HTTPBearer(
+    scheme_name="bearer", auto_error=False, description="Authorization: Bearer <API key> (when the server has keys)"
+)
+API_KEY = APIKeyHeader(
+    name="X-API-Key", scheme_name="apiKey", auto_error=False, description="the API key (when the server has keys)"
+)
+ADMIN_KEY = APIKeyHeader(
+    name="X-Admin-Key", scheme_name="adminKey", auto_error=False, description="the admin key (POST /v1/admin/reload)"
+)
+
+
+async def guard(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+    _key: Annotated[str | None, Depends(API_KEY)] = None,
+) -> str:
     """API key (when configured) and the key's rate limit; the key's name is the client."""
     name = authenticate(request.headers, get_settings(request).api_keys)
     request.state.client = name

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +28,9 @@ from app.errors import install_error_handlers
 from app.jobs import JobQueue
 from app.middleware import BodySizeLimit, add_request_id
 from app.observability import Metrics, configure_logging
-from app.routes import admin, explain, health, index, jobs
+from app.routes import admin, docs, explain, health, index, jobs
 from app.security import RateLimiter
-from app.settings import ApiSettings
+from app.settings import ApiSettings, missing_keys
 from exemplar.errors import ExemplarError
 from exemplar.explain import Explainer
 from exemplar.options import ExplainOptions
@@ -112,6 +113,8 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
         description="Which training examples explain this output? k examples with simplex weights and the "
         "Selection Relevance Score in dB (Schoenegger & Roth, ACL 2026 Findings).",
         lifespan=lifespan_of(settings, explainer),
+        docs_url=None,  # app.routes.docs serves Swagger UI and ReDoc from packaged assets, not a CDN
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.state.settings = settings
@@ -119,10 +122,23 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
     app.state.swap_lock = asyncio.Lock()
     app.middleware("http")(add_request_id)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, max_header_bytes=settings.max_header_bytes)
-    for area in (explain, index, jobs, admin, health):
+    for area in (explain, index, jobs, admin, health, docs):
         app.include_router(area.router)
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")
+    app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.assets_dir()), name="docs-assets")
     return app
+
+
+def probe_ready(port: int, timeout_s: float = 4.0) -> int:
+    """0 if the server on this host's port answers /readyz with 200 (ready), 1 if not (loading, down)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=timeout_s) as response:
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError):
+        return 1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,6 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="probe the server on 127.0.0.1:$EXEMPLAR_PORT: exit 0 if /readyz answers 200, else 1 (a container healthcheck)",
+    )
     args = parser.parse_args(argv)
     overrides = {
         k: v
@@ -146,6 +167,10 @@ def main(argv: list[str] | None = None) -> None:
         if v is not None
     }
     settings = ApiSettings(**overrides)
+    if args.check:
+        sys.exit(probe_ready(settings.port))
+    if (problem := missing_keys(settings)) is not None:
+        parser.exit(2, f"exemplar-api: error: {problem}\n")
     configure_logging()
     if settings.torch_threads:
         import torch

@@ -15,7 +15,8 @@ from worker.keys import DEFAULT_QUEUE
 class ApiSettings(BaseSettings):
     """Where the index is and the limits the service enforces."""
 
-    model_config = SettingsConfigDict(env_prefix="EXEMPLAR_", frozen=True)
+    # an empty variable counts as unset (docker-compose.yml passes ${EXEMPLAR_API_KEYS:-})
+    model_config = SettingsConfigDict(env_prefix="EXEMPLAR_", frozen=True, env_ignore_empty=True)
 
     index_dir: Path = Field(
         Path(".cache/demos/tweets/index"),
@@ -84,10 +85,36 @@ class ApiSettings(BaseSettings):
     )
     rate_limit_per_minute: int = Field(600, ge=0, description="requests per key per minute (Redis; 0: no limit)")
     max_jobs_per_key: int = Field(4, ge=1, description="queued + running batch jobs one key may have")
+    require_keys: bool = Field(
+        False,
+        description="refuse to start without api_keys and admin_key_sha256 (docker-compose.yml sets it: the "
+        "published port must not serve an open API by accident)",
+    )
     admin_key_sha256: str | None = Field(
         None,
         description="sha256 hex of the admin key that POST /v1/admin/reload requires in X-Admin-Key "
         "(unset: reload is open, as for the other routes of the embedded default)",
+    )
+
+
+def missing_keys(settings: ApiSettings) -> str | None:
+    """What is missing for `require_keys`, as a message that says how to set it; None when nothing is."""
+    if not settings.require_keys:
+        return None
+    missing = [
+        name
+        for name, value in (
+            ("EXEMPLAR_API_KEYS", settings.api_keys),
+            ("EXEMPLAR_ADMIN_KEY_SHA256", settings.admin_key_sha256),
+        )
+        if not value
+    ]
+    if not missing:
+        return None
+    return (
+        f"EXEMPLAR_REQUIRE_KEYS is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: "
+        """set EXEMPLAR_API_KEYS='{"name": "<sha256 hex of the key>"}' and EXEMPLAR_ADMIN_KEY_SHA256=<sha256 hex """
+        "of the admin key> (README: Deploy with docker compose)"
     )
 
 

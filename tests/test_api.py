@@ -504,3 +504,82 @@ def test_a_bad_option_costs_no_model_work(classifier_index: Path, monkeypatch: p
         explainer.explain(query, strategy="balanced", lam=2.0)
     (only,) = explainer.explain_many([(query, ExplainOptions(k=51))])
     assert isinstance(only, InvalidInputError)
+
+
+def test_readyz_is_503_until_the_index_is_loaded(client: TestClient) -> None:
+    app = client.app
+    served = app.state.explainer  # type: ignore[attr-defined]
+    app.state.explainer = None  # type: ignore[attr-defined]
+    try:
+        loading = client.get("/readyz")
+        assert loading.status_code == 503
+        assert loading.json()["status"] == "loading"
+        assert loading.headers["Retry-After"] == "5"
+    finally:
+        app.state.explainer = served  # type: ignore[attr-defined]
+    assert client.get("/readyz").status_code == 200
+
+
+def test_swagger_ui_and_redoc_load_only_packaged_assets(client: TestClient) -> None:
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)""", html) + re.findall(r"""url: ?["']([^"']+)""", html)
+        assert urls, page
+        for url in urls:
+            assert url.startswith("/"), f"{page} loads {url} from elsewhere"
+            assert client.get(url).status_code == 200, url
+    assert "fonts.googleapis" not in client.get("/redoc").text
+
+
+def test_the_openapi_document_declares_the_api_key(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearer"] == {"type": "http", "scheme": "bearer", "description": schemes["bearer"]["description"]}
+    assert (schemes["apiKey"]["in"], schemes["apiKey"]["name"]) == ("header", "X-API-Key")
+    assert (schemes["adminKey"]["in"], schemes["adminKey"]["name"]) == ("header", "X-Admin-Key")
+    assert spec["paths"]["/v1/explain"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert spec["paths"]["/v1/admin/reload"]["post"]["security"] == [{"adminKey": []}]
+    assert "security" not in spec["paths"]["/readyz"]["get"]  # probes stay open
+
+
+def test_require_keys_refuses_to_start_without_them(classifier_index: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from app.main import main
+
+    monkeypatch.setenv("EXEMPLAR_REQUIRE_KEYS", "true")
+    monkeypatch.setenv("EXEMPLAR_API_KEYS", "")  # as docker-compose.yml passes an unset one: ignored
+    with pytest.raises(SystemExit) as refused:
+        main(["--index", str(classifier_index), "--port", "1"])
+    assert refused.value.code == 2
+    monkeypatch.setenv("EXEMPLAR_API_KEYS", '{"me": "' + hashlib.sha256(b"k").hexdigest() + '"}')
+    with pytest.raises(SystemExit):
+        main(["--index", str(classifier_index), "--port", "1"])  # still no admin key
+    from app.settings import missing_keys
+
+    assert missing_keys(ApiSettings(require_keys=True, api_keys={"me": "ab"})) == (
+        'EXEMPLAR_REQUIRE_KEYS is set but EXEMPLAR_ADMIN_KEY_SHA256 is not: set EXEMPLAR_API_KEYS=\'{"name": '
+        '"<sha256 hex of the key>"}\' and EXEMPLAR_ADMIN_KEY_SHA256=<sha256 hex of the admin key> (README: Deploy '
+        "with docker compose)"
+    )
+    assert missing_keys(ApiSettings(require_keys=True, api_keys={"me": "ab"}, admin_key_sha256="cd")) is None
+    assert missing_keys(ApiSettings(require_keys=False)) is None
+
+
+def test_check_probes_readyz_on_the_port(classifier_index: Path, tmp_path: Path) -> None:
+    """`exemplar-api --check`, the compose healthcheck: 0 while a ready server listens on $EXEMPLAR_PORT, else 1."""
+    import subprocess
+
+    from app.process import BIN, ENV, running_api
+
+    def check(port: str) -> int:
+        return subprocess.run(
+            [BIN / "exemplar-api", "--check"], env={**ENV, "EXEMPLAR_PORT": port}, check=False
+        ).returncode
+
+    with running_api(classifier_index, tmp_path / "api.log") as url:
+        port = url.rsplit(":", 1)[1]
+        assert check(port) == 0
+    assert check(port) == 1  # nothing listens any more

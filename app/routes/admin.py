@@ -6,16 +6,16 @@ import hashlib
 import hmac
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
-from app.deps import get_settings, swap_index
+from app.deps import ADMIN_KEY, get_settings, swap_index
 from app.routes import ERRORS
 from exemplar.errors import AuthenticationError
 
 router = APIRouter()
 
 
-@router.post("/v1/admin/reload", responses=ERRORS, tags=["admin"])
+@router.post("/v1/admin/reload", responses=ERRORS, tags=["admin"], dependencies=[Depends(ADMIN_KEY)])
 async def reload_index(request: Request) -> dict[str, Any]:
     """Serve the index directory's current version (e.g. after `index-builder append`), without a restart.
 

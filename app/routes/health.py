@@ -52,10 +52,13 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
-async def readyz(request: Request) -> Health:
-    """Readiness: the index and model are loaded."""
+async def readyz(request: Request, response: Response) -> Health:
+    """Readiness: 200 once the index and model are loaded, 503 (status "loading") before, so an
+    orchestrator sends no traffic to a replica that cannot answer yet."""
     explainer = getattr(request.app.state, "explainer", None)
     if explainer is None:
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
         return Health(status="loading")
     cache: ExplanationCache = request.app.state.cache
     return Health(
