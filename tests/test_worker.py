@@ -91,3 +91,38 @@ def test_batch_job_refuses_over_long_queries_unless_truncating(classifier_index:
     assert len(refused[1]["examples"]) == 2
     cut = explain_batch(str(classifier_index), [long_query], {"k": 2}, True)
     assert cut[0]["prediction"]["truncated"] is True
+
+
+def test_check_sees_this_hosts_worker_heartbeat_in_redis(redis: Redis) -> None:
+    """`exemplar-worker --check`, the compose healthcheck: a worker registered from this host that
+    heartbeated within 3 intervals; not another host's, not a stale or a dead one."""
+    import socket
+    import subprocess
+    from datetime import UTC, datetime, timedelta
+
+    from app.process import BIN, ENV
+    from worker.main import heartbeating
+
+    def check() -> int:
+        env = {**ENV, "EXEMPLAR_REDIS_URL": "redis://127.0.0.1:6379/15"}
+        return subprocess.run([BIN / "exemplar-worker", "--check"], env=env, check=False).returncode
+
+    for key in redis.smembers("rq:workers"):  # workers other tests left registered
+        redis.srem("rq:workers", key)
+    assert not heartbeating(redis, 30)
+    assert check() == 1
+    worker = SimpleWorker([Queue(f"hb-{uuid.uuid4().hex}", connection=redis)], connection=redis)
+    worker.register_birth()
+    try:
+        worker.heartbeat()
+        assert heartbeating(redis, 30)
+        assert check() == 0
+        assert not heartbeating(redis, 30, hostname=f"not-{socket.gethostname()}")
+        stale = (datetime.now(UTC) - timedelta(seconds=100)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        redis.hset(worker.key, "last_heartbeat", stale)
+        assert not heartbeating(redis, 30)  # 100 s > 3 x 30 s
+        assert heartbeating(redis, 40)
+    finally:
+        worker.register_death()
+    assert not heartbeating(redis, 30)
+    assert not heartbeating(Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5), 30)  # no Redis

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=Path, help="index to load once at start-up")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 if a worker on this host heartbeats in Redis, else 1 (a container healthcheck)",
+    )
+    parser.add_argument(
         "--heartbeat", type=int, help="seconds between heartbeats (default 30); 3 missed = job abandoned"
     )
     args = parser.parse_args(argv)
@@ -62,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         if v is not None
     }
     settings = WorkerSettings(**overrides)
+    if args.check:
+        sys.exit(0 if heartbeating(Redis.from_url(settings.redis_url, socket_timeout=3), settings.heartbeat) else 1)
     logging.basicConfig(level=logging.INFO)
     limit_blas_threads(settings.blas_threads)
     if settings.index_dir is not None:
@@ -78,10 +87,36 @@ def main(argv: list[str] | None = None) -> None:
             connection=connection,
             serializer=JSONSerializer,
             job_monitoring_interval=settings.heartbeat,
+            worker_ttl=3 * settings.heartbeat,  # so `--check` sees a live worker within 3 heartbeats
             maintenance_interval=settings.heartbeat,  # retries abandoned jobs soon after their heartbeat expires
         )
 
     work_through_outages(make_worker, connection, burst=args.burst)
+
+
+def heartbeating(connection: Any, heartbeat_s: int, hostname: str | None = None) -> bool:
+    """A worker registered from this host (its container) has heartbeated in Redis within 3 heartbeats.
+
+    An idle RQ worker heartbeats each time its blocking wait for a job ends (worker_ttl - 15 s),
+    a busy one each `heartbeat_s` while it monitors its job; a dead one's key expires."""
+    from datetime import UTC, datetime, timedelta
+
+    from redis.exceptions import RedisError
+    from rq import Worker
+
+    hostname = hostname or socket.gethostname()
+    try:
+        workers = Worker.all(connection=connection)
+    except RedisError:
+        return False
+    recent = datetime.now(UTC) - timedelta(seconds=3 * heartbeat_s)
+    for worker in workers:
+        beat = worker.last_heartbeat
+        if beat is not None and beat.tzinfo is None:
+            beat = beat.replace(tzinfo=UTC)
+        if worker.hostname == hostname and beat is not None and beat >= recent:
+            return True
+    return False
 
 
 def work_through_outages(make_worker: Callable[[], Any], connection: Any, *, burst: bool = False) -> None:
