@@ -98,7 +98,7 @@ def write_index(
             )
             bar.finish()
         write_examples(tmp / EXAMPLES_DB, examples)
-        (tmp / MANIFEST).write_text(manifest.to_json())
+        (tmp / MANIFEST).write_text(manifest.to_json(out))  # records `out`: a moved model is found beside it
         if out.exists():  # swap: the old version stays complete until the new one is in place
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)

@@ -26,8 +26,9 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,13 +92,25 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     code_version: str = __version__
     created_at: float = field(default_factory=time.time)
+    written_to: str | None = None  # the index directory's absolute path when this was written
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+    def to_json(self, index_dir: str | Path | None = None) -> str:
+        """The manifest as JSON; with the directory it is written to, that directory is recorded
+        (`written_to`) so that a reader can find a model that moved along with the index."""
+        data = asdict(self)
+        if index_dir is not None:
+            data["written_to"] = str(Path(index_dir).resolve())
+        return json.dumps(data, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> Manifest:
+    def from_json(cls, text: str, index_dir: str | Path | None = None) -> Manifest:
+        """Parse a manifest read from `index_dir`. A model, adapter or checkpoint path inside the
+        folder that held the index when it was written is looked up at the same place beside the
+        index now, and used if it is there: the folder holding index and model can move (another
+        host, a container volume); the model checksums still decide whether it is the same model."""
         data = json.loads(text)
+        if index_dir is not None and data.get("written_to"):
+            _map_paths(data, partial(_moved, Path(data["written_to"]).parent, Path(index_dir).resolve().parent))
         if data.get("format_version") != FORMAT_VERSION:
             raise IndexIncompatibleError(
                 f"index format {data.get('format_version')} is not supported by this version "
@@ -283,7 +296,23 @@ def read_manifest(index_dir: str | Path) -> Manifest:
     path = Path(index_dir) / MANIFEST
     if not path.exists():
         raise NotFoundError(f"{str(index_dir)!r} is not an index (no {MANIFEST}); build one with index-builder build")
-    return Manifest.from_json(path.read_text())
+    return Manifest.from_json(path.read_text(), index_dir)
+
+
+def _map_paths(data: dict[str, Any], fn: Callable[[str], str]) -> None:
+    """Apply `fn` to the model and adapter paths of a manifest's JSON data (checkpoints too), in place."""
+    for entry in (data, *data.get("checkpoints", [])):
+        for key in ("model_dir", "adapter_dir"):
+            if entry.get(key):
+                entry[key] = fn(entry[key])
+
+
+def _moved(old_home: Path, new_home: Path, path: str) -> str:
+    """`path`, at the same place under `new_home` if it was under `old_home` and is there now."""
+    if old_home == new_home or not Path(path).is_relative_to(old_home):
+        return path
+    candidate = new_home / Path(path).relative_to(old_home)
+    return str(candidate) if candidate.exists() else path
 
 
 class FaissGradientStore:

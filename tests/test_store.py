@@ -117,3 +117,37 @@ def test_float16_storage_halves_vectors_and_keeps_search_exact(tmp_path: Path) -
     np.testing.assert_allclose(store.vectors_at(rows), full.vectors_at(rows), rtol=1e-3, atol=1e-3)
     with pytest.raises(InvalidInputError, match="vector dtype"):
         write_index(tmp_path / "x", replace(half, vector_dtype="int8"), vectors, examples)
+
+
+def test_a_folder_holding_index_and_model_can_move(tmp_path: Path, classifier_dir: Path, classifier_index: Path) -> None:
+    """A model beside the index is found beside it after the folder moves (another host, a container
+    volume); an index copied on its own still finds the model where it was."""
+    from exemplar.store import read_manifest
+
+    project = tmp_path / "project"
+    shutil.copytree(classifier_dir, project / "model")
+    shutil.copytree(classifier_index, project / "index")
+    manifest = json.loads((project / "index" / "manifest.json").read_text())
+    manifest["model_dir"] = str(project / "model")
+    manifest["written_to"] = str(project / "index")
+    (project / "index" / "manifest.json").write_text(json.dumps(manifest))
+
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(project, moved)
+    assert read_manifest(moved / "index").model_dir == str(moved / "model")
+    explainer = Explainer.from_index(moved / "index")  # the checksum still decides
+    assert explainer.explain(Example(text="stocks fell"), k=2).examples
+
+    alone = tmp_path / "alone"
+    shutil.copytree(moved / "index", alone)
+    manifest["written_to"] = str(moved / "index")
+    manifest["model_dir"] = str(moved / "model")
+    (alone / "manifest.json").write_text(json.dumps(manifest))
+    assert read_manifest(alone).model_dir == str(moved / "model")  # nothing beside it: as recorded
+
+
+def test_the_manifest_records_where_it_was_written(tmp_path: Path, classifier_index: Path) -> None:
+    from exemplar.store import read_manifest
+
+    assert read_manifest(classifier_index).written_to == str(classifier_index.resolve())
