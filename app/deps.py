@@ -176,7 +176,14 @@ def open_explainer(settings: ApiSettings, previous: Explainer | None = None) -> 
     """Open the index version `settings.index_dir` stands for now (blocking: run it on the model thread);
     a version over the same model as `previous` shares its loaded model (`Explainer.from_index`)."""
     config = explain_config(settings)
-    return Explainer.from_index(settings.index_dir, config, batch_size=settings.batch_size, previous=previous)
+    return Explainer.from_index(
+        settings.index_dir,
+        config,
+        batch_size=settings.batch_size,
+        previous=previous,
+        model_dir=settings.model_dir,
+        adapter_dir=settings.adapter_dir,
+    )
 
 
 async def swap_index(app: FastAPI, why: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -142,11 +142,13 @@ def probe_ready(port: int, timeout_s: float = 4.0) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`exemplar-api --index DIR [--host H] [--port P]`."""
+    """`exemplar-api --index DIR [--model DIR] [--adapter DIR] [--host H] [--port P]`."""
     import uvicorn
 
     parser = argparse.ArgumentParser(prog="exemplar-api", description="Serve one Exemplar index over HTTP.")
     parser.add_argument("--index", type=Path, help="index directory (default: $EXEMPLAR_INDEX_DIR or the tweets demo)")
+    parser.add_argument("--model", type=Path, help="where the index's model is, if it moved (checked by checksum)")
+    parser.add_argument("--adapter", type=Path, help="where the index's LoRA adapter is, if it moved")
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -160,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         k: v
         for k, v in {
             "index_dir": args.index,
+            "model_dir": args.model,
+            "adapter_dir": args.adapter,
             "host": args.host,
             "port": args.port,
             "torch_threads": args.threads,

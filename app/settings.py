@@ -22,6 +22,12 @@ class ApiSettings(BaseSettings):
         Path(".cache/demos/tweets/index"),
         description="index directory to serve, or a versioned root (index-builder build --version): its CURRENT version",
     )
+    model_dir: Path | None = Field(
+        None,
+        description="where the index's model is, when not where its manifest says (built on another host, in a "
+        "container); its checksum must match the one the index was built from",
+    )
+    adapter_dir: Path | None = Field(None, description="where the index's LoRA adapter is (as model_dir)")
     watch_interval_s: float = Field(
         5.0,
         ge=0.0,

@@ -132,15 +132,15 @@ class Explainer:
         *,
         batch_size: int = 16,
         previous: Explainer | None = None,
+        **model_at: str | Path | None,
     ) -> Explainer:
-        """Open an index and the model it was built from; refuse any mismatch.
-
-        With `previous` (the explainer served until now), a version built from the same model and
-        projection shares its model, featuriser and model lock (`exemplar.index.open_index`), so a
-        hot swap neither loads the model again nor leaves two copies alive.
-        """
+        """Open an index and the model it was built from (`model_dir=`/`adapter_dir=`: where it is
+        when not where the manifest says; checked by checksum); refuse any mismatch. With `previous`
+        (the explainer served until now), a version built from the same model and projection shares
+        its model, featuriser and model lock (`exemplar.index.open_index`): a hot swap neither loads
+        the model again nor leaves two copies alive."""
         reuse = (previous.store.manifest, previous.featurizer) if previous is not None else None
-        store, featurizer = open_index(index_dir, batch_size=batch_size, reuse=reuse)
+        store, featurizer = open_index(index_dir, batch_size=batch_size, reuse=reuse, **model_at)
         return cls(store, featurizer, config, sharing=previous)
 
     def prepare(self, query: Example, *, keep_factors: bool = False) -> QueryState:

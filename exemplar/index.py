@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exemplar.errors import InvalidInputError
+from exemplar.errors import InvalidInputError, NotFoundError
 from exemplar.estimators import BM25, BM25_DIR, DATAINF_FILE, datainf_matrices
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
@@ -136,8 +136,13 @@ def open_index(
     *,
     batch_size: int = 16,
     reuse: tuple[Manifest, KroneckerFeaturizer] | None = None,
+    model_dir: str | Path | None = None,
+    adapter_dir: str | Path | None = None,
 ) -> tuple[FaissGradientStore, KroneckerFeaturizer]:
     """The store and the featuriser of the model named by its manifest, checked against each other.
+
+    `model_dir` and `adapter_dir` say where the model is when it is not where the manifest says
+    (another host, a container); the checksum still has to match the one the index was built from.
 
     `index_dir` may be a versioned root: its current version is opened (`store.resolve_index`).
     With `reuse` (the manifest and featuriser of an index already open), a new version built
@@ -148,7 +153,15 @@ def open_index(
     m = store.manifest
     if reuse is not None and same_featurizer(reuse[0], m) and reuse[1].batch_size == batch_size:
         return store, reuse[1]
-    loaded = load_model(m.model_dir, m.task, m.adapter_dir)
+    model_dir = model_dir if model_dir is not None else m.model_dir
+    adapter_dir = adapter_dir if adapter_dir is not None else m.adapter_dir
+    for what, path, option in (("model", model_dir, "--model"), ("adapter", adapter_dir, "--adapter")):
+        if path is not None and not Path(path).is_dir():
+            raise NotFoundError(
+                f"the {what} this index was built from is not at {str(path)!r} (moved, or built on another "
+                f"host?): say where it is with {option} DIR (EXEMPLAR_{what.upper()}_DIR); its checksum must match"
+            )
+    loaded = load_model(model_dir, m.task, adapter_dir)
     config = ProjectionConfig(params=m.params, proj_dim=m.proj_dim, seed=m.seed)
     featurizer = build_featurizer(loaded, config, m.max_length, batch_size=batch_size)
     m.check_model(

@@ -119,7 +119,9 @@ def test_float16_storage_halves_vectors_and_keeps_search_exact(tmp_path: Path) -
         write_index(tmp_path / "x", replace(half, vector_dtype="int8"), vectors, examples)
 
 
-def test_a_folder_holding_index_and_model_can_move(tmp_path: Path, classifier_dir: Path, classifier_index: Path) -> None:
+def test_a_folder_holding_index_and_model_can_move(
+    tmp_path: Path, classifier_dir: Path, classifier_index: Path
+) -> None:
     """A model beside the index is found beside it after the folder moves (another host, a container
     volume); an index copied on its own still finds the model where it was."""
     from exemplar.store import read_manifest
@@ -151,3 +153,23 @@ def test_the_manifest_records_where_it_was_written(tmp_path: Path, classifier_in
     from exemplar.store import read_manifest
 
     assert read_manifest(classifier_index).written_to == str(classifier_index.resolve())
+
+
+def test_a_moved_model_is_named_at_start_up_and_checked_by_checksum(
+    tmp_path: Path, classifier_dir: Path, classifier_index: Path
+) -> None:
+    """`--model DIR` (`EXEMPLAR_MODEL_DIR`) says where the model is when the manifest's path is gone."""
+    from exemplar.errors import NotFoundError as Missing
+
+    index = tmp_path / "index"
+    shutil.copytree(classifier_index, index)
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["model_dir"] = str(tmp_path / "gone")
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Missing, match="--model DIR"):
+        Explainer.from_index(index)
+    moved = shutil.copytree(classifier_dir, tmp_path / "models" / "clf")
+    assert Explainer.from_index(index, model_dir=moved).explain(Example(text="stocks fell"), k=2).examples
+    other = save_classifier(tmp_path / "other", seed=1)
+    with pytest.raises(IndexIncompatibleError, match="checksum"):
+        Explainer.from_index(index, model_dir=other)

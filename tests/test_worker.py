@@ -126,3 +126,22 @@ def test_check_sees_this_hosts_worker_heartbeat_in_redis(redis: Redis) -> None:
         worker.register_death()
     assert not heartbeating(redis, 30)
     assert not heartbeating(Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5), 30)  # no Redis
+
+
+def test_worker_opens_a_moved_model_where_it_is_told(
+    tmp_path: Path, classifier_dir: Path, classifier_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from exemplar.errors import NotFoundError
+    from worker import jobs
+
+    index = tmp_path / "index"
+    shutil.copytree(classifier_index, index)
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["model_dir"] = str(tmp_path / "gone")
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(NotFoundError, match="EXEMPLAR_MODEL_DIR"):
+        jobs.load_explainer(str(index))
+    monkeypatch.setitem(jobs.MODEL_AT, "model_dir", str(shutil.copytree(classifier_dir, tmp_path / "model")))
+    assert jobs.load_explainer(str(index)).store.n > 0

@@ -22,6 +22,9 @@ log = logging.getLogger("exemplar.worker")
 _explainers: dict[str, tuple[int, Explainer]] = {}
 MAX_OPEN_INDEXES = 2
 """Indexes a worker process keeps open (the most recently used); each holds a model."""
+MODEL_AT: dict[str, str | None] = {}
+"""`model_dir`/`adapter_dir` of `exemplar-worker --model/--adapter`: where the indexes' model is when
+it is not where their manifests say (checked by checksum). Set once at start-up, before RQ forks."""
 
 
 def load_explainer(index_dir: str) -> Explainer:
@@ -37,7 +40,10 @@ def load_explainer(index_dir: str) -> Explainer:
     cached = _explainers.pop(index_dir, None)
     if cached is None or cached[0] != version:
         previous = cached[1] if cached is not None else None
-        cached = (version, Explainer.from_index(index_dir, previous=previous))
+        opened = Explainer.from_index(
+            index_dir, previous=previous, model_dir=MODEL_AT.get("model_dir"), adapter_dir=MODEL_AT.get("adapter_dir")
+        )
+        cached = (version, opened)
     _explainers[index_dir] = cached  # most recently used last
     while len(_explainers) > MAX_OPEN_INDEXES:
         del _explainers[next(iter(_explainers))]

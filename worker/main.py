@@ -24,11 +24,15 @@ MAX_BACKOFF_S = 30.0
 class WorkerSettings(BaseSettings):
     """Worker settings (environment variables prefixed EXEMPLAR_)."""
 
-    model_config = SettingsConfigDict(env_prefix="EXEMPLAR_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="EXEMPLAR_", frozen=True, env_ignore_empty=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue: str = DEFAULT_QUEUE
     index_dir: Path | None = Field(None, description="index to load at start-up (jobs name their own)")
+    model_dir: Path | None = Field(
+        None, description="where the indexes' model is, when not where their manifests say (checked by checksum)"
+    )
+    adapter_dir: Path | None = Field(None, description="where the indexes' LoRA adapter is (as model_dir)")
     heartbeat: int = Field(
         30, ge=1, description="seconds between heartbeats; a job is abandoned (and retried) after 3 missed"
     )
@@ -42,12 +46,14 @@ def main(argv: list[str] | None = None) -> None:
 
     from exemplar.errors import ExemplarError
     from exemplar.threads import limit_blas_threads
-    from worker.jobs import load_explainer
+    from worker.jobs import MODEL_AT, load_explainer
 
     parser = argparse.ArgumentParser(prog="exemplar-worker", description=__doc__)
     parser.add_argument("--redis", help="Redis URL (default redis://127.0.0.1:6379/0)")
     parser.add_argument("--queue", help=f"queue name (default {DEFAULT_QUEUE})")
     parser.add_argument("--index", type=Path, help="index to load once at start-up")
+    parser.add_argument("--model", type=Path, help="where the indexes' model is, if it moved (checked by checksum)")
+    parser.add_argument("--adapter", type=Path, help="where the indexes' LoRA adapter is, if it moved")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument(
         "--check",
@@ -64,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
             "redis_url": args.redis,
             "queue": args.queue,
             "index_dir": args.index,
+            "model_dir": args.model,
+            "adapter_dir": args.adapter,
             "heartbeat": args.heartbeat,
         }.items()
         if v is not None
@@ -73,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if heartbeating(Redis.from_url(settings.redis_url, socket_timeout=3), settings.heartbeat) else 1)
     logging.basicConfig(level=logging.INFO)
     limit_blas_threads(settings.blas_threads)
+    MODEL_AT.update(
+        {k: str(v) for k, v in (("model_dir", settings.model_dir), ("adapter_dir", settings.adapter_dir)) if v}
+    )
     if settings.index_dir is not None:
         try:
             load_explainer(str(settings.index_dir))
