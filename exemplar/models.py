@@ -60,6 +60,31 @@ def _require_dir(path: Path, what: str) -> Path:
     return path.resolve()
 
 
+AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM"}
+
+
+def _require_safetensors(directory: Path | None, what: str, task: str) -> None:
+    """Refuse pickled PyTorch weights (`*.bin`, `*.pt`) with how to convert them: only safetensors load."""
+    if directory is None or any(directory.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+    if not pickled:
+        return
+    if what == "model":
+        auto = AUTO_CLASSES.get(task, "AutoModel")
+        how = (
+            f'convert it once: python -c "import sys, transformers as t; '
+            f"t.{auto}.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2]); "
+            f't.AutoTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])" {directory} NEW_DIR'
+        )
+    else:
+        how = "re-save the adapter with PeftModel.save_pretrained(NEW_DIR), which writes safetensors"
+    raise InvalidInputError(
+        f"{str(directory)!r} holds {', '.join(pickled)} (pickled PyTorch weights) and no .safetensors; only "
+        f"safetensors are loaded (reading a pickle can run code): {how}"
+    )
+
+
 def load_model(model_dir: str | Path, task: str, adapter_dir: str | Path | None = None) -> LoadedModel:
     """Load `model_dir` for `task` ("classification" | "causal-lm").
 
@@ -77,9 +102,16 @@ def load_model(model_dir: str | Path, task: str, adapter_dir: str | Path | None 
             raise InvalidInputError(
                 f"adapter {str(base)!r} does not name its base model; pass --model BASE_DIR --lora {base}"
             )
-        base = _require_dir(Path(base_name), "adapter base model")
+        if not Path(base_name).is_dir():
+            raise InvalidInputError(
+                f"adapter {str(base)!r} names its base model {base_name!r}, which is not a local directory (a Hub "
+                f"id?); nothing is downloaded: get the base model's directory and pass --model BASE_DIR --lora {base}"
+            )
+        base = Path(base_name).resolve()
     if not (base / "config.json").exists():
         raise InvalidInputError(f"{str(base)!r} has no config.json: not a Hugging Face model directory")
+    _require_safetensors(base, "model", task)
+    _require_safetensors(adapter, "adapter", task)
     if task == "classification":
         auto: Any = AutoModelForSequenceClassification
     elif task == "causal-lm":
