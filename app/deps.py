@@ -183,6 +183,8 @@ def open_explainer(settings: ApiSettings, previous: Explainer | None = None) -> 
         previous=previous,
         model_dir=settings.model_dir,
         adapter_dir=settings.adapter_dir,
+        device=settings.device,
+        dtype=settings.dtype,
     )
 
 

@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=Path, help="index directory (default: $EXEMPLAR_INDEX_DIR or the tweets demo)")
     parser.add_argument("--model", type=Path, help="where the index's model is, if it moved (checked by checksum)")
     parser.add_argument("--adapter", type=Path, help="where the index's LoRA adapter is, if it moved")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: a GPU when torch sees one)")
+    parser.add_argument("--dtype", help="the weights' precision; default the index's (another is refused)")
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
             "index_dir": args.index,
             "model_dir": args.model,
             "adapter_dir": args.adapter,
+            "device": args.device,
+            "dtype": args.dtype,
             "host": args.host,
             "port": args.port,
             "torch_threads": args.threads,

@@ -28,6 +28,10 @@ class ApiSettings(BaseSettings):
         "container); its checksum must match the one the index was built from",
     )
     adapter_dir: Path | None = Field(None, description="where the index's LoRA adapter is (as model_dir)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N: where the model runs (auto: a GPU if any)")
+    dtype: str | None = Field(
+        None, description="the weights' precision; default: the index's (another one would change the vectors: refused)"
+    )
     watch_interval_s: float = Field(
         5.0,
         ge=0.0,

@@ -125,6 +125,8 @@ def build_index(
             for c, lr in checkpoints
         ],
         vector_dtype=vector_dtype,
+        model_dtype=loaded.dtype,
+        device=loaded.device,
         index_type=index_spec,
         shards=search_shards,
         norm_buckets=buckets,
@@ -188,6 +190,7 @@ def _shard_jobs(
         "projection": [config.params, config.proj_dim, config.seed],
         "max_length": max_length,
         "batch_size": batch_size,
+        "dtype": loaded.dtype,  # workers compute in the builder's precision, on their own device
     }
     models = [(loaded, "final")] + [
         (ckpt, f"ckpt{i}") for i, (ckpt, _) in enumerate(checkpoints) if ckpt.checksum != loaded.checksum
@@ -226,7 +229,8 @@ def run_shard(spec: Mapping[str, Any], task: ShardTask) -> bool:
         return False
     key = ("model", task.model_dir, task.adapter_dir or "", spec["task"])
     if key not in _worker_cache:
-        _worker_cache[key] = load_model(task.model_dir, spec["task"], task.adapter_dir)
+        dtype = spec.get("dtype", "float32")
+        _worker_cache[key] = load_model(task.model_dir, spec["task"], task.adapter_dir, dtype=dtype, device="auto")
     loaded = _worker_cache[key]
     if loaded.checksum != task.model_checksum:
         raise IndexIncompatibleError(
@@ -346,7 +350,9 @@ def append_index(
         if ckpt.model_checksum == m.model_checksum:
             new_part = added
         else:
-            ckpt_loaded = load_model(ckpt.model_dir, m.task, ckpt.adapter_dir)
+            ckpt_loaded = load_model(
+                ckpt.model_dir, m.task, ckpt.adapter_dir, dtype=m.model_dtype, device=str(featurizer.device)
+            )
             if ckpt_loaded.checksum != ckpt.model_checksum:
                 raise IndexIncompatibleError(
                     f"checkpoint {ckpt.model_dir} changed since the index was built; rebuild it"

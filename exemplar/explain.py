@@ -132,10 +132,10 @@ class Explainer:
         *,
         batch_size: int = 16,
         previous: Explainer | None = None,
-        **model_at: str | Path | None,
+        **model_at: Any,
     ) -> Explainer:
-        """Open an index and the model it was built from (`model_dir=`/`adapter_dir=`: where it is
-        when not where the manifest says; checked by checksum); refuse any mismatch. With `previous`
+        """Open an index and the model it was built from (`model_at`: `open_index`'s model_dir, adapter_dir,
+        device, dtype); refuse any mismatch. With `previous`
         (the explainer served until now), a version built from the same model and projection shares
         its model, featuriser and model lock (`exemplar.index.open_index`): a hot swap neither loads
         the model again nor leaves two copies alive."""
@@ -197,7 +197,8 @@ class Explainer:
 
     def _load_checkpoint(self, checkpoint: Checkpoint) -> KroneckerFeaturizer:
         m = self.store.manifest
-        loaded = load_model(checkpoint.model_dir, m.task, checkpoint.adapter_dir)
+        device = str(self.featurizer.device)
+        loaded = load_model(checkpoint.model_dir, m.task, checkpoint.adapter_dir, dtype=m.model_dtype, device=device)
         if loaded.checksum != checkpoint.model_checksum:
             raise IndexIncompatibleError(
                 f"checkpoint {checkpoint.model_dir} changed since the index was built; rebuild it"

@@ -12,7 +12,6 @@ fewer multiply-adds for that layer (`N` real tokens of `n` examples):
   (`N in out + n^2 in out`);
 - "tokens": `<G_i, G_j> = sum_{t, t'} (x_it . x_jt') (dy_it . dy_jt')` from the two token
   kernels (`N^2 (in + out)`), best when tokens are few and layers wide.
-
 Coordinate sums (for the variance's mean term) are `sum(G_i) = sum_t (1 . dy_it)(1 . x_it)`.
 Each layer's products run in `dtype`, float64 by default: the paper's solver inverts the
 Gram's eigenvalues down to its truncation threshold, and float32 products (about twice as
@@ -221,6 +220,7 @@ def forward_backward(
 
         return record
 
+    batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
     handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(layers)]
     try:
         with torch.enable_grad():
@@ -239,13 +239,13 @@ def batch_factors(
     inputs: dict[int, torch.Tensor],
     grads: dict[int, torch.Tensor],
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per layer, in order, one batch's inputs `(B, T_l, in)` and output gradients `(B, T_l, out)`;
-    a layer off the loss path gets zeros."""
+    """Per layer, in order, one batch's inputs `(B, T_l, in)` and output gradients `(B, T_l, out)`, float32
+    on the CPU (any model precision, device); a layer off the loss path gets zeros."""
     xs, ys = [], []
     for i, (_, layer) in enumerate(layers):
         if i in grads:
-            xs.append(inputs[i].reshape(bsz, -1, layer.in_features))
-            ys.append(grads[i].detach().reshape(bsz, -1, layer.out_features))
+            xs.append(inputs[i].reshape(bsz, -1, layer.in_features).float().cpu())
+            ys.append(grads[i].detach().reshape(bsz, -1, layer.out_features).float().cpu())
         else:
             xs.append(torch.zeros(bsz, 1, layer.in_features))
             ys.append(torch.zeros(bsz, 1, layer.out_features))

@@ -128,8 +128,15 @@ class _Projected:
         self.layers = select_linear_layers(model, config.params)
         self.layer_names = [n for n, _ in self.layers]
         s = config.side
-        self.p_in = {n: projection_matrix(config.seed, n, "in", s, m.in_features) for n, m in self.layers}
-        self.p_out = {n: projection_matrix(config.seed, n, "out", s, m.out_features) for n, m in self.layers}
+        # float32 on the model's device, whatever the weights' precision: inputs and gradients are
+        # cast to float32 before they are projected (bf16 weights, float32 sums)
+        self.device = next(model.parameters()).device
+        self.p_in = {
+            n: projection_matrix(config.seed, n, "in", s, m.in_features).to(self.device) for n, m in self.layers
+        }
+        self.p_out = {
+            n: projection_matrix(config.seed, n, "out", s, m.out_features).to(self.device) for n, m in self.layers
+        }
         self.dims = len(self.layers) * config.proj_dim
         model.eval()  # deterministic: no dropout
         tracked = {id(m.weight) for _, m in self.layers}
@@ -199,9 +206,10 @@ class KroneckerFeaturizer(_Projected):
         vecs = torch.zeros(factors.n, self.dims)
         with torch.no_grad():
             for i, name in enumerate(self.layer_names):
+                p_out, p_in = self.p_out[name].to(vecs.device), self.p_in[name].to(vecs.device)
                 for x, y, rows in zip(factors.xs[i], factors.ys[i], factors.rows, strict=True):
-                    a = y.float() @ self.p_out[name].T  # (B, T, s)
-                    b = x.float() @ self.p_in[name].T
+                    a = y.float() @ p_out.T  # (B, T, s)
+                    b = x.float() @ p_in.T
                     vecs[rows, i * s * s : (i + 1) * s * s] = torch.einsum("bto,bti->boi", a, b).reshape(-1, s * s)
         return vecs.numpy()
 
@@ -213,7 +221,7 @@ class KroneckerFeaturizer(_Projected):
 
         def keep(i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             # projected at once, (B, T, s); the raw input only when the factors are kept
-            return x @ self.p_in[self.layer_names[i]].T, x if keep_factors else None
+            return x.float() @ self.p_in[self.layer_names[i]].T, x if keep_factors else None
 
         kept, grads, out = forward_backward(self.model, self.task, self.layers, batch, keep)
         bsz = batch["input_ids"].shape[0]
@@ -223,13 +231,13 @@ class KroneckerFeaturizer(_Projected):
             parts = []
             for i, name in enumerate(self.layer_names):
                 if i not in grads:  # layer not on the loss path: zero gradient
-                    parts.append(torch.zeros(bsz, s * s))
+                    parts.append(torch.zeros(bsz, s * s, device=self.device))
                     continue
                 d_out = grads[i]
                 a = d_out.reshape(bsz, -1, d_out.shape[-1]).float() @ self.p_out[name].T  # (B, T, s)
                 b = kept[i][0].reshape(bsz, -1, s).float()
                 parts.append(torch.einsum("bto,bti->boi", a, b).reshape(bsz, s * s))
-            vecs = torch.cat(parts, dim=1).numpy()
+            vecs = torch.cat(parts, dim=1).cpu().numpy()
         return vecs, out, raw
 
 
@@ -244,15 +252,15 @@ class ReferenceFeaturizer(_Projected):
         weights = [m.weight for _, m in self.layers]
         for example in examples:
             enc = self.task.encode(example)
-            batch = self.task.collate([enc])
+            batch = {k: v.to(self.device) for k, v in self.task.collate([enc]).items()}
             with torch.enable_grad():
                 out = self.task.per_example_loss(self.model, batch)
                 grads = torch.autograd.grad(out.losses.sum(), weights, allow_unused=True)
             parts = []
             for (name, layer), g in zip(self.layers, grads, strict=True):
                 full = torch.zeros_like(layer.weight) if g is None else g
-                parts.append((self.p_out[name] @ full @ self.p_in[name].T).reshape(-1))
-            rows.append(torch.cat(parts).detach().numpy())
+                parts.append((self.p_out[name] @ full.float() @ self.p_in[name].T).reshape(-1))
+            rows.append(torch.cat(parts).detach().cpu().numpy())
             losses.append(float(out.losses[0].detach()))
             predictions.append(out.predictions[0])
             truncated.append(enc.truncated)

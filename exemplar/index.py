@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exemplar.errors import InvalidInputError, NotFoundError
+from exemplar.errors import IndexIncompatibleError, InvalidInputError, NotFoundError
 from exemplar.estimators import BM25, BM25_DIR, DATAINF_FILE, datainf_matrices
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
@@ -138,11 +138,15 @@ def open_index(
     reuse: tuple[Manifest, KroneckerFeaturizer] | None = None,
     model_dir: str | Path | None = None,
     adapter_dir: str | Path | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
 ) -> tuple[FaissGradientStore, KroneckerFeaturizer]:
     """The store and the featuriser of the model named by its manifest, checked against each other.
 
     `model_dir` and `adapter_dir` say where the model is when it is not where the manifest says
     (another host, a container); the checksum still has to match the one the index was built from.
+    The model is loaded onto `device` in the precision the index was built with; another `dtype`
+    would change the vectors and is refused.
 
     `index_dir` may be a versioned root: its current version is opened (`store.resolve_index`).
     With `reuse` (the manifest and featuriser of an index already open), a new version built
@@ -161,7 +165,12 @@ def open_index(
                 f"the {what} this index was built from is not at {str(path)!r} (moved, or built on another "
                 f"host?): say where it is with {option} DIR (EXEMPLAR_{what.upper()}_DIR); its checksum must match"
             )
-    loaded = load_model(model_dir, m.task, adapter_dir)
+    if dtype is not None and dtype != m.model_dtype:
+        raise IndexIncompatibleError(
+            f"the index was built with {m.model_dtype} weights; queries in {dtype} would get other vectors: "
+            f"serve it in {m.model_dtype} (leave the dtype out), or rebuild it with --dtype {dtype}"
+        )
+    loaded = load_model(model_dir, m.task, adapter_dir, dtype=m.model_dtype, device=device)
     config = ProjectionConfig(params=m.params, proj_dim=m.proj_dim, seed=m.seed)
     featurizer = build_featurizer(loaded, config, m.max_length, batch_size=batch_size)
     m.check_model(

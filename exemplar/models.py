@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,31 @@ import torch
 from exemplar.errors import InvalidInputError
 
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".jinja")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""Weight precisions a model can be loaded in; projections and sums are float32 whatever the weights."""
+DEVICES = "auto | cpu | cuda | cuda:N"
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when torch sees a GPU, else `cpu`; `cpu`, `cuda`, `cuda:N` are checked."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if re.fullmatch(r"cuda(:\d+)?", device):
+        if not torch.cuda.is_available():
+            raise InvalidInputError(f"device {device!r}: this torch sees no CUDA GPU; use --device cpu (or auto)")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise InvalidInputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+        return device
+    raise InvalidInputError(f"unknown device {device!r}; choose {DEVICES}")
+
+
+def check_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise InvalidInputError(f"unknown dtype {dtype!r}; choose {' | '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 @dataclass
@@ -31,6 +57,8 @@ class LoadedModel:
     model_dir: Path
     adapter_dir: Path | None
     checksum: str
+    dtype: str = "float32"
+    device: str = "cpu"
 
     @property
     def label2id(self) -> dict[str, int] | None:
@@ -85,14 +113,23 @@ def _require_safetensors(directory: Path | None, what: str, task: str) -> None:
     )
 
 
-def load_model(model_dir: str | Path, task: str, adapter_dir: str | Path | None = None) -> LoadedModel:
-    """Load `model_dir` for `task` ("classification" | "causal-lm").
+def load_model(
+    model_dir: str | Path,
+    task: str,
+    adapter_dir: str | Path | None = None,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> LoadedModel:
+    """Load `model_dir` for `task` ("classification" | "causal-lm"), its weights in `dtype`, onto
+    `device` (`resolve_device`).
 
     A LoRA adapter is taken from `adapter_dir`, or from `model_dir` itself when it holds an
     `adapter_config.json` (its base model path must then be a local directory).
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    weights_dtype, device = check_dtype(dtype), resolve_device(device)
     base = _require_dir(Path(model_dir), "model")
     adapter = _require_dir(Path(adapter_dir), "adapter") if adapter_dir is not None else None
     if adapter is None and (base / "adapter_config.json").exists():
@@ -119,7 +156,7 @@ def load_model(model_dir: str | Path, task: str, adapter_dir: str | Path | None 
     else:
         raise InvalidInputError(f"unknown task {task!r}; choose classification or causal-lm")
     try:
-        model = auto.from_pretrained(base, use_safetensors=True, local_files_only=True, dtype=torch.float32)
+        model = auto.from_pretrained(base, use_safetensors=True, local_files_only=True, dtype=weights_dtype)
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"cannot load a {task} model from {str(base)!r}: {exc}") from exc
     tokenizer = AutoTokenizer.from_pretrained(adapter or base, local_files_only=True)
@@ -127,8 +164,9 @@ def load_model(model_dir: str | Path, task: str, adapter_dir: str | Path | None 
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+    model.to(device)
     model.eval()
-    return LoadedModel(model, tokenizer, task, base, adapter, directory_checksum(base, adapter))
+    return LoadedModel(model, tokenizer, task, base, adapter, directory_checksum(base, adapter), dtype, device)
 
 
 def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:

@@ -89,6 +89,8 @@ class Manifest:
     shards: int = 1  # FAISS index files over contiguous row ranges (approximate index types)
     norm_buckets: int = 1  # per shard: FAISS files over norm quantiles (exemplar.search.FaissSearch)
     vector_dtype: str = "float32"  # "float16" halves vectors.npy
+    model_dtype: str = "float32"  # the weights' precision the vectors were computed in (queries use the same)
+    device: str = "cpu"  # where they were computed (provenance; queries may run elsewhere)
     format_version: int = FORMAT_VERSION
     code_version: str = __version__
     created_at: float = field(default_factory=time.time)

@@ -81,6 +81,14 @@ def build(
     ] = None,
     publish: Annotated[bool, typer.Option(help="with --version: make the new version CURRENT")] = True,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores)")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (auto: a GPU when torch sees one)")] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="float32 | bfloat16 | float16: the weights' precision (projections and sums stay float32); the "
+            "index records it and queries use the same"
+        ),
+    ] = "float32",
     skip_bad_rows: Annotated[bool, typer.Option(help="skip invalid rows (reported) instead of failing")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing index at --out")] = False,
     checkpoint: Annotated[
@@ -120,7 +128,7 @@ def build(
             out = root / check_version_name(version)
         if out.exists() and not overwrite:
             fail(f"{out} already exists; choose another --out or pass --overwrite")
-        loaded = load_model(model, task, lora)
+        loaded = load_model(model, task, lora, dtype=dtype, device=device)
         max_length = max_length or (128 if task == "classification" else 256)
         task_obj = make_task(task, loaded.tokenizer, label2id=loaded.label2id, max_length=max_length)
         examples, errors = read_examples_jsonl(
@@ -146,7 +154,7 @@ def build(
                 rate = float("nan")
             if not sep or not rate > 0:
                 fail(f"--checkpoint must be DIR=LR with a learning rate > 0; got {spec!r}")
-            checkpoints.append((load_model(path, task), rate))
+            checkpoints.append((load_model(path, task, dtype=dtype, device=loaded.device), rate))
         runner = None
         if distributed:
             from worker.distributed import RQShardRunner

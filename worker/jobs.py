@@ -23,8 +23,9 @@ _explainers: dict[str, tuple[int, Explainer]] = {}
 MAX_OPEN_INDEXES = 2
 """Indexes a worker process keeps open (the most recently used); each holds a model."""
 MODEL_AT: dict[str, str | None] = {}
-"""`model_dir`/`adapter_dir` of `exemplar-worker --model/--adapter`: where the indexes' model is when
-it is not where their manifests say (checked by checksum). Set once at start-up, before RQ forks."""
+"""`model_dir`/`adapter_dir`/`device` of `exemplar-worker --model/--adapter/--device`: where the indexes'
+model is when not where their manifests say (checked by checksum), and where it runs. Set once at
+start-up, before RQ forks."""
 
 
 def load_explainer(index_dir: str) -> Explainer:
@@ -41,7 +42,11 @@ def load_explainer(index_dir: str) -> Explainer:
     if cached is None or cached[0] != version:
         previous = cached[1] if cached is not None else None
         opened = Explainer.from_index(
-            index_dir, previous=previous, model_dir=MODEL_AT.get("model_dir"), adapter_dir=MODEL_AT.get("adapter_dir")
+            index_dir,
+            previous=previous,
+            model_dir=MODEL_AT.get("model_dir"),
+            adapter_dir=MODEL_AT.get("adapter_dir"),
+            device=MODEL_AT.get("device") or "auto",
         )
         cached = (version, opened)
     _explainers[index_dir] = cached  # most recently used last

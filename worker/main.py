@@ -33,6 +33,7 @@ class WorkerSettings(BaseSettings):
         None, description="where the indexes' model is, when not where their manifests say (checked by checksum)"
     )
     adapter_dir: Path | None = Field(None, description="where the indexes' LoRA adapter is (as model_dir)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N: where models run (auto: a GPU if any)")
     heartbeat: int = Field(
         30, ge=1, description="seconds between heartbeats; a job is abandoned (and retried) after 3 missed"
     )
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=Path, help="index to load once at start-up")
     parser.add_argument("--model", type=Path, help="where the indexes' model is, if it moved (checked by checksum)")
     parser.add_argument("--adapter", type=Path, help="where the indexes' LoRA adapter is, if it moved")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument(
         "--check",
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             "index_dir": args.index,
             "model_dir": args.model,
             "adapter_dir": args.adapter,
+            "device": args.device,
             "heartbeat": args.heartbeat,
         }.items()
         if v is not None
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     MODEL_AT.update(
         {k: str(v) for k, v in (("model_dir", settings.model_dir), ("adapter_dir", settings.adapter_dir)) if v}
     )
+    MODEL_AT["device"] = settings.device
     if settings.index_dir is not None:
         try:
             load_explainer(str(settings.index_dir))
