@@ -169,6 +169,10 @@ def to_query(body: QueryFields, task: str, max_text_chars: int, where: str = "")
         return Example(text=body.text, label=body.label)
     if body.prompt is None:
         raise InvalidInputError(f"{where}this index serves a causal LM: send 'prompt' and 'response', not text/label")
+    if body.response is None:
+        raise InvalidInputError(
+            f"{where}send a 'response' to explain with the prompt (only POST /v1/explain generates one when it is left out)"
+        )
     return Example(prompt=body.prompt, response=body.response)
 
 

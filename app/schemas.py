@@ -46,16 +46,21 @@ class QueryFields(BaseModel):
         None, min_length=1, description="classification: label to explain (default: the model's prediction)"
     )
     prompt: str | None = Field(None, min_length=1, description="causal LM: the prompt")
-    response: str | None = Field(None, min_length=1, description="causal LM: the response to explain (teacher-forced)")
+    response: str | None = Field(
+        None,
+        min_length=1,
+        description="causal LM: the response to explain (teacher-forced); POST /v1/explain without it has the "
+        "model generate one (greedy, `max_new_tokens`) and explains that",
+    )
 
     @model_validator(mode="after")
     def one_query_form(self) -> Self:
         has_text = self.text is not None
         has_pair = self.prompt is not None or self.response is not None
         if has_text == has_pair:
-            raise ValueError("send either 'text' (and optionally 'label') or both 'prompt' and 'response'")
-        if has_pair and (self.prompt is None or self.response is None):
-            raise ValueError("'prompt' and 'response' must both be given")
+            raise ValueError("send either 'text' (and optionally 'label') or 'prompt' (and 'response')")
+        if self.response is not None and self.prompt is None:
+            raise ValueError("'response' goes with 'prompt'")
         if self.label is not None and not has_text:
             raise ValueError("'label' goes with 'text' (classification); causal-LM queries use 'prompt' and 'response'")
         return self
@@ -126,6 +131,13 @@ class ExplainRequest(QueryFields, OptionFields):
     """A query and how to explain it."""
 
     model_config = STRICT
+
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="causal LM with a prompt and no response: the most tokens to generate (default and upper limit: "
+        "the server's max_new_tokens, 128 unless configured)",
+    )
 
 
 class CompareRequest(QueryFields, OptionFields):
@@ -289,6 +301,11 @@ class ExplainResponse(BaseModel):
     k: int
     index: dict[str, Any]
     timings_ms: dict[str, float]
+    generated_response: str | None = Field(
+        None,
+        description="causal LM, when the request sent a prompt and no response: what the model generated (greedy) "
+        "and this explanation explains",
+    )
 
 
 class ErrorBody(BaseModel):

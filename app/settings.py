@@ -58,6 +58,13 @@ class ApiSettings(BaseSettings):
     )
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="larger request headers (all together) get 431")
     max_text_chars: int = Field(20_000, ge=1, description="longest text/prompt/response accepted")
+    max_new_tokens: int = Field(
+        128,
+        ge=1,
+        le=512,
+        description="causal LM: the most tokens a request may ask the model to generate (POST /v1/explain with a "
+        "prompt and no response)",
+    )
     max_k: int = Field(50, ge=1)
     truncate_queries: bool = Field(
         False,

@@ -157,6 +157,14 @@ class CausalLMTask:
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of the prompt as `split_ids` renders it, ready for the response to follow."""
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            user = [{"role": "user", "content": prompt}]
+            return self._ids(tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False))
+        return ([tok.bos_token_id] if tok.bos_token_id is not None else []) + self._ids(prompt)
+
     def split_ids(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
         """Token ids of the prompt (with chat scaffolding) and of the response."""
         tok = self.tokenizer

@@ -321,6 +321,24 @@ def test_causal_lm_index_asks_for_prompt_and_response(browser: Browser, causal_s
         watched.check_clean(causal_server)
 
 
+def test_an_empty_response_explains_what_the_model_answers(browser: Browser, causal_server: str) -> None:
+    for watched in open_page(browser, causal_server):
+        p = watched.page
+        p.get_by_label("Prompt").fill("is this message spam or ham")
+        p.get_by_label("Examples (k)").fill("3")
+        submit_and_wait(p, 3)
+        query = {"prompt": "is this message spam or ham", "k": 3, "lam": 1, "strategy": "reconstruct"}
+        explained = api(causal_server, "/v1/explain", {**query, "estimator": "grad_dot"})
+        generated = explained["generated_response"]
+        assert generated
+        expect(p.get_by_label("Response")).to_have_value(generated)
+        expect(p.locator("#prediction")).to_contain_text(f"The model answered {generated}")
+        compared = api(causal_server, "/v1/compare", {**query, "estimator": "grad_dot", "response": generated})
+        check_results_match(p, explained, compared)
+        p.screenshot(path=str(ARTIFACTS / "causal-lm-generated.png"), full_page=True)
+        watched.check_clean(causal_server)
+
+
 def test_api_key_is_asked_for_and_sent(browser: Browser, keyed_server: str) -> None:
     for watched in open_page(browser, keyed_server):
         p = watched.page

@@ -14,10 +14,25 @@ from app.observability import Metrics
 from app.routes import ERRORS
 from app.schemas import CompareRequest, CompareResponse, ExplainRequest, ExplainResponse
 from app.serialise import options_of, to_compare_response, to_response
+from exemplar.errors import InvalidInputError
+from exemplar.explain import Explainer
+from exemplar.generation import generate_response
 from exemplar.options import compare_points
 from exemplar.results import Comparison
 
 router = APIRouter()
+
+
+async def generate(request: Request, explainer: Explainer, body: ExplainRequest) -> str:
+    """The model's greedy response to the request's prompt, on the model lane (`exemplar.generation`)."""
+    limit = get_settings(request).max_new_tokens
+    wanted = body.max_new_tokens or limit
+    if wanted > limit:
+        raise InvalidInputError(f"max_new_tokens: at most {limit} on this server; ask for fewer")
+    prompt = body.prompt or ""
+    if len(prompt) > get_settings(request).max_text_chars:
+        raise InvalidInputError(f"prompt: longer than {get_settings(request).max_text_chars} characters; shorten it")
+    return str(await in_executor(request, lambda: generate_response(explainer, prompt, wanted)))
 
 
 @router.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS, tags=["explain"], dependencies=JSON_BODY)
@@ -40,9 +55,15 @@ async def explain(body: ExplainRequest, request: Request, response: Response) ->
         if cached is not None:
             return JSONResponse(cached, headers={"X-Cache": "hit"})
     response.headers["X-Cache"] = "miss" if cache.enabled else "off"
+    generated = None
+    if body.prompt is not None and body.response is None and manifest.task == "causal-lm":
+        body = body.model_copy(update={"response": await generate(request, explainer, body)})
+        generated = body.response
+    elif body.max_new_tokens is not None:
+        raise InvalidInputError("max_new_tokens applies only to a causal-LM request without a 'response'")
     query = to_query(body, manifest.task, get_settings(request).max_text_chars)
     result = await explain_on_model(request, explainer, query, options_of(body))
-    out = to_response(result, manifest.summary())
+    out = to_response(result, manifest.summary()).model_copy(update={"generated_response": generated})
     if cache.enabled:
         await asyncio.to_thread(cache.set, key, out.model_dump(mode="json"))
     return out

@@ -207,9 +207,8 @@ function readForm() {
     const prompt = $("prompt").value.trim();
     const response = $("response").value.trim();
     if (!prompt) return { problem: "Enter the prompt.", field: $("prompt") };
-    if (!response) return { problem: "Enter the response to explain.", field: $("response") };
     body.prompt = prompt;
-    body.response = response;
+    if (response) body.response = response; // empty: the model generates one and it is explained
   }
   // k and lambda go to the service as typed: it checks them and says what is wrong.
   const k = $("k").value.trim();
@@ -256,6 +255,13 @@ async function submitQuery(event) {
     return;
   }
   renderExplanation(explanation);
+  if (explanation.generated_response) {
+    // the model's own answer: shown in the form and sent to /v1/compare, which needs a response
+    $("response").value = explanation.generated_response;
+    body.response = explanation.generated_response;
+    $("prediction").prepend(el("p", { class: "generated" }, el("span", { class: "field-name" },
+      "The model answered "), explanation.generated_response));
+  }
   const n = explanation.examples.length;
   $("status").textContent = `Explained with ${n} example${n === 1 ? "" : "s"}; `
     + `score ${formatDb(explanation.score_db)}. ${scoreReading(explanation.score_db)}`;

@@ -45,7 +45,10 @@ class Options(BaseModel):
 
 
 class ExplainRequest(Query, Options):
-    """`POST /v1/explain`: a query and how to explain it."""
+    """`POST /v1/explain`: a query and how to explain it. A causal-LM query without `response` has
+    the model generate one (greedy, at most `max_new_tokens`) and explains that."""
+
+    max_new_tokens: int | None = None
 
 
 class CompareRequest(Query, Options):
@@ -100,6 +103,7 @@ class Explanation(BaseModel):
     index: dict[str, Any]
     timings_ms: dict[str, float]
     reason: str | None = None
+    generated_response: str | None = None
 
 
 class ComparePoint(BaseModel):
