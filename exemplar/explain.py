@@ -117,7 +117,7 @@ class Explainer:
         self.full = KroneckerGram(featurizer.model, featurizer.task, featurizer.layers, batches=featurizer.batches)
 
     @contextlib.contextmanager
-    def holding_model(self) -> Iterator[None]:
+    def hold_model(self) -> Iterator[None]:
         """Hold the model (and its tokenizer): first come, first served, after any light work when
         this is the API's heavy lane (`exemplar.threads.checkpoint`)."""
         checkpoint()
@@ -152,7 +152,7 @@ class Explainer:
         `config.truncate_queries` off, a query longer than the index's `max_length` tokens is
         refused (`InvalidInputError`) instead of being cut. With `keep_factors` each state keeps its
         layers' inputs and output gradients: scoring it in the full space does not run it again."""
-        with self.holding_model():
+        with self.hold_model():
             for query in queries:
                 self._check_query(query)
             return self._featurize_checked(queries, keep_factors)
@@ -174,7 +174,7 @@ class Explainer:
         """Raise `InvalidInputError` for a query that cannot be explained as given: an unknown
         label, or (unless `truncate`, default `config.truncate_queries`) more tokens than the
         index's max_length."""
-        with self.holding_model():
+        with self.hold_model():
             self._check_query(query, truncate)
 
     def _check_query(self, query: Example, truncate: bool | None = None) -> None:
@@ -189,7 +189,7 @@ class Explainer:
     def checkpoint_gradients(self, state: QueryState) -> list[np.ndarray]:
         """The query's gradient under each of the index's checkpoints (TracIn); models load on first use."""
         if state.checkpoint_grads is None:
-            with self.holding_model():
+            with self.hold_model():
                 if self._checkpoint_featurizers is None:
                     self._checkpoint_featurizers = [self._load_checkpoint(c) for c in self.store.manifest.checkpoints]
                 state.checkpoint_grads = [f.featurize([state.example]).vectors[0] for f in self._checkpoint_featurizers]
@@ -217,7 +217,7 @@ class Explainer:
         parts = []
         step = rows_per_hold(self.featurizer.batch_size)  # the model is shared: short holds
         for start in range(0, len(training), step):
-            with self.holding_model():
+            with self.hold_model():
                 t0 = time.perf_counter()
                 parts.append(-self.full.cross(self._query_factors(state), training[start : start + step])[0])
                 self._observe_rows(len(parts[-1]), time.perf_counter() - t0)
@@ -325,7 +325,7 @@ class Explainer:
         """Full-space Gram of the query (position 0) and the training examples `rows` (positions 1..);
         the query's own pass is reused when its state kept its factors."""
         training = [e.to_example() for e in self.store.examples_at(np.asarray(rows).tolist())]
-        with self.holding_model():
+        with self.hold_model():
             return self.full.gram(training, prefix=self._query_factors(state))
 
     def _query_factors(self, state: QueryState) -> LayerFactors:
@@ -359,7 +359,7 @@ class Explainer:
         distinct = list(dict.fromkeys(keys))
         union = sorted({r for key in distinct for r in key})
         examples = dict(zip(union, (e.to_example() for e in self.store.examples_at(union)), strict=True))
-        with self.holding_model():  # the tokenizer is not thread-safe either
+        with self.hold_model():  # the tokenizer is not thread-safe either
             tokens = {r: len(self.featurizer.task.encode(e).input_ids) for r, e in examples.items()}
         groups: list[tuple[list[tuple[int, ...]], set[int]]] = []
         for key in sorted(distinct, key=len, reverse=True):
@@ -377,12 +377,10 @@ class Explainer:
             ordered = sorted(rows)
             position = {r: j for j, r in enumerate(ordered)}
             subsets = [[position[r] for r in key] for key in group]
-            with self.holding_model():
+            with self.hold_model():
                 query = self._query_factors(state)
             t0 = time.perf_counter()
-            done = computer.subset_grams(
-                [examples[r] for r in ordered], subsets, prefix=query, model=self.holding_model
-            )
+            done = computer.subset_grams([examples[r] for r in ordered], subsets, prefix=query, model=self.hold_model)
             self._observe_rows(model_units(len(ordered), [len(key) for key in group]), time.perf_counter() - t0)
             grams.update(zip(group, done, strict=True))
         return [grams[key] for key in keys]
@@ -442,7 +440,7 @@ class Explainer:
         keep = any(self.resolve(options).score_space == "full" for _, options in requests)
         states: list[QueryState | ExemplarError | None] = []
         try:
-            with self.holding_model():  # cheap per-query checks first, so one bad query does not split the batch
+            with self.hold_model():  # cheap per-query checks first, so one bad query does not split the batch
                 for query, options in requests:
                     try:
                         self.check_options(self.resolve(options))

@@ -38,7 +38,7 @@ def generate_response(explainer: Explainer, prompt: str, max_new_tokens: int) ->
         )
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
-    with explainer.holding_model(), torch.no_grad():
+    with explainer.hold_model(), torch.no_grad():
         out = model.generate(  # type: ignore[operator]
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),

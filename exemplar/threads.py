@@ -181,7 +181,7 @@ while heavy work holds the model waits for at most that."""
 
 
 Hold = Callable[[], AbstractContextManager[None]]
-"""A hold of the model: a context manager factory (`Explainer.holding_model`, or `contextlib.nullcontext`)."""
+"""A hold of the model: a context manager factory (`Explainer.hold_model`, or `contextlib.nullcontext`)."""
 
 
 def rows_per_hold(rows: int) -> int:
