@@ -167,8 +167,15 @@ def to_query(body: QueryFields, task: str, max_text_chars: int, where: str = "")
                 f"{where}this index serves a classifier: send 'text' (and optionally 'label'), not prompt/response"
             )
         return Example(text=body.text, label=body.label)
+    if body.messages is not None:
+        for i, turn in enumerate(body.messages):
+            if len(turn.content) > max_text_chars:
+                raise InvalidInputError(f"{where}messages.{i}.content: longer than {max_text_chars} characters")
+        return Example(messages=[turn.model_dump() for turn in body.messages])
     if body.prompt is None:
-        raise InvalidInputError(f"{where}this index serves a causal LM: send 'prompt' and 'response', not text/label")
+        raise InvalidInputError(
+            f"{where}this index serves a causal LM: send 'prompt' and 'response' (or 'messages'), not text/label"
+        )
     if body.response is None:
         raise InvalidInputError(
             f"{where}send a 'response' to explain with the prompt (only POST /v1/explain generates one when it is left out)"

@@ -36,6 +36,15 @@ STRICT = ConfigDict(extra="forbid", strict=True)
 """Request models: unknown fields are refused and nothing is coerced ("5" is not a number, true is not 1)."""
 
 
+class Message(BaseModel):
+    """One turn of a conversation."""
+
+    model_config = STRICT
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=1)
+
+
 class QueryFields(BaseModel):
     """A query: `text` (+ optional `label`) for a classifier index, `prompt` + `response` for a causal LM."""
 
@@ -53,12 +62,21 @@ class QueryFields(BaseModel):
         "model generate one (greedy, `max_new_tokens`) and explains that",
     )
 
+    messages: list[Message] | None = Field(
+        None,
+        min_length=2,
+        description="causal LM, instead of prompt and response: a conversation (system, user, assistant turns) "
+        "rendered with the model's chat template; its last turn, the assistant's, is the response explained",
+    )
+
     @model_validator(mode="after")
     def one_query_form(self) -> Self:
         has_text = self.text is not None
         has_pair = self.prompt is not None or self.response is not None
-        if has_text == has_pair:
-            raise ValueError("send either 'text' (and optionally 'label') or 'prompt' (and 'response')")
+        if has_text + has_pair + (self.messages is not None) != 1:
+            raise ValueError("send one of: 'text' (and optionally 'label'), 'prompt' (and 'response'), or 'messages'")
+        if self.messages is not None and self.messages[-1].role != "assistant":
+            raise ValueError("the last of 'messages' must be the assistant's turn: it is the response explained")
         if self.response is not None and self.prompt is None:
             raise ValueError("'response' goes with 'prompt'")
         if self.label is not None and not has_text:
@@ -252,6 +270,7 @@ class ExampleOut(BaseModel):
     label: str | None = None
     prompt: str | None = None
     response: str | None = None
+    messages: list[Message] | None = None
     source: str
     meta: dict[str, Any] = Field(default_factory=dict)
     weight: float | None = Field(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from exemplar.errors import InvalidInputError
-from exemplar.tasks import Example, Task
+from exemplar.tasks import Example, Task, check_messages
 
 REQUIRED = {"classification": ("text", "label"), "causal-lm": ("prompt", "response")}
 
@@ -38,8 +38,10 @@ def read_examples_jsonl(
 
     `check(example)` may add a problem of its own (e.g. too many tokens for the model).
 
-    Rows: classification `{"id"?, "text", "label"}`, causal-lm `{"id"?, "prompt", "response"}`;
-    optional `"source"` (str) and `"meta"` (object). Missing ids become `line-<n>`.
+    Rows: classification `{"id"?, "text", "label"}`, causal-lm `{"id"?, "prompt", "response"}` or
+    `{"id"?, "messages": [{"role", "content"}, ...]}` (the last turn the assistant's);
+    optional `"source"` (str) and `"meta"` (object). Missing ids become `line-<n>`. The file is
+    read line by line.
     """
     if task not in REQUIRED:
         raise InvalidInputError(f"unknown task {task!r}; choose one of: {', '.join(REQUIRED)}")
@@ -51,38 +53,44 @@ def read_examples_jsonl(
     seen: dict[str, int] = {}
     with p.open(encoding="utf-8", errors="strict") as f:
         try:
-            lines = list(f)
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                parsed = _parse_row(line, number, p.name, task, labels, seen)
+                if isinstance(parsed, Example) and check is not None and (problem := check(parsed)):
+                    parsed = RowError(number, problem)
+                if isinstance(parsed, RowError):
+                    errors.append(parsed)
+                else:
+                    examples.append(parsed)
         except UnicodeDecodeError as exc:
             raise InvalidInputError(f"{str(p)!r} is not valid UTF-8: {exc}") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row: Any = json.loads(line)
-        except json.JSONDecodeError as exc:
-            errors.append(RowError(number, f"not valid JSON ({exc.msg})"))
-            continue
-        if not isinstance(row, dict):
-            errors.append(RowError(number, "each line must be a JSON object"))
-            continue
-        problem = _row_problem(row, task, labels)
-        if problem:
-            errors.append(RowError(number, problem))
-            continue
-        example_id = str(row.get("id", f"line-{number}"))
-        if example_id in seen:
-            errors.append(RowError(number, f"duplicate id {example_id!r} (first on line {seen[example_id]})"))
-            continue
-        seen[example_id] = number
-        meta = row.get("meta", {})
-        fields = {f: row[f] for f in REQUIRED[task]}
-        example = Example(id=example_id, source=str(row.get("source", f"{p.name}:{number}")), meta=meta, **fields)
-        problem = check(example) if check is not None else None
-        if problem:
-            errors.append(RowError(number, problem))
-            continue
-        examples.append(example)
     return examples, errors
+
+
+def _parse_row(
+    line: str, number: int, file_name: str, task: str, labels: list[str] | None, seen: dict[str, int]
+) -> Example | RowError:
+    """One line's example, or what is wrong with it; a new id is added to `seen`."""
+    try:
+        row: Any = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return RowError(number, f"not valid JSON ({exc.msg})")
+    if not isinstance(row, dict):
+        return RowError(number, "each line must be a JSON object")
+    problem = _row_problem(row, task, labels)
+    if problem:
+        return RowError(number, problem)
+    example_id = str(row.get("id", f"line-{number}"))
+    if example_id in seen:
+        return RowError(number, f"duplicate id {example_id!r} (first on line {seen[example_id]})")
+    seen[example_id] = number
+    if task == "causal-lm" and "messages" in row:
+        fields: dict[str, Any] = {"messages": row["messages"]}
+    else:
+        fields = {f: row[f] for f in REQUIRED[task]}
+    source = str(row.get("source", f"{file_name}:{number}"))
+    return Example(id=example_id, source=source, meta=row.get("meta", {}), **fields)
 
 
 def write_jsonl(path: Path, examples: Sequence[Example], prefix: str = "") -> None:
@@ -99,6 +107,7 @@ def write_jsonl(path: Path, examples: Sequence[Example], prefix: str = "") -> No
                     ("label", e.label),
                     ("prompt", e.prompt),
                     ("response", e.response),
+                    ("messages", e.messages),
                 )
                 if v is not None
             }
@@ -119,6 +128,10 @@ def too_long_check(task: Task) -> Callable[[Example], str | None]:
 
 
 def _row_problem(row: dict[str, Any], task: str, labels: list[str] | None) -> str | None:
+    if task == "causal-lm" and "messages" in row:
+        if "prompt" in row or "response" in row:
+            return "a row has either 'messages' or 'prompt' and 'response', not both"
+        return check_messages(row["messages"])
     for name in REQUIRED[task]:
         value = row.get(name)
         if not isinstance(value, str) or not value.strip():

@@ -171,7 +171,10 @@ def dataset_checksum(examples: Sequence[Example]) -> str:
     """sha256 over the canonical JSON of the examples, in order."""
     h = hashlib.sha256()
     for e in examples:
-        h.update(json.dumps([e.id, e.text, e.label, e.prompt, e.response], ensure_ascii=False).encode())
+        content: list[Any] = [e.id, e.text, e.label, e.prompt, e.response]
+        if e.messages is not None:  # only then: the checksums of datasets without conversations stay as they were
+            content.append(e.messages)
+        h.update(json.dumps(content, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()
 
@@ -188,10 +191,18 @@ class StoredExample:
     response: str | None
     source: str
     meta: dict[str, Any]
+    messages: list[dict[str, str]] | None = None
 
     def to_example(self) -> Example:
         """The example as a task encodes it (its content fields), e.g. to compute its gradient again."""
-        return Example(id=self.id, text=self.text, label=self.label, prompt=self.prompt, response=self.response)
+        return Example(
+            id=self.id,
+            text=self.text,
+            label=self.label,
+            prompt=self.prompt,
+            response=self.response,
+            messages=self.messages,
+        )
 
 
 class GradientStore(Protocol):
@@ -224,12 +235,16 @@ def write_examples(path: Path, examples: Sequence[Example]) -> None:
     try:
         con.execute(
             "CREATE TABLE examples (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, label TEXT,"
-            " prompt TEXT, response TEXT, source TEXT NOT NULL, meta TEXT NOT NULL)"
+            " prompt TEXT, response TEXT, source TEXT NOT NULL, meta TEXT NOT NULL, messages TEXT)"
         )
         con.executemany(
-            "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (i, e.id, e.text, e.label, e.prompt, e.response, e.source, json.dumps(e.meta, ensure_ascii=False))
+                (
+                    *(i, e.id, e.text, e.label, e.prompt, e.response, e.source),
+                    json.dumps(e.meta, ensure_ascii=False),
+                    None if e.messages is None else json.dumps(e.messages, ensure_ascii=False),
+                )
                 for i, e in enumerate(examples)
             ],
         )
@@ -371,7 +386,8 @@ class FaissGradientStore:
 
     @staticmethod
     def _example(r: tuple[Any, ...]) -> StoredExample:
-        return StoredExample(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]))
+        messages = json.loads(r[8]) if len(r) > 8 and r[8] is not None else None  # no column before messages
+        return StoredExample(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), messages)
 
     def examples_at(self, rows: Sequence[int]) -> list[StoredExample]:
         wanted = [int(r) for r in rows]
@@ -401,7 +417,14 @@ class FaissGradientStore:
         rows = self._rows("SELECT * FROM examples ORDER BY row", [])
         return [
             Example(
-                id=e.id, text=e.text, label=e.label, prompt=e.prompt, response=e.response, source=e.source, meta=e.meta
+                id=e.id,
+                text=e.text,
+                label=e.label,
+                prompt=e.prompt,
+                response=e.response,
+                source=e.source,
+                meta=e.meta,
+                messages=e.messages,
             )
             for e in map(self._example, rows)
         ]

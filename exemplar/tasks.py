@@ -4,7 +4,9 @@ Implementations:
 - `ClassificationTask`: sequence classification, cross-entropy on the label. A query
   without a label is explained for the model's own prediction.
 - `CausalLMTask`: causal LM, mean token cross-entropy over the response tokens only (the
-  prompt is context), with the tokenizer's chat template when it has one.
+  prompt is context), with the tokenizer's chat template when it has one. A conversation
+  (`messages`: system, user and assistant turns) is rendered with the chat template and its
+  final assistant turn is the response.
 
 Every task returns one loss per example (`per_example_loss`), so that summing them and
 differentiating once yields each example's own gradient at every layer output.
@@ -37,6 +39,27 @@ class Example:
     response: str | None = None
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, str]] | None = None  # causal LM: a conversation; its last turn is the response
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages: Any) -> str | None:
+    """What is wrong with a conversation, or None: a list of {"role", "content"} turns (roles
+    system, user, assistant), at least one before the last, the last an assistant's."""
+    if not isinstance(messages, list) or len(messages) < 2:
+        return "'messages' must be a list of at least two turns, the last the assistant's"
+    for i, turn in enumerate(messages):
+        if not isinstance(turn, dict) or set(turn) != {"role", "content"}:
+            return f"messages[{i}] must be an object with exactly 'role' and 'content'"
+        if turn["role"] not in ROLES:
+            return f"messages[{i}].role must be one of {', '.join(ROLES)}; got {turn['role']!r}"
+        if not isinstance(turn["content"], str) or not turn["content"].strip():
+            return f"messages[{i}].content must be a non-empty string"
+    if messages[-1]["role"] != "assistant":
+        return "the last of 'messages' must be the assistant's turn: it is the response explained"
+    return None
 
 
 @dataclass(frozen=True)
@@ -179,10 +202,28 @@ class CausalLMTask:
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
         return bos + self._ids(prompt), self._ids(" " + response) + eos
 
+    def conversation_ids(self, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+        """Token ids of a conversation up to its final assistant turn (with the chat template's
+        generation prompt) and of that turn, as the chat template renders them."""
+        problem = check_messages(messages)
+        if problem:
+            raise InvalidInputError(problem)
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise InvalidInputError("this model's tokenizer has no chat template: send 'prompt' and 'response'")
+        head = self._ids(tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False))
+        full = self._ids(tok.apply_chat_template(messages, tokenize=False))
+        if full[: len(head)] != head or len(full) == len(head):
+            raise InvalidInputError("the chat template does not render the last turn after the others")
+        return head, full[len(head) :]
+
     def encode(self, example: Example) -> Encoded:
-        prompt = _require_text(example.prompt, "prompt")
-        response = _require_text(example.response, "response")
-        prompt_ids, response_ids = self.split_ids(prompt, response)
+        if example.messages is not None:
+            prompt_ids, response_ids = self.conversation_ids(example.messages)
+        else:
+            prompt = _require_text(example.prompt, "prompt")
+            response = _require_text(example.response, "response")
+            prompt_ids, response_ids = self.split_ids(prompt, response)
         truncated = len(prompt_ids) + len(response_ids) > self.max_length
         if truncated:  # keep the response, drop the start of the prompt
             response_ids = response_ids[: self.max_length - 1]
@@ -193,6 +234,8 @@ class CausalLMTask:
 
     def lexical_ids(self, example: Example) -> list[int]:
         """Content token ids of prompt and response (no chat scaffolding), for lexical estimators."""
+        if example.messages is not None:
+            return [i for turn in example.messages for i in self._ids(" " + turn["content"])]
         prompt = _require_text(example.prompt, "prompt")
         response = _require_text(example.response, "response")
         return self._ids(prompt) + self._ids(" " + response)

@@ -104,7 +104,7 @@ def test_compare_contract_matches_explain(client: TestClient) -> None:
         ({"text": "x", "estimator": "bm25", "ordering": "most_harmful"}, "similarity without sign"),
         ({"prompt": "p", "response": "r"}, "classifier"),
         ({"text": "x", "label": "sideways"}, "unknown label"),
-        ({}, "either"),
+        ({}, "send one of"),
     ],
 )
 def test_compare_bad_input_is_422(client: TestClient, body: dict[str, object], message: str) -> None:
@@ -152,8 +152,8 @@ def test_example_lookup(client: TestClient) -> None:
         ({"text": ""}, "text"),
         ({"text": "x", "label": "sideways"}, "unknown label"),
         ({"prompt": "p", "response": "r"}, "classifier"),
-        ({"prompt": "p"}, "both"),
-        ({}, "either"),
+        ({"prompt": "p"}, "classifier"),
+        ({}, "send one of"),
         ({"text": "x", "colour": "red"}, "colour"),
         ({"text": 5}, "text"),
     ],

@@ -71,7 +71,8 @@ def explain_batch(
         explain_options = ExplainOptions(**(options or {}))
     except TypeError as exc:
         raise InvalidInputError(f"unknown explanation option: {exc}") from exc
-    fields = ("text", "label") if explainer.store.manifest.task == "classification" else ("prompt", "response")
+    classifier = explainer.store.manifest.task == "classification"
+    fields = ("text", "label") if classifier else ("prompt", "response", "messages")
     results: list[dict[str, Any]] = []
     job = _current_job()
     for i, query in enumerate(queries):
@@ -89,7 +90,9 @@ def explain_batch(
             if fields[0] == "text":
                 example = Example(text=query.get("text"), label=query.get("label"))
             else:
-                example = Example(prompt=query.get("prompt"), response=query.get("response"))
+                example = Example(
+                    prompt=query.get("prompt"), response=query.get("response"), messages=query.get("messages")
+                )
             explainer.check_query(example, truncate=truncate_queries)
             results.append(explainer.explain(example, explain_options).to_dict(explainer.store.manifest.summary()))
         except ExemplarError as exc:

@@ -324,12 +324,16 @@ function renderCard(example, i, estimator) {
   const fill = el("div", { class: "weight-fill" });
   fill.style.width = `${Math.max(0, Math.min(100, percent)).toFixed(1)}%`;
   bar.append(fill);
+  const turn = (m) => el("p", { class: `example-turn turn-${m.role}` },
+    el("span", { class: "field-name" }, `${m.role[0].toUpperCase()}${m.role.slice(1)} `), m.content);
   const body = example.text !== undefined
     ? [el("p", { class: "example-text" }, example.text)]
-    : [
-        el("p", { class: "example-prompt" }, el("span", { class: "field-name" }, "Prompt "), example.prompt),
-        el("p", { class: "example-response" }, el("span", { class: "field-name" }, "Response "), example.response),
-      ];
+    : example.messages !== undefined
+      ? example.messages.map(turn) // a conversation: every turn, the last the response explained
+      : [
+          el("p", { class: "example-prompt" }, el("span", { class: "field-name" }, "Prompt "), example.prompt),
+          el("p", { class: "example-response" }, el("span", { class: "field-name" }, "Response "), example.response),
+        ];
   const tag = example.label !== undefined ? example.label : null;
   const link = el("a", {
     class: "full-link",
@@ -512,6 +516,9 @@ async function showExample(event) {
   const rows = [];
   for (const name of ["id", "label", "text", "prompt", "response", "source"]) {
     if (example[name] !== undefined) rows.push(el("dt", {}, name), el("dd", { "data-field": name }, example[name]));
+  }
+  for (const [i, m] of (example.messages || []).entries()) {
+    rows.push(el("dt", {}, `${m.role} (turn ${i + 1})`), el("dd", { "data-field": `messages.${i}` }, m.content));
   }
   if (example.meta && Object.keys(example.meta).length) {
     rows.push(el("dt", {}, "meta"), el("dd", { "data-field": "meta" }, el("pre", {}, JSON.stringify(example.meta, null, 1))));

@@ -10,6 +10,7 @@ from exemplar_client.models import (
     IndexInfo,
     Job,
     JobError,
+    Message,
     Options,
     Query,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "IndexInfo",
     "Job",
     "JobError",
+    "Message",
     "Options",
     "Query",
     "results_of",

@@ -15,8 +15,18 @@ REQUEST = ConfigDict(extra="forbid")
 RESPONSE = ConfigDict(extra="allow")
 
 
+class Message(BaseModel):
+    """One turn of a conversation: role system, user or assistant."""
+
+    model_config = REQUEST
+
+    role: str
+    content: str
+
+
 class Query(BaseModel):
-    """`text` (+ optional `label`) for a classifier's index; `prompt` + `response` for a causal LM's."""
+    """`text` (+ optional `label`) for a classifier's index; `prompt` + `response` (or `messages`,
+    the last turn the assistant's) for a causal LM's."""
 
     model_config = REQUEST
 
@@ -24,6 +34,7 @@ class Query(BaseModel):
     label: str | None = None
     prompt: str | None = None
     response: str | None = None
+    messages: list[Message] | None = None
 
 
 class Options(BaseModel):
@@ -78,6 +89,7 @@ class Example(BaseModel):
     label: str | None = None
     prompt: str | None = None
     response: str | None = None
+    messages: list[Message] | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
     weight: float | None = None
     influence: float | None = None
@@ -193,6 +205,7 @@ class Job(BaseModel):
 
 MODELS_BY_SCHEMA: dict[str, type[BaseModel]] = {
     "QueryFields": Query,
+    "Message": Message,
     "OptionFields": Options,
     "ExplainRequest": ExplainRequest,
     "CompareRequest": CompareRequest,
