@@ -157,7 +157,7 @@ async def explain_on_model(
 
 def to_query(body: QueryFields, task: str, max_text_chars: int, where: str = "") -> Example:
     """The query as an Example, checked against the served index's task and the length limit."""
-    for name in ("text", "prompt", "response"):
+    for name in ("text", "text_pair", "prompt", "response"):
         value = getattr(body, name)
         if value is not None and len(value) > max_text_chars:
             raise InvalidInputError(f"{where}{name}: longer than {max_text_chars} characters; shorten it")
@@ -166,7 +166,7 @@ def to_query(body: QueryFields, task: str, max_text_chars: int, where: str = "")
             raise InvalidInputError(
                 f"{where}this index serves a classifier: send 'text' (and optionally 'label'), not prompt/response"
             )
-        return Example(text=body.text, label=body.label)
+        return Example(text=body.text, label=body.label, text_pair=body.text_pair)
     if body.messages is not None:
         for i, turn in enumerate(body.messages):
             if len(turn.content) > max_text_chars:

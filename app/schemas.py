@@ -51,6 +51,9 @@ class QueryFields(BaseModel):
     model_config = STRICT
 
     text: str | None = Field(None, min_length=1, description="classification: the input text")
+    text_pair: str | None = Field(
+        None, min_length=1, description="classification: the second text of a sentence pair (with `text`)"
+    )
     label: str | None = Field(
         None, min_length=1, description="classification: label to explain (default: the model's prediction)"
     )
@@ -79,6 +82,8 @@ class QueryFields(BaseModel):
             raise ValueError("the last of 'messages' must be the assistant's turn: it is the response explained")
         if self.response is not None and self.prompt is None:
             raise ValueError("'response' goes with 'prompt'")
+        if self.text_pair is not None and not has_text:
+            raise ValueError("'text_pair' goes with 'text' (classification of a sentence pair)")
         if self.label is not None and not has_text:
             raise ValueError("'label' goes with 'text' (classification); causal-LM queries use 'prompt' and 'response'")
         return self
@@ -267,6 +272,7 @@ class ExampleOut(BaseModel):
 
     id: str
     text: str | None = None
+    text_pair: str | None = None
     label: str | None = None
     prompt: str | None = None
     response: str | None = None

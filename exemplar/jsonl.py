@@ -1,12 +1,13 @@
-"""Training sets as JSONL: `read_examples_jsonl` parses and checks every row (each bad row is
-reported with its line number, none is dropped silently), `write_jsonl` writes examples back
-atomically, `too_long_check` refuses rows longer than the model's max_length.
+"""Training sets: `read_examples_jsonl` parses and checks every row of a JSONL file, a Parquet
+file or a `datasets` directory (each bad row is reported with its number, none is dropped
+silently), `write_jsonl` writes examples back atomically, `too_long_check` refuses rows longer
+than the model's max_length.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,48 +35,82 @@ def read_examples_jsonl(
     labels: list[str] | None = None,
     check: Callable[[Example], str | None] | None = None,
 ) -> tuple[list[Example], list[RowError]]:
-    """Parse a JSONL training set; every bad row is returned as an error, none is dropped silently.
+    """Parse a training set; every bad row is returned as an error, none is dropped silently.
 
-    `check(example)` may add a problem of its own (e.g. too many tokens for the model).
+    `path` is a JSONL file (read line by line), a Parquet file (`.parquet`) or a directory saved
+    with `datasets`' `save_to_disk` (one split); `check(example)` may add a problem of its own
+    (e.g. too many tokens for the model).
 
-    Rows: classification `{"id"?, "text", "label"}`, causal-lm `{"id"?, "prompt", "response"}` or
-    `{"id"?, "messages": [{"role", "content"}, ...]}` (the last turn the assistant's);
-    optional `"source"` (str) and `"meta"` (object). Missing ids become `line-<n>`. The file is
-    read line by line.
+    Rows: classification `{"id"?, "text", "text_pair"?, "label"}`, causal-lm `{"id"?, "prompt",
+    "response"}` or `{"id"?, "messages": [{"role", "content"}, ...]}` (the last turn the
+    assistant's); optional `"source"` (str) and `"meta"` (object). Missing ids become
+    `line-<n>` (the row's number, from 1). In Parquet and datasets rows a null is an absent field.
     """
     if task not in REQUIRED:
         raise InvalidInputError(f"unknown task {task!r}; choose one of: {', '.join(REQUIRED)}")
     p = Path(path)
-    if not p.is_file():
-        raise InvalidInputError(f"data file {str(p)!r} does not exist")
+    if not p.exists():
+        raise InvalidInputError(f"data {str(p)!r} does not exist")
     examples: list[Example] = []
     errors: list[RowError] = []
     seen: dict[str, int] = {}
+    for number, row in _rows(p):
+        parsed = _parse_row(row, number, p.name, task, labels, seen)
+        if isinstance(parsed, Example) and check is not None and (problem := check(parsed)):
+            parsed = RowError(number, problem)
+        if isinstance(parsed, RowError):
+            errors.append(parsed)
+        else:
+            examples.append(parsed)
+    return examples, errors
+
+
+def _rows(p: Path) -> Iterator[tuple[int, Any]]:
+    """(row number, the row: a dict, or a RowError for a line that is not JSON) of a data file."""
+    if p.is_dir() or p.suffix == ".parquet":
+        for number, row in enumerate(_columnar(p), start=1):
+            yield number, {k: v for k, v in row.items() if v is not None}
+        return
     with p.open(encoding="utf-8", errors="strict") as f:
         try:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
-                parsed = _parse_row(line, number, p.name, task, labels, seen)
-                if isinstance(parsed, Example) and check is not None and (problem := check(parsed)):
-                    parsed = RowError(number, problem)
-                if isinstance(parsed, RowError):
-                    errors.append(parsed)
-                else:
-                    examples.append(parsed)
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield number, RowError(number, f"not valid JSON ({exc.msg})")
         except UnicodeDecodeError as exc:
             raise InvalidInputError(f"{str(p)!r} is not valid UTF-8: {exc}") from exc
-    return examples, errors
+
+
+def _columnar(p: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a Parquet file or a `datasets` directory (`save_to_disk`), one at a time."""
+    import datasets
+
+    if p.is_dir():
+        try:
+            loaded = datasets.load_from_disk(str(p))
+        except (FileNotFoundError, ValueError) as exc:
+            raise InvalidInputError(f"{str(p)!r} is not a dataset saved with datasets' save_to_disk: {exc}") from exc
+        if isinstance(loaded, datasets.DatasetDict):
+            splits = ", ".join(f"{p / name}" for name in loaded)
+            raise InvalidInputError(f"{str(p)!r} holds several splits; pass one of them: {splits}")
+        dataset = loaded
+    else:
+        try:
+            dataset = datasets.Dataset.from_parquet(str(p), keep_in_memory=False)
+        except Exception as exc:  # pyarrow's errors have no common base class worth naming here
+            raise InvalidInputError(f"{str(p)!r} is not a readable Parquet file: {exc}") from exc
+    yield from dataset
 
 
 def _parse_row(
-    line: str, number: int, file_name: str, task: str, labels: list[str] | None, seen: dict[str, int]
+    row: Any, number: int, file_name: str, task: str, labels: list[str] | None, seen: dict[str, int]
 ) -> Example | RowError:
-    """One line's example, or what is wrong with it; a new id is added to `seen`."""
-    try:
-        row: Any = json.loads(line)
-    except json.JSONDecodeError as exc:
-        return RowError(number, f"not valid JSON ({exc.msg})")
+    """One row's example, or what is wrong with it; a new id is added to `seen`."""
+    if isinstance(row, RowError):
+        return row
     if not isinstance(row, dict):
         return RowError(number, "each line must be a JSON object")
     problem = _row_problem(row, task, labels)
@@ -86,9 +121,11 @@ def _parse_row(
         return RowError(number, f"duplicate id {example_id!r} (first on line {seen[example_id]})")
     seen[example_id] = number
     if task == "causal-lm" and "messages" in row:
-        fields: dict[str, Any] = {"messages": row["messages"]}
+        fields: dict[str, Any] = {"messages": [dict(turn) for turn in row["messages"]]}
     else:
         fields = {f: row[f] for f in REQUIRED[task]}
+        if task == "classification" and "text_pair" in row:
+            fields["text_pair"] = row["text_pair"]
     source = str(row.get("source", f"{file_name}:{number}"))
     return Example(id=example_id, source=source, meta=row.get("meta", {}), **fields)
 
@@ -104,6 +141,7 @@ def write_jsonl(path: Path, examples: Sequence[Example], prefix: str = "") -> No
                 for k, v in (
                     ("id", e.id),
                     ("text", e.text),
+                    ("text_pair", e.text_pair),
                     ("label", e.label),
                     ("prompt", e.prompt),
                     ("response", e.response),
@@ -136,6 +174,10 @@ def _row_problem(row: dict[str, Any], task: str, labels: list[str] | None) -> st
         value = row.get(name)
         if not isinstance(value, str) or not value.strip():
             return f"field {name!r} must be a non-empty string"
+    if "text_pair" in row and (
+        task != "classification" or not isinstance(row["text_pair"], str) or not row["text_pair"].strip()
+    ):
+        return "field 'text_pair' (classification: the second text of a pair) must be a non-empty string"
     if "id" in row and not isinstance(row["id"], str | int):
         return "field 'id' must be a string"
     if "meta" in row and not isinstance(row["meta"], dict):

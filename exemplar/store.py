@@ -174,6 +174,8 @@ def dataset_checksum(examples: Sequence[Example]) -> str:
         content: list[Any] = [e.id, e.text, e.label, e.prompt, e.response]
         if e.messages is not None:  # only then: the checksums of datasets without conversations stay as they were
             content.append(e.messages)
+        if e.text_pair is not None:  # likewise
+            content.append({"text_pair": e.text_pair})
         h.update(json.dumps(content, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()
@@ -192,6 +194,7 @@ class StoredExample:
     source: str
     meta: dict[str, Any]
     messages: list[dict[str, str]] | None = None
+    text_pair: str | None = None
 
     def to_example(self) -> Example:
         """The example as a task encodes it (its content fields), e.g. to compute its gradient again."""
@@ -202,6 +205,7 @@ class StoredExample:
             prompt=self.prompt,
             response=self.response,
             messages=self.messages,
+            text_pair=self.text_pair,
         )
 
 
@@ -235,15 +239,16 @@ def write_examples(path: Path, examples: Sequence[Example]) -> None:
     try:
         con.execute(
             "CREATE TABLE examples (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT, label TEXT,"
-            " prompt TEXT, response TEXT, source TEXT NOT NULL, meta TEXT NOT NULL, messages TEXT)"
+            " prompt TEXT, response TEXT, source TEXT NOT NULL, meta TEXT NOT NULL, messages TEXT, text_pair TEXT)"
         )
         con.executemany(
-            "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     *(i, e.id, e.text, e.label, e.prompt, e.response, e.source),
                     json.dumps(e.meta, ensure_ascii=False),
                     None if e.messages is None else json.dumps(e.messages, ensure_ascii=False),
+                    e.text_pair,
                 )
                 for i, e in enumerate(examples)
             ],
@@ -386,8 +391,10 @@ class FaissGradientStore:
 
     @staticmethod
     def _example(r: tuple[Any, ...]) -> StoredExample:
-        messages = json.loads(r[8]) if len(r) > 8 and r[8] is not None else None  # no column before messages
-        return StoredExample(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), messages)
+        # older indexes have neither the messages nor the text_pair column
+        messages = json.loads(r[8]) if len(r) > 8 and r[8] is not None else None
+        text_pair = r[9] if len(r) > 9 else None
+        return StoredExample(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), messages, text_pair)
 
     def examples_at(self, rows: Sequence[int]) -> list[StoredExample]:
         wanted = [int(r) for r in rows]
@@ -399,17 +406,16 @@ class FaissGradientStore:
 
     def find_row(self, example: Example) -> int | None:
         """The row of a training example with exactly this content, if any (for the "self" strategy)."""
-        if example.text is not None:
-            sql, args = (
-                "SELECT row FROM examples WHERE text = ? AND (? IS NULL OR label = ?) LIMIT 1",
+        if example.text is not None:  # the pair's second text compared here: older indexes have no column for it
+            rows = self._rows(
+                "SELECT * FROM examples WHERE text = ? AND (? IS NULL OR label = ?)",
                 [example.text, example.label, example.label],
             )
-        else:
-            sql, args = (
-                "SELECT row FROM examples WHERE prompt = ? AND response = ? LIMIT 1",
-                [example.prompt, example.response],
-            )
-        found = self._rows(sql, args)
+            same = [e.row for e in map(self._example, rows) if e.text_pair == example.text_pair]
+            return same[0] if same else None
+        found = self._rows(
+            "SELECT row FROM examples WHERE prompt = ? AND response = ? LIMIT 1", [example.prompt, example.response]
+        )
         return int(found[0][0]) if found else None
 
     def all_examples(self) -> list[Example]:
@@ -425,6 +431,7 @@ class FaissGradientStore:
                 source=e.source,
                 meta=e.meta,
                 messages=e.messages,
+                text_pair=e.text_pair,
             )
             for e in map(self._example, rows)
         ]

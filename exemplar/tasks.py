@@ -40,6 +40,7 @@ class Example:
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     messages: list[dict[str, str]] | None = None  # causal LM: a conversation; its last turn is the response
+    text_pair: str | None = None  # classification: the second text of a sentence pair
 
 
 ROLES = ("system", "user", "assistant")
@@ -73,6 +74,7 @@ class Encoded:
     input_ids: list[int]
     target: int | list[int]
     truncated: bool = False
+    token_type_ids: list[int] | None = None  # sentence pairs, for models with segment embeddings
 
 
 @dataclass
@@ -133,24 +135,43 @@ class ClassificationTask:
         else:
             known = ", ".join(sorted(self.label2id))
             raise InvalidInputError(f"unknown label {example.label!r}; this model's labels are: {known}")
+        if example.text_pair is not None:
+            return self._encode_pair(text, _require_text(example.text_pair, "text_pair"), target)
         ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
         truncated = len(ids) > self.max_length
         if truncated:  # keep the closing special token (e.g. [SEP])
             ids = ids[: self.max_length - 1] + ids[-1:]
         return Encoded(input_ids=list(ids), target=target, truncated=truncated)
 
+    def _encode_pair(self, text: str, text_pair: str, target: int) -> Encoded:
+        """A sentence pair as the tokenizer joins it (separators, segment ids); too long: the longer
+        of the two loses tokens first."""
+        enc = self.tokenizer(text, text_pair, add_special_tokens=True)
+        truncated = len(enc["input_ids"]) > self.max_length
+        if truncated:
+            enc = self.tokenizer(
+                text, text_pair, add_special_tokens=True, truncation="longest_first", max_length=self.max_length
+            )
+        types = enc.get("token_type_ids")
+        return Encoded(list(enc["input_ids"]), target, truncated, list(types) if types is not None else None)
+
     def lexical_ids(self, example: Example) -> list[int]:
         """Content token ids (no special tokens), for lexical estimators."""
-        return list(self.tokenizer(_require_text(example.text, "text"), add_special_tokens=False)["input_ids"])
+        texts = [_require_text(example.text, "text"), *([example.text_pair] if example.text_pair else [])]
+        return [i for t in texts for i in self.tokenizer(t, add_special_tokens=False)["input_ids"]]
 
     def collate(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         input_ids = _pad([e.input_ids for e in batch], self.pad_id)
         mask = _pad([[1] * len(e.input_ids) for e in batch], 0)
         targets = torch.tensor([int(e.target) for e in batch], dtype=torch.long)  # type: ignore[arg-type]
-        return {"input_ids": input_ids, "attention_mask": mask, "targets": targets}
+        out = {"input_ids": input_ids, "attention_mask": mask, "targets": targets}
+        if any(e.token_type_ids is not None for e in batch):
+            out["token_type_ids"] = _pad([e.token_type_ids or [0] * len(e.input_ids) for e in batch], 0)
+        return out
 
     def per_example_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        segments = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **segments).logits
         probs = torch.softmax(logits.detach().float(), dim=-1)
         predicted = probs.argmax(dim=-1)
         targets = torch.where(batch["targets"] < 0, predicted, batch["targets"])

@@ -45,7 +45,13 @@ def fail(message: str) -> None:
 def build(
     model: Annotated[Path, typer.Option(help="local Hugging Face model directory (or a PEFT adapter directory)")],
     task: Annotated[str, typer.Option(help="classification | causal-lm")],
-    data: Annotated[Path, typer.Option(help="JSONL training set: {id?, text, label} or {id?, prompt, response}")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="training set: JSONL, Parquet, or a datasets save_to_disk directory; rows {id?, text, text_pair?, "
+            "label}, {id?, prompt, response} or {id?, messages}"
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="index directory to create")],
     params: Annotated[
         str | None, typer.Option(help="lora | linear | regex:PATTERN (default: lora with an adapter, else linear)")
@@ -197,7 +203,7 @@ def build(
 @app.command()
 def append(
     index: Annotated[Path, typer.Option(help="existing index directory (a versioned root: its CURRENT version)")],
-    data: Annotated[Path, typer.Option(help="JSONL with the new examples (same format as for build)")],
+    data: Annotated[Path, typer.Option(help="the new examples: JSONL, Parquet or a datasets directory (as for build)")],
     batch_size: Annotated[int, typer.Option(help="examples per forward/backward")] = 16,
     shard_size: Annotated[int, typer.Option(help="examples per saved shard")] = 256,
     skip_bad_rows: Annotated[bool, typer.Option(help="skip invalid rows (reported) instead of failing")] = False,

@@ -46,10 +46,16 @@ def tiny_tokenizer(chat: bool = False) -> PreTrainedTokenizerFast:
     if not chat:
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",  # sentence pairs as BERT joins them, second segment type 1
             special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
         )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="<s>",
+        eos_token="</s>",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
     if chat:
         fast.chat_template = CHAT_TEMPLATE

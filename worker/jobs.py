@@ -72,7 +72,7 @@ def explain_batch(
     except TypeError as exc:
         raise InvalidInputError(f"unknown explanation option: {exc}") from exc
     classifier = explainer.store.manifest.task == "classification"
-    fields = ("text", "label") if classifier else ("prompt", "response", "messages")
+    fields = ("text", "text_pair", "label") if classifier else ("prompt", "response", "messages")
     results: list[dict[str, Any]] = []
     job = _current_job()
     for i, query in enumerate(queries):
@@ -88,7 +88,7 @@ def explain_batch(
             if not isinstance(query, dict) or set(query) - set(fields):
                 raise InvalidInputError(f"query {i}: expected an object with fields {', '.join(fields)}")
             if fields[0] == "text":
-                example = Example(text=query.get("text"), label=query.get("label"))
+                example = Example(text=query.get("text"), label=query.get("label"), text_pair=query.get("text_pair"))
             else:
                 example = Example(
                     prompt=query.get("prompt"), response=query.get("response"), messages=query.get("messages")

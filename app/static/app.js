@@ -327,7 +327,8 @@ function renderCard(example, i, estimator) {
   const turn = (m) => el("p", { class: `example-turn turn-${m.role}` },
     el("span", { class: "field-name" }, `${m.role[0].toUpperCase()}${m.role.slice(1)} `), m.content);
   const body = example.text !== undefined
-    ? [el("p", { class: "example-text" }, example.text)]
+    ? [el("p", { class: "example-text" }, example.text),
+      ...(example.text_pair !== undefined ? [el("p", { class: "example-text-pair" }, example.text_pair)] : [])]
     : example.messages !== undefined
       ? example.messages.map(turn) // a conversation: every turn, the last the response explained
       : [
@@ -514,7 +515,7 @@ async function showExample(event) {
     return;
   }
   const rows = [];
-  for (const name of ["id", "label", "text", "prompt", "response", "source"]) {
+  for (const name of ["id", "label", "text", "text_pair", "prompt", "response", "source"]) {
     if (example[name] !== undefined) rows.push(el("dt", {}, name), el("dd", { "data-field": name }, example[name]));
   }
   for (const [i, m] of (example.messages || []).entries()) {

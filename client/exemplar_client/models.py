@@ -31,6 +31,7 @@ class Query(BaseModel):
     model_config = REQUEST
 
     text: str | None = None
+    text_pair: str | None = None
     label: str | None = None
     prompt: str | None = None
     response: str | None = None
@@ -86,6 +87,7 @@ class Example(BaseModel):
     id: str
     source: str
     text: str | None = None
+    text_pair: str | None = None
     label: str | None = None
     prompt: str | None = None
     response: str | None = None
