@@ -120,21 +120,27 @@ def load_model(
     *,
     dtype: str = "float32",
     device: str = "cpu",
+    base_model: str | Path | None = None,
 ) -> LoadedModel:
     """Load `model_dir` for `task` ("classification" | "causal-lm"), its weights in `dtype`, onto
     `device` (`resolve_device`).
 
     A LoRA adapter is taken from `adapter_dir`, or from `model_dir` itself when it holds an
-    `adapter_config.json` (its base model path must then be a local directory).
+    `adapter_config.json`; its base model is then `base_model` or, without it, the local
+    directory its config names (a Hub id there is refused: nothing is downloaded).
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     weights_dtype, device = check_dtype(dtype), resolve_device(device)
     base = _require_dir(Path(model_dir), "model")
     adapter = _require_dir(Path(adapter_dir), "adapter") if adapter_dir is not None else None
+    if base_model is not None and (adapter is not None or not (base / "adapter_config.json").exists()):
+        raise InvalidInputError("--base-model goes with --model ADAPTER_DIR (a directory with adapter_config.json)")
     if adapter is None and (base / "adapter_config.json").exists():
         adapter = base
         base_name = json.loads((base / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if base_model is not None:
+            base_name = str(_require_dir(Path(base_model), "base model"))
         if not base_name:
             raise InvalidInputError(
                 f"adapter {str(base)!r} does not name its base model; pass --model BASE_DIR --lora {base}"
@@ -142,7 +148,8 @@ def load_model(
         if not Path(base_name).is_dir():
             raise InvalidInputError(
                 f"adapter {str(base)!r} names its base model {base_name!r}, which is not a local directory (a Hub "
-                f"id?); nothing is downloaded: get the base model's directory and pass --model BASE_DIR --lora {base}"
+                f"id?); nothing is downloaded: get the base model's directory and pass --base-model BASE_DIR (or "
+                f"--model BASE_DIR --lora {base})"
             )
         base = Path(base_name).resolve()
     if not (base / "config.json").exists():

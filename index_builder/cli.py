@@ -59,6 +59,10 @@ def build(
     proj_dim: Annotated[int, typer.Option(help="projected dims per tracked layer (a perfect square)")] = 64,
     seed: Annotated[int, typer.Option(help="projection seed")] = 0,
     lora: Annotated[Path | None, typer.Option(help="PEFT LoRA adapter directory to apply on top of --model")] = None,
+    base_model: Annotated[
+        Path | None,
+        typer.Option(help="with --model ADAPTER_DIR: the base model's local directory (its config may name a Hub id)"),
+    ] = None,
     max_length: Annotated[
         int | None, typer.Option(help="max tokens per example (default 128 classification, 256 causal-lm)")
     ] = None,
@@ -134,7 +138,7 @@ def build(
             out = root / check_version_name(version)
         if out.exists() and not overwrite:
             fail(f"{out} already exists; choose another --out or pass --overwrite")
-        loaded = load_model(model, task, lora, dtype=dtype, device=device)
+        loaded = load_model(model, task, lora, dtype=dtype, device=device, base_model=base_model)
         max_length = max_length or (128 if task == "classification" else 256)
         task_obj = make_task(task, loaded.tokenizer, label2id=loaded.label2id, max_length=max_length)
         examples, errors = read_examples_jsonl(

@@ -48,7 +48,10 @@ def test_an_adapter_naming_a_hub_base_says_what_to_pass(tmp_path: Path) -> None:
     base = Path(config["base_model_name_or_path"])
     config["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
     (adapter / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(InvalidInputError, match=r"not a local directory \(a Hub id\?\).*--model BASE_DIR --lora"):
+    with pytest.raises(InvalidInputError, match=r"not a local directory \(a Hub id\?\).*--base-model BASE_DIR"):
         load_model(adapter, "causal-lm")
-    loaded = load_model(base, "causal-lm", adapter)  # what the message says to pass
+    loaded = load_model(adapter, "causal-lm", base_model=base)  # what the message says to pass
     assert loaded.checksum == directory_checksum(base, adapter)
+    assert load_model(base, "causal-lm", adapter).checksum == loaded.checksum  # or the other way it names
+    with pytest.raises(InvalidInputError, match="--base-model goes with --model ADAPTER_DIR"):
+        load_model(base, "causal-lm", base_model=base)
