@@ -50,7 +50,10 @@ COPY --from=app /wheels /wheels
 RUN /opt/venv/bin/pip install --no-deps --no-index --no-cache-dir /wheels/*.whl && rm -rf /wheels \
  && /opt/venv/bin/python -c "import app.main, worker.main, index_builder.cli"
 ENV PATH=/opt/venv/bin:$PATH HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
-    PYTHONUNBUFFERED=1 EXEMPLAR_HOST=0.0.0.0 EXEMPLAR_PORT=8000 EXEMPLAR_INDEX_DIR=/data/index
+    PYTHONUNBUFFERED=1 EXEMPLAR_HOST=0.0.0.0 EXEMPLAR_PORT=8000 EXEMPLAR_INDEX_DIR=/data/index \
+    EXEMPLAR_REQUIRE_KEYS=true
+# the api listens on every interface in a container: it refuses to start without keys
+# (EXEMPLAR_API_KEYS, EXEMPLAR_ADMIN_KEY_SHA256); set EXEMPLAR_REQUIRE_KEYS=false to serve an open API
 USER exemplar
 WORKDIR /home/exemplar
 EXPOSE 8000

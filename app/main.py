@@ -28,6 +28,7 @@ from app.errors import install_error_handlers
 from app.jobs import JobQueue
 from app.middleware import BodySizeLimit, add_request_id
 from app.observability import Metrics, configure_logging
+from app.probe import probe_ready
 from app.routes import admin, docs, explain, health, index, jobs
 from app.security import RateLimiter
 from app.settings import ApiSettings, missing_keys
@@ -106,7 +107,10 @@ def lifespan_of(
 
 
 def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> FastAPI:
-    """The app for one index; pass `explainer` to serve an already-open one (tests)."""
+    """The app for one index; pass `explainer` to serve an already-open one (tests). Refuses settings
+    that require keys and have none (`EXEMPLAR_REQUIRE_KEYS`), however the app is started."""
+    if (problem := missing_keys(settings)) is not None:
+        raise ExemplarError(problem)
     app = FastAPI(
         title="Exemplar",
         version="0.1.0",
@@ -127,18 +131,6 @@ def create_app(settings: ApiSettings, explainer: Explainer | None = None) -> Fas
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")
     app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.assets_dir()), name="docs-assets")
     return app
-
-
-def probe_ready(port: int, timeout_s: float = 4.0) -> int:
-    """0 if the server on this host's port answers /readyz with 200 (ready), 1 if not (loading, down)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=timeout_s) as response:
-            return 0 if response.status == 200 else 1
-    except (urllib.error.URLError, OSError):
-        return 1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -175,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         if v is not None
     }
     settings = ApiSettings(**overrides)
-    if args.check:
+    if args.check:  # `exemplar-api --check` is answered by app.cli without importing this module
         sys.exit(probe_ready(settings.port))
     if (problem := missing_keys(settings)) is not None:
         parser.exit(2, f"exemplar-api: error: {problem}\n")

@@ -30,15 +30,14 @@ def generate_response(explainer: Explainer, prompt: str, max_new_tokens: int) ->
     if not prompt.strip():
         raise InvalidInputError("'prompt' must be a non-empty string")
     model, tokenizer = explainer.featurizer.model, task.tokenizer
-    ids = task.prompt_ids(prompt)
-    room = task.max_length - len(ids)
-    if room < 1:
-        raise InvalidInputError(
-            f"the prompt alone takes {len(ids)} of this index's {task.max_length} tokens; shorten it"
-        )
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([ids], device=device)
-    with explainer.hold_model(), torch.no_grad():
+    with explainer.hold_model(), torch.no_grad():  # the tokenizer is not thread-safe either
+        ids = task.prompt_ids(prompt)
+        room = task.max_length - len(ids)
+        if room < 2:
+            raise InvalidInputError(
+                f"the prompt alone takes {len(ids)} of this index's {task.max_length} tokens; shorten it"
+            )
+        input_ids = torch.tensor([ids], device=next(model.parameters()).device)
         out = model.generate(  # type: ignore[operator]
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -46,7 +45,17 @@ def generate_response(explainer: Explainer, prompt: str, max_new_tokens: int) ->
             do_sample=False,
             pad_token_id=task.pad_id,
         )
-    text = str(tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)).strip()
+        new = out[0, len(ids) :].tolist()
+        text = ""
+        while new:  # the explained query re-encodes the answer with the end-of-turn tokens: it must fit
+            text = str(tokenizer.decode(new, skip_special_tokens=True)).strip()
+            if not text:
+                break
+            prompt_part, response_part = task.split_ids(prompt, text)
+            over = len(prompt_part) + len(response_part) - task.max_length
+            if over <= 0:
+                break
+            new, text = new[: len(new) - over], ""
     if not text:
         raise InvalidInputError("the model generated an empty response to this prompt; send a 'response' to explain")
     return text

@@ -122,6 +122,7 @@ FEATURIZER_FIELDS = (
     "proj_dim",
     "seed",
     "max_length",
+    "model_dtype",
 )
 """Manifest fields that decide the featuriser: two indexes that agree on them share one loaded model."""
 

@@ -169,11 +169,13 @@ def _row_problem(row: dict[str, Any], task: str, labels: list[str] | None) -> st
     if task == "causal-lm" and "messages" in row:
         if "prompt" in row or "response" in row:
             return "a row has either 'messages' or 'prompt' and 'response', not both"
-        return check_messages(row["messages"])
-    for name in REQUIRED[task]:
-        value = row.get(name)
-        if not isinstance(value, str) or not value.strip():
-            return f"field {name!r} must be a non-empty string"
+        if problem := check_messages(row["messages"]):
+            return problem
+    else:
+        for name in REQUIRED[task]:
+            value = row.get(name)
+            if not isinstance(value, str) or not value.strip():
+                return f"field {name!r} must be a non-empty string"
     if "text_pair" in row and (
         task != "classification" or not isinstance(row["text_pair"], str) or not row["text_pair"].strip()
     ):

@@ -413,6 +413,10 @@ class FaissGradientStore:
             )
             same = [e.row for e in map(self._example, rows) if e.text_pair == example.text_pair]
             return same[0] if same else None
+        if example.messages is not None:  # compared here: older indexes have no messages column
+            rows = self._rows("SELECT * FROM examples WHERE prompt IS NULL AND text IS NULL", [])
+            same = [e.row for e in map(self._example, rows) if e.messages == example.messages]
+            return same[0] if same else None
         found = self._rows(
             "SELECT row FROM examples WHERE prompt = ? AND response = ? LIMIT 1", [example.prompt, example.response]
         )

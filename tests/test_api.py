@@ -566,6 +566,10 @@ def test_require_keys_refuses_to_start_without_them(classifier_index: Path, monk
     )
     assert missing_keys(ApiSettings(require_keys=True, api_keys={"me": "ab"}, admin_key_sha256="cd")) is None
     assert missing_keys(ApiSettings(require_keys=False)) is None
+    from exemplar.errors import ExemplarError
+
+    with pytest.raises(ExemplarError, match="EXEMPLAR_API_KEYS"):  # however the app is started
+        create_app(ApiSettings(require_keys=True, index_dir=classifier_index))
 
 
 def test_check_probes_readyz_on_the_port(classifier_index: Path, tmp_path: Path) -> None:

@@ -81,6 +81,33 @@ def test_other_errors_are_raised_at_once_with_the_servers_message() -> None:
         Client(http=fake([], seen)).explain(text="x", kk=3)  # a typo fails here, not as a 422
 
 
+def test_a_job_is_not_submitted_twice_and_ids_are_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("exemplar_client.client.time.sleep", lambda s: None)
+    seen: list[httpx.Request] = []
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        raise httpx.ReadError("connection reset", request=request)  # sent; the answer was lost
+
+    client = Client(http=httpx.Client(base_url="http://exemplar.test", transport=httpx.MockTransport(broken)))
+    with pytest.raises(httpx.ReadError):
+        client.submit(["the cat sat"])
+    assert len(seen) == 1  # it may have been queued: not sent again
+    with pytest.raises(httpx.ReadError):
+        client.explain(text="the cat sat")
+    assert len(seen) == 1 + 5  # an explanation changes nothing: retried
+    answers = [httpx.Response(200, json={"id": "doc/3?x", "source": "s"})]
+    seen.clear()
+    assert Client(http=fake(answers, seen)).example("doc/3?x").id == "doc/3?x"
+    assert seen[0].url.raw_path == b"/v1/examples/doc%2F3%3Fx"
+    proxy_page = [httpx.Response(502, text="<html>bad gateway</html>")]
+    with pytest.raises(ExemplarError, match="502 error: <html>bad gateway</html>"):
+        Client(http=fake(proxy_page, seen), retries=0).index()
+    listed = [httpx.Response(500, json=["not", "a", "dict"])]
+    with pytest.raises(ExemplarError, match="500"):
+        Client(http=fake(listed, seen), retries=0).index()
+
+
 @pytest.fixture(scope="module")
 def service(classifier_index: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A live `exemplar-api` with an API key and Redis; yields (url, queue)."""

@@ -78,3 +78,17 @@ def test_max_new_tokens_is_refused_where_nothing_is_generated(classifier_index: 
         r = c.post("/v1/explain", json={"text": "stocks fell", "max_new_tokens": 8})
     assert r.status_code == 422
     assert "causal-LM request without a 'response'" in r.json()["error"]
+
+
+def test_a_long_prompt_leaves_room_for_the_answer_and_its_end_tokens(client: TestClient, explainer: Explainer) -> None:
+    task = explainer.featurizer.task
+    words = " ".join(["the cat sat on the mat"] * 20).split()
+    prompt = " ".join(w for i, w in enumerate(words) if len(task.prompt_ids(" ".join(words[: i + 1]))) < 60)
+    assert 55 <= len(task.prompt_ids(prompt)) < 60  # of the index's 64 tokens
+    r = client.post("/v1/explain", json={"prompt": prompt, "k": 2, "max_new_tokens": 16})
+    assert r.status_code == 200, r.text
+    generated = r.json()["generated_response"]
+    prompt_ids, response_ids = task.split_ids(prompt, generated)
+    assert len(prompt_ids) + len(response_ids) <= 64  # trimmed to fit with its end tokens
+    again = client.post("/v1/explain", json={"prompt": prompt, "response": generated, "k": 2})
+    assert again.status_code == 200, again.text

@@ -58,6 +58,7 @@ def test_training_rows_may_be_conversations(tmp_path: Path) -> None:
         {"id": "c", "messages": CHAT[:2]},
         {"id": "d", "messages": CHAT, "prompt": "p"},
         {"id": "e", "messages": [{"role": "robot", "content": "x"}, CHAT[2]]},
+        {"id": "f", "messages": CHAT, "meta": "oops"},
     ]
     examples, errors = read_examples_jsonl(write_jsonl(tmp_path / "chat.jsonl", rows), "causal-lm")
     assert [e.id for e in examples] == ["a", "b"]
@@ -66,6 +67,7 @@ def test_training_rows_may_be_conversations(tmp_path: Path) -> None:
         (3, "the last of 'messages' must be the assistant's turn: it is the response explained"),
         (4, "a row has either 'messages' or 'prompt' and 'response', not both"),
         (5, "messages[0].role must be one of system, user, assistant"),
+        (6, "field 'meta' must be an object"),
     ]
 
 
@@ -87,7 +89,7 @@ def client(chat_index: Path) -> Iterator[TestClient]:
         yield c
 
 
-def test_conversations_are_explained_and_returned_over_http(client: TestClient) -> None:
+def test_conversations_are_explained_and_returned_over_http(client: TestClient, chat_index: Path) -> None:
     r = client.post("/v1/explain", json={"messages": CHAT, "k": 3, "strategy": "topk"})
     assert r.status_code == 200, r.text
     stored = client.get("/v1/examples/conv-1").json()
@@ -96,6 +98,11 @@ def test_conversations_are_explained_and_returned_over_http(client: TestClient) 
     same = client.post("/v1/explain", json={"messages": CHAT[1:3], "k": 3}).json()
     pair = client.post("/v1/explain", json={"prompt": CHAT[1]["content"], "response": "spam", "k": 3}).json()
     assert [e["id"] for e in same["examples"]] == [e["id"] for e in pair["examples"]]
+    store = FaissGradientStore(chat_index)
+    row = store.find_row(Example(messages=CHAT))  # the "self" strategy finds a training conversation
+    assert row is not None
+    assert store.examples_at([row])[0].id == "conv-1"
+    assert store.find_row(Example(messages=[*CHAT[:3], {"role": "assistant", "content": "other"}])) is None
     bad = client.post("/v1/explain", json={"messages": CHAT[:4]})
     assert bad.status_code == 422
     assert "assistant's turn" in bad.json()["error"]

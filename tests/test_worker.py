@@ -103,28 +103,30 @@ def test_check_sees_this_hosts_worker_heartbeat_in_redis(redis: Redis) -> None:
     from app.process import BIN, ENV
     from worker.main import heartbeating
 
+    db = Redis.from_url("redis://127.0.0.1:6379/12")  # its own database: other suites' workers stay out
+
     def check() -> int:
-        env = {**ENV, "EXEMPLAR_REDIS_URL": "redis://127.0.0.1:6379/15"}
+        env = {**ENV, "EXEMPLAR_REDIS_URL": "redis://127.0.0.1:6379/12"}
         return subprocess.run([BIN / "exemplar-worker", "--check"], env=env, check=False).returncode
 
-    for key in redis.smembers("rq:workers"):  # workers other tests left registered
-        redis.srem("rq:workers", key)
-    assert not heartbeating(redis, 30)
+    for key in db.smembers("rq:workers"):  # workers other tests left registered
+        db.srem("rq:workers", key)
+    assert not heartbeating(db, 30)
     assert check() == 1
-    worker = SimpleWorker([Queue(f"hb-{uuid.uuid4().hex}", connection=redis)], connection=redis)
+    worker = SimpleWorker([Queue(f"hb-{uuid.uuid4().hex}", connection=db)], connection=db)
     worker.register_birth()
     try:
         worker.heartbeat()
-        assert heartbeating(redis, 30)
+        assert heartbeating(db, 30)
         assert check() == 0
-        assert not heartbeating(redis, 30, hostname=f"not-{socket.gethostname()}")
+        assert not heartbeating(db, 30, hostname=f"not-{socket.gethostname()}")
         stale = (datetime.now(UTC) - timedelta(seconds=100)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        redis.hset(worker.key, "last_heartbeat", stale)
-        assert not heartbeating(redis, 30)  # 100 s > 3 x 30 s
-        assert heartbeating(redis, 40)
+        db.hset(worker.key, "last_heartbeat", stale)
+        assert not heartbeating(db, 30)  # 100 s > 3 x 30 s
+        assert heartbeating(db, 40)
     finally:
         worker.register_death()
-    assert not heartbeating(redis, 30)
+    assert not heartbeating(db, 30)
     assert not heartbeating(Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5), 30)  # no Redis
 
 

@@ -42,7 +42,7 @@ class WorkerSettings(BaseSettings):
 
 def main(argv: list[str] | None = None) -> None:
     from redis import Redis
-    from rq import Queue, Worker
+    from rq import Queue, SimpleWorker, Worker
     from rq.serializers import JSONSerializer
 
     from exemplar.errors import ExemplarError
@@ -88,6 +88,15 @@ def main(argv: list[str] | None = None) -> None:
         {k: str(v) for k, v in (("model_dir", settings.model_dir), ("adapter_dir", settings.adapter_dir)) if v}
     )
     MODEL_AT["device"] = settings.device
+    # RQ's Worker runs each job in a forked child, and CUDA cannot be used in a child forked after
+    # the parent started it (the index loaded at start-up): on a GPU jobs run in the worker itself
+    from exemplar.models import resolve_device
+
+    try:
+        on_gpu = resolve_device(settings.device).startswith("cuda")
+    except ExemplarError as exc:
+        parser.exit(2, f"exemplar-worker: error: {exc}\n")
+    base = SimpleWorker if on_gpu else Worker
     if settings.index_dir is not None:
         try:
             load_explainer(str(settings.index_dir))
@@ -97,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def make_worker() -> Any:
         queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
-        return _worker_class(Worker)(
+        return _worker_class(base)(
             [queue],
             connection=connection,
             serializer=JSONSerializer,

@@ -47,6 +47,9 @@ async def explain(body: ExplainRequest, request: Request, response: Response) ->
     cache: ExplanationCache = request.app.state.cache
     if body.score_space is None:  # the key holds the request with its defaults filled in
         body = body.model_copy(update={"score_space": explainer.config.score_space})
+    generating = body.prompt is not None and body.response is None and manifest.task == "causal-lm"
+    if generating and body.max_new_tokens is None:  # this server's limit, as replicas sharing Redis may differ
+        body = body.model_copy(update={"max_new_tokens": get_settings(request).max_new_tokens})
     key = request_key(index_version(manifest), body.model_dump(mode="json"))
     if cache.enabled:
         cached = await asyncio.to_thread(cache.get, key)
@@ -56,7 +59,7 @@ async def explain(body: ExplainRequest, request: Request, response: Response) ->
             return JSONResponse(cached, headers={"X-Cache": "hit"})
     response.headers["X-Cache"] = "miss" if cache.enabled else "off"
     generated = None
-    if body.prompt is not None and body.response is None and manifest.task == "causal-lm":
+    if generating:
         body = body.model_copy(update={"response": await generate(request, explainer, body)})
         generated = body.response
     elif body.max_new_tokens is not None:

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -53,6 +54,8 @@ class ExemplarError(Exception):
         try:
             body = response.json()
         except ValueError:
+            body = None
+        if not isinstance(body, dict):  # not this service's error body (a proxy's page, say)
             body = {"error": response.text[:500]}
         detail = body.get("error") or body.get("detail") or response.reason_phrase
         return cls(response.status_code, str(detail), body.get("error_type", ""), body.get("request_id", ""))
@@ -138,13 +141,14 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, json: dict[str, Any] | None = None) -> Any:
-        """One API call with retries; the parsed JSON body, or `ExemplarError`."""
+    def request(self, method: str, path: str, json: dict[str, Any] | None = None, *, once: bool = False) -> Any:
+        """One API call with retries; the parsed JSON body, or `ExemplarError`. `once`: a call that
+        must not be repeated after a broken connection (it may have been carried out: a job)."""
         for attempt in range(self.retries + 1):
             try:
                 response = self._http.request(method, path, json=json)
-            except httpx.TransportError:
-                if attempt == self.retries:
+            except httpx.TransportError as exc:
+                if attempt == self.retries or (once and not isinstance(exc, httpx.ConnectError)):
                     raise
                 time.sleep(retry_delay(None, attempt, self.backoff_s, self.max_delay_s))
                 continue
@@ -167,7 +171,7 @@ class Client:
         return IndexInfo(**self.request("GET", "/v1/index"))
 
     def example(self, example_id: str) -> Example:
-        return Example(**self.request("GET", f"/v1/examples/{example_id}"))
+        return Example(**self.request("GET", f"/v1/examples/{quote(example_id, safe='')}"))
 
     def explain(self, request: ExplainRequest | None = None, **fields: Any) -> Explanation:
         """`explain(text=..., k=5)` or `explain(ExplainRequest(...))`."""
@@ -180,7 +184,7 @@ class Client:
         self, queries: Sequence[Query | dict[str, Any] | str], options: Options | dict[str, Any] | None = None
     ) -> Job:
         """Queue a batch job (needs Redis and a worker on the server's side); returns at once."""
-        return Job(**self.request("POST", "/v1/jobs", _job_body(queries, options)))
+        return Job(**self.request("POST", "/v1/jobs", _job_body(queries, options), once=True))
 
     def job(self, job_id: str) -> Job:
         return Job(**self.request("GET", f"/v1/jobs/{job_id}"))
@@ -240,12 +244,12 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def request(self, method: str, path: str, json: dict[str, Any] | None = None) -> Any:
+    async def request(self, method: str, path: str, json: dict[str, Any] | None = None, *, once: bool = False) -> Any:
         for attempt in range(self.retries + 1):
             try:
                 response = await self._http.request(method, path, json=json)
-            except httpx.TransportError:
-                if attempt == self.retries:
+            except httpx.TransportError as exc:
+                if attempt == self.retries or (once and not isinstance(exc, httpx.ConnectError)):
                     raise
                 await asyncio.sleep(retry_delay(None, attempt, self.backoff_s, self.max_delay_s))
                 continue
@@ -267,7 +271,7 @@ class AsyncClient:
         return IndexInfo(**await self.request("GET", "/v1/index"))
 
     async def example(self, example_id: str) -> Example:
-        return Example(**await self.request("GET", f"/v1/examples/{example_id}"))
+        return Example(**await self.request("GET", f"/v1/examples/{quote(example_id, safe='')}"))
 
     async def explain(self, request: ExplainRequest | None = None, **fields: Any) -> Explanation:
         return Explanation(**await self.request("POST", "/v1/explain", _body(ExplainRequest, request, fields)))
@@ -278,7 +282,7 @@ class AsyncClient:
     async def submit(
         self, queries: Sequence[Query | dict[str, Any] | str], options: Options | dict[str, Any] | None = None
     ) -> Job:
-        return Job(**await self.request("POST", "/v1/jobs", _job_body(queries, options)))
+        return Job(**await self.request("POST", "/v1/jobs", _job_body(queries, options), once=True))
 
     async def job(self, job_id: str) -> Job:
         return Job(**await self.request("GET", f"/v1/jobs/{job_id}"))
