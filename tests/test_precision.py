@@ -87,3 +87,14 @@ def test_devices_and_dtypes_are_checked() -> None:
             resolve_device("cuda:0")
     with pytest.raises(InvalidInputError, match="bfloat16"):
         load_model("/nonexistent", "classification", dtype="float8")
+
+
+def test_a_new_version_in_another_precision_does_not_share_the_loaded_model(classifier_index: Path) -> None:
+    from dataclasses import replace
+
+    from exemplar.index import same_featurizer
+    from exemplar.store import read_manifest
+
+    manifest = read_manifest(classifier_index)
+    assert same_featurizer(manifest, replace(manifest, n_examples=manifest.n_examples + 1))
+    assert not same_featurizer(manifest, replace(manifest, model_dtype="bfloat16"))
