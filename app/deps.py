@@ -171,6 +171,11 @@ def to_query(body: QueryFields, task: str, max_text_chars: int, where: str = "")
         for i, turn in enumerate(body.messages):
             if len(turn.content) > max_text_chars:
                 raise InvalidInputError(f"{where}messages.{i}.content: longer than {max_text_chars} characters")
+        if body.messages[-1].role != "assistant":
+            raise InvalidInputError(
+                f"{where}the last of 'messages' must be the assistant's turn: it is the response explained (only "
+                "POST /v1/explain has the model answer a conversation that ends with the user's turn)"
+            )
         return Example(messages=[turn.model_dump() for turn in body.messages])
     if body.prompt is None:
         raise InvalidInputError(

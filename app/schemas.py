@@ -69,7 +69,8 @@ class QueryFields(BaseModel):
         None,
         min_length=2,
         description="causal LM, instead of prompt and response: a conversation (system, user, assistant turns) "
-        "rendered with the model's chat template; its last turn, the assistant's, is the response explained",
+        "rendered with the model's chat template; its last turn, the assistant's, is the response explained. "
+        "POST /v1/explain with the user's turn last has the model answer it (greedy) and explains that",
     )
 
     @model_validator(mode="after")
@@ -78,8 +79,8 @@ class QueryFields(BaseModel):
         has_pair = self.prompt is not None or self.response is not None
         if has_text + has_pair + (self.messages is not None) != 1:
             raise ValueError("send one of: 'text' (and optionally 'label'), 'prompt' (and 'response'), or 'messages'")
-        if self.messages is not None and self.messages[-1].role != "assistant":
-            raise ValueError("the last of 'messages' must be the assistant's turn: it is the response explained")
+        if self.messages is not None and self.messages[-1].role == "system":
+            raise ValueError("the last of 'messages' must be the assistant's turn (or the user's, to have it answered)")
         if self.response is not None and self.prompt is None:
             raise ValueError("'response' goes with 'prompt'")
         if self.text_pair is not None and not has_text:
@@ -328,8 +329,8 @@ class ExplainResponse(BaseModel):
     timings_ms: dict[str, float]
     generated_response: str | None = Field(
         None,
-        description="causal LM, when the request sent a prompt and no response: what the model generated (greedy) "
-        "and this explanation explains",
+        description="causal LM, when the request sent a prompt and no response (or a conversation ending with the "
+        "user's turn): what the model generated (greedy) and this explanation explains",
     )
 
 

@@ -19,15 +19,16 @@ MAX_NEW_TOKENS = 512
 """Hard upper bound of `max_new_tokens`; a service sets its own, lower limit."""
 
 
-def generate_response(explainer: Explainer, prompt: str, max_new_tokens: int) -> str:
+def generate_response(explainer: Explainer, prompt: str | list[dict[str, str]], max_new_tokens: int) -> str:
     """The model's greedy continuation of `prompt` (at most `max_new_tokens` tokens, stopping at
-    its end-of-sequence token), decoded without special tokens. Holds the model while it runs."""
+    its end-of-sequence token), decoded without special tokens; `prompt` may be a conversation
+    whose last turn is the user's. Holds the model while it runs."""
     task = explainer.featurizer.task
     if not isinstance(task, CausalLMTask):
         raise InvalidInputError("only a causal-LM index can generate a response; this one is a classifier")
     if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise InvalidInputError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}; got {max_new_tokens}")
-    if not prompt.strip():
+    if isinstance(prompt, str) and not prompt.strip():
         raise InvalidInputError("'prompt' must be a non-empty string")
     model, tokenizer = explainer.featurizer.model, task.tokenizer
     with explainer.hold_model(), torch.no_grad():  # the tokenizer is not thread-safe either
@@ -51,7 +52,10 @@ def generate_response(explainer: Explainer, prompt: str, max_new_tokens: int) ->
             text = str(tokenizer.decode(new, skip_special_tokens=True)).strip()
             if not text:
                 break
-            prompt_part, response_part = task.split_ids(prompt, text)
+            if isinstance(prompt, list):
+                prompt_part, response_part = task.conversation_ids([*prompt, {"role": "assistant", "content": text}])
+            else:
+                prompt_part, response_part = task.split_ids(prompt, text)
             over = len(prompt_part) + len(response_part) - task.max_length
             if over <= 0:
                 break

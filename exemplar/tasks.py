@@ -46,10 +46,11 @@ class Example:
 ROLES = ("system", "user", "assistant")
 
 
-def check_messages(messages: Any) -> str | None:
+def check_messages(messages: Any, last: str = "assistant") -> str | None:
     """What is wrong with a conversation, or None: a list of {"role", "content"} turns (roles
-    system, user, assistant), at least one before the last, the last an assistant's."""
-    if not isinstance(messages, list) or len(messages) < 2:
+    system, user, assistant), the last one `last`'s (the assistant's: the response explained; the
+    user's: a conversation for the model to answer), with at least one turn before an assistant's."""
+    if not isinstance(messages, list) or len(messages) < (2 if last == "assistant" else 1):
         return "'messages' must be a list of at least two turns, the last the assistant's"
     for i, turn in enumerate(messages):
         if not isinstance(turn, dict) or set(turn) != {"role", "content"}:
@@ -58,7 +59,9 @@ def check_messages(messages: Any) -> str | None:
             return f"messages[{i}].role must be one of {', '.join(ROLES)}; got {turn['role']!r}"
         if not isinstance(turn["content"], str) or not turn["content"].strip():
             return f"messages[{i}].content must be a non-empty string"
-    if messages[-1]["role"] != "assistant":
+    if messages[-1]["role"] != last:
+        if last == "user":
+            return "to have the model answer a conversation, its last turn must be the user's"
         return "the last of 'messages' must be the assistant's turn: it is the response explained"
     return None
 
@@ -201,9 +204,16 @@ class CausalLMTask:
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids of the prompt as `split_ids` renders it, ready for the response to follow."""
+    def prompt_ids(self, prompt: str | list[dict[str, str]]) -> list[int]:
+        """Token ids of the prompt as `split_ids` renders it (or of a conversation whose last turn is
+        the user's, as `conversation_ids` renders it), ready for the response to follow."""
         tok = self.tokenizer
+        if isinstance(prompt, list):
+            if problem := check_messages(prompt, last="user"):
+                raise InvalidInputError(problem)
+            if not getattr(tok, "chat_template", None):
+                raise InvalidInputError("this model's tokenizer has no chat template: send 'prompt' and 'response'")
+            return self._ids(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False))
         if getattr(tok, "chat_template", None):
             user = [{"role": "user", "content": prompt}]
             return self._ids(tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False))

@@ -103,9 +103,11 @@ def test_conversations_are_explained_and_returned_over_http(client: TestClient, 
     assert row is not None
     assert store.examples_at([row])[0].id == "conv-1"
     assert store.find_row(Example(messages=[*CHAT[:3], {"role": "assistant", "content": "other"}])) is None
-    bad = client.post("/v1/explain", json={"messages": CHAT[:4]})
+    bad = client.post("/v1/compare", json={"messages": CHAT[:4]})  # ends with the user's turn
     assert bad.status_code == 422
-    assert "assistant's turn" in bad.json()["error"]
+    assert "only POST /v1/explain has the model answer" in bad.json()["error"]
+    system_last = client.post("/v1/explain", json={"messages": [*CHAT[:2], {"role": "system", "content": "x"}]})
+    assert system_last.status_code == 422
     both = client.post("/v1/explain", json={"messages": CHAT, "prompt": "x"})
     assert both.status_code == 422
 
@@ -122,3 +124,15 @@ def test_an_index_from_before_conversations_still_opens(tmp_path: Path, chat_ind
     assert first.messages is None
     assert first.prompt is not None
     assert json.loads(json.dumps(first.meta)) == first.meta
+
+
+def test_a_conversation_ending_with_the_user_is_answered_and_the_answer_explained(client: TestClient) -> None:
+    r = client.post("/v1/explain", json={"messages": CHAT[:4], "k": 3, "max_new_tokens": 8})
+    assert r.status_code == 200, r.text
+    answer = r.json()["generated_response"]
+    assert answer
+    explained = [*CHAT[:4], {"role": "assistant", "content": answer}]
+    same = client.post("/v1/explain", json={"messages": explained, "k": 3}).json()
+    assert same["generated_response"] is None
+    assert [e["id"] for e in same["examples"]] == [e["id"] for e in r.json()["examples"]]
+    assert same["score_db"] == pytest.approx(r.json()["score_db"])

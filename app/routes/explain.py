@@ -12,7 +12,7 @@ from app.cache import ExplanationCache, index_version, request_key
 from app.deps import JSON_BODY, admit, explain_on_model, get_explainer, get_settings, in_executor, to_query
 from app.observability import Metrics
 from app.routes import ERRORS
-from app.schemas import CompareRequest, CompareResponse, ExplainRequest, ExplainResponse
+from app.schemas import CompareRequest, CompareResponse, ExplainRequest, ExplainResponse, Message
 from app.serialise import options_of, to_compare_response, to_response
 from exemplar.errors import InvalidInputError
 from exemplar.explain import Explainer
@@ -29,9 +29,16 @@ async def generate(request: Request, explainer: Explainer, body: ExplainRequest)
     wanted = body.max_new_tokens or limit
     if wanted > limit:
         raise InvalidInputError(f"max_new_tokens: at most {limit} on this server; ask for fewer")
-    prompt = body.prompt or ""
-    if len(prompt) > get_settings(request).max_text_chars:
-        raise InvalidInputError(f"prompt: longer than {get_settings(request).max_text_chars} characters; shorten it")
+    limit_chars = get_settings(request).max_text_chars
+    prompt: str | list[dict[str, str]]
+    if body.messages is not None:
+        prompt = [turn.model_dump() for turn in body.messages]
+        too_long = any(len(turn["content"]) > limit_chars for turn in prompt)
+    else:
+        prompt = body.prompt or ""
+        too_long = len(prompt) > limit_chars
+    if too_long:
+        raise InvalidInputError(f"the prompt is longer than {limit_chars} characters; shorten it")
     return str(await in_executor(request, lambda: generate_response(explainer, prompt, wanted)))
 
 
@@ -47,7 +54,9 @@ async def explain(body: ExplainRequest, request: Request, response: Response) ->
     cache: ExplanationCache = request.app.state.cache
     if body.score_space is None:  # the key holds the request with its defaults filled in
         body = body.model_copy(update={"score_space": explainer.config.score_space})
-    generating = body.prompt is not None and body.response is None and manifest.task == "causal-lm"
+    asks = body.prompt is not None and body.response is None
+    asks = asks or (body.messages is not None and body.messages[-1].role == "user")
+    generating = asks and manifest.task == "causal-lm"
     if generating and body.max_new_tokens is None:  # this server's limit, as replicas sharing Redis may differ
         body = body.model_copy(update={"max_new_tokens": get_settings(request).max_new_tokens})
     key = request_key(index_version(manifest), body.model_dump(mode="json"))
@@ -60,8 +69,12 @@ async def explain(body: ExplainRequest, request: Request, response: Response) ->
     response.headers["X-Cache"] = "miss" if cache.enabled else "off"
     generated = None
     if generating:
-        body = body.model_copy(update={"response": await generate(request, explainer, body)})
-        generated = body.response
+        generated = await generate(request, explainer, body)
+        if body.messages is not None:
+            answer = Message(role="assistant", content=generated)
+            body = body.model_copy(update={"messages": [*body.messages, answer]})
+        else:
+            body = body.model_copy(update={"response": generated})
     elif body.max_new_tokens is not None:
         raise InvalidInputError("max_new_tokens applies only to a causal-LM request without a 'response'")
     query = to_query(body, manifest.task, get_settings(request).max_text_chars)
