@@ -56,17 +56,22 @@ MAX_BATCH_SIZE = 16  # our featuriser's batch_size and max_batch_tokens
 MAX_BATCH_TOKENS = 4096
 
 
-def load(model_dir: str, task: str, adapter_dir: str | None) -> tuple[Any, Any]:
-    """The model and tokenizer, as `exemplar.models.load_model` loads them (float32, local only)."""
+def load(
+    model_dir: str, task: str, adapter_dir: str | None, device: str = "cpu", dtype: str = "float32"
+) -> tuple[Any, Any]:
+    """The model and tokenizer, as `exemplar.models.load_model` loads them (local only), in `dtype`
+    on `device`."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     auto: Any = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
-    model = auto.from_pretrained(model_dir, use_safetensors=True, local_files_only=True, dtype=torch.float32)
+    weights = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    model = auto.from_pretrained(model_dir, use_safetensors=True, local_files_only=True, dtype=weights)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir or model_dir, local_files_only=True)
     if adapter_dir:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter_dir, autocast_adapter_dtype=False)
+    model.to(device)
     model.eval()
     # as bergson.utils.worker_utils.setup_model_and_peft: the hooks only need activations
     # that require grad, so only the input embeddings do
@@ -112,10 +117,10 @@ def classification_fwd_bwd(model: Any, x: torch.Tensor, y: torch.Tensor, batch: 
     Bergson pads with 0 and passes no attention mask (harmless for a causal LM, not for an
     encoder), so the mask is rebuilt from the row lengths.
     """
-    lengths = torch.tensor([len(ids) for ids in batch["input_ids"]])
-    mask = (torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    lengths = torch.tensor([len(ids) for ids in batch["input_ids"]], device=x.device)
+    mask = (torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).long()
     logits = model(input_ids=x, attention_mask=mask).logits
-    losses = F.cross_entropy(logits.float(), torch.tensor(batch["label_id"]), reduction="none")
+    losses = F.cross_entropy(logits.float(), torch.tensor(batch["label_id"], device=x.device), reduction="none")
     losses.sum().backward()
     model.zero_grad()
     return losses.detach()
@@ -139,7 +144,7 @@ def tracked_modules(model: Any, adapter: bool, probe: dict) -> tuple[Any, set[st
     handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     try:
         with torch.no_grad():
-            ids = torch.tensor([probe["input_ids"]])
+            ids = torch.tensor([probe["input_ids"]], device=next(model.parameters()).device)
             model(input_ids=ids, attention_mask=torch.ones_like(ids))
     finally:
         for h in handles:
@@ -184,6 +189,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--proj-dim", type=int, default=64, help="dims per module, a perfect square")
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (benchmarks/gpu_check.py)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
     side = math.isqrt(args.proj_dim)
     if side * side != args.proj_dim:
@@ -197,7 +204,7 @@ def main() -> None:
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()][: args.n]
     if len(rows) < args.n:
         parser.error(f"{args.data} has only {len(rows)} rows")
-    model, tokenizer = load(args.model_dir, args.task, args.adapter_dir)
+    model, tokenizer = load(args.model_dir, args.task, args.adapter_dir, args.device, args.dtype)
     label2id = {str(k): int(v) for k, v in model.config.label2id.items()} if args.task == "classification" else {}
 
     def encode_row(r: dict) -> dict:
@@ -222,6 +229,8 @@ def main() -> None:
         tokens = sum(len(encode_row(r)["input_ids"]) for r in rows)
         started = time.perf_counter()
         vectors = collect(model, hooked, targets, processor, cfg, rows, encode_row)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - started
     if not torch.isfinite(vectors).all() or not vectors.abs().sum(dim=1).gt(0).all():
         raise SystemExit("bergson: some gradient rows are zero or not finite")

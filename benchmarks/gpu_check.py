@@ -7,18 +7,23 @@ same steps here, as a smoke test of the script itself).
 2. An index built on `--device` in bfloat16 (`build_index`), opened and queried there
    (`Explainer.from_index(device=...)`), then served over HTTP in-process (`app.main.create_app`)
    when FastAPI is importable: /readyz and one /v1/explain.
-3. Throughput: examples/s of our featuriser on a MiniLM-shaped BERT (6 layers, 384 wide; random
-   weights: no model files travel to the GPU machine) in float32 and bfloat16, and Bergson's on
-   the same model when `bergson` is importable (otherwise said so).
+3. Throughput: examples/s of our featuriser and of EleutherAI Bergson's
+   (benchmarks/bergson_featurize.py, in a Python that has `bergson`: see `bergson_python`) on one
+   MiniLM-shaped BERT (6 layers, 384 wide; random weights: no model files travel to the GPU
+   machine), the same rows, device and precision, float32 and bfloat16, 64 dims per layer.
 
 Models are made on the spot (tests/tiny_models.py): nothing is downloaded. The last line is
-`gpu_check: device= bf16_rel_err_max= served= ours_ex_s_bf16= bergson_ex_s=`.
+`gpu_check: device= bf16_rel_err_max= served= ours_float32_ex_s= bergson_float32_ex_s= ours_bfloat16_ex_s=
+bergson_bfloat16_ex_s=` (a Bergson value is `not-installed` or `failed` when it did not run).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,7 +104,30 @@ def check_index(tmp: Path, device: str) -> str:
     return "ok" if (ready, answer) == (200, 200) else "failed"
 
 
-def throughput(device: str, n: int) -> dict[str, float]:
+def bergson_python() -> str | None:
+    """A Python with `bergson` importable: $EXEMPLAR_BERGSON_PYTHON, .venv-bergson (`make bergson`),
+    or this machine's python3 (the GPU image, with the wheels `gpu_check.sh --prepare` carried)."""
+    candidates = [os.environ.get("EXEMPLAR_BERGSON_PYTHON"), str(ROOT / ".venv-bergson" / "bin" / "python"), "python3"]
+    for python in filter(None, candidates):
+        found = subprocess.run([python, "-c", "import bergson"], capture_output=True, check=False)
+        if found.returncode == 0:
+            return python
+    return None
+
+
+def bergson_speed(python: str, model_dir: Path, rows: Path, n: int, device: str, dtype: str) -> float | str:
+    """Bergson's examples/s on the same model, rows and device (benchmarks/bergson_featurize.py)."""
+    command = [python, str(ROOT / "benchmarks" / "bergson_featurize.py"), "--model-dir", str(model_dir)]
+    command += ["--task", "classification", "--data", str(rows), "--n", str(n), "--proj-dim", "64"]
+    command += ["--max-length", "64", "--device", device, "--dtype", dtype, "--threads", str(torch.get_num_threads())]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return "failed: " + (done.stderr.strip().splitlines() or ["?"])[-1][:200]
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["examples_per_s"])
+
+
+def throughput(device: str, n: int, tmp: Path) -> dict[str, float | str]:
+    """Examples/s of ours and Bergson's, float32 and bfloat16, on one MiniLM-shaped BERT."""
     from transformers import BertConfig, BertForSequenceClassification
 
     tokenizer = tiny_tokenizer()
@@ -113,15 +141,19 @@ def throughput(device: str, n: int) -> dict[str, float]:
         id2label=dict(enumerate(LABELS)),
         label2id={k: i for i, k in enumerate(LABELS)},
     )
-    examples = [Example(text=" ".join(CORPUS[(i + j) % len(CORPUS)] for j in range(4))) for i in range(n)]
-    speeds = {}
+    torch.manual_seed(0)
+    model_dir = tmp / "minilm-shaped"
+    BertForSequenceClassification(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    texts = [" ".join(CORPUS[(i + j) % len(CORPUS)] for j in range(4)) for i in range(n)]
+    rows = tmp / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": t, "label": LABELS[i % 3]}) + "\n" for i, t in enumerate(texts)))
+    examples = [Example(text=t, label=LABELS[i % 3]) for i, t in enumerate(texts)]
+    python = bergson_python()
+    speeds: dict[str, float | str] = {}
     for dtype in ("float32", "bfloat16"):
-        torch.manual_seed(0)
-        tmp = Path(tempfile.mkdtemp())
-        BertForSequenceClassification(config).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        loaded = load_model(tmp, "classification", dtype=dtype, device=device)
-        featurizer = build_featurizer(loaded, ProjectionConfig(params="linear", proj_dim=64, seed=0), 64, batch_size=32)
+        loaded = load_model(model_dir, "classification", dtype=dtype, device=device)
+        featurizer = build_featurizer(loaded, ProjectionConfig(params="linear", proj_dim=64, seed=0), 64, batch_size=16)
         featurizer.featurize(examples[:32])
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -129,8 +161,16 @@ def throughput(device: str, n: int) -> dict[str, float]:
         featurizer.featurize(examples)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        speeds[dtype] = n / (time.perf_counter() - started)
-        print(f"ours, MiniLM-shaped BERT, {dtype} on {device}: {speeds[dtype]:.1f} examples/s")
+        speeds[f"ours_{dtype}"] = n / (time.perf_counter() - started)
+        speeds[f"bergson_{dtype}"] = (
+            bergson_speed(python, model_dir, rows, n, device, dtype) if python else "not-installed"
+        )
+        theirs = speeds[f"bergson_{dtype}"]
+        ratio = f" ({speeds[f'ours_{dtype}'] / theirs:.2f}x Bergson)" if isinstance(theirs, float) else ""
+        print(
+            f"MiniLM-shaped BERT, {dtype} on {device}, {n} examples: ours {speeds[f'ours_{dtype}']:.1f} examples/s"
+            f"{ratio}; Bergson {theirs if isinstance(theirs, str) else f'{theirs:.1f} examples/s'}"
+        )
     return speeds
 
 
@@ -148,14 +188,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         worst = check_vectors(Path(tmp), device)
         served = check_index(Path(tmp), device)
-    speeds = throughput(device, args.n)
-    bergson = "not-installed"
-    if importlib.util.find_spec("bergson") is not None:
-        bergson = "installed-but-not-wired"  # benchmarks/bergson_featurize.py runs it on the CPU benchmark's models
-    print(f"bergson: {bergson}")
+        speeds = throughput(device, args.n, Path(tmp))
+
+    def show(value: float | str) -> str:
+        return f"{value:.1f}" if isinstance(value, float) else value.split(":")[0]
+
     print(
         f"gpu_check: device={device} bf16_rel_err_max={worst:.5f} served={served} "
-        f"ours_ex_s_bf16={speeds['bfloat16']:.1f} ours_ex_s_fp32={speeds['float32']:.1f} bergson_ex_s={bergson}"
+        + " ".join(f"{name}_ex_s={show(value)}" for name, value in speeds.items())
     )
 
 
