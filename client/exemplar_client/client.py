@@ -15,6 +15,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 from urllib.parse import quote
 
@@ -71,6 +72,35 @@ def retry_delay(response: httpx.Response | None, attempt: int, backoff_s: float,
     return min(backoff_s * 2**attempt, max_delay_s)
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a call is tried again, and after how long; `Client` and `AsyncClient` share it."""
+
+    retries: int = 4
+    backoff_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def after_error(self, attempt: int, error: httpx.TransportError, once: bool) -> float | None:
+        """Seconds to wait before another try after a broken connection; None: raise it. A `once`
+        call is retried only if it never reached the server (it may have been carried out)."""
+        if attempt == self.retries or (once and not isinstance(error, httpx.ConnectError)):
+            return None
+        return retry_delay(None, attempt, self.backoff_s, self.max_delay_s)
+
+    def after_answer(self, attempt: int, response: httpx.Response) -> float | None:
+        """Seconds to wait before another try after a 429/503 answer; None: this answer is final."""
+        if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+            return None
+        return retry_delay(response, attempt, self.backoff_s, self.max_delay_s)
+
+
+def _final(response: httpx.Response) -> Any:
+    """The parsed JSON body of a final answer, or its `ExemplarError`."""
+    if response.is_error:
+        raise ExemplarError.from_response(response)
+    return response.json()
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -97,16 +127,23 @@ def results_of(job: Job) -> Iterator[Explanation | JobError]:
         yield JobError(**entry) if "error" in entry else Explanation(**entry)
 
 
-class _Progress:
-    """One line on stderr that `wait` rewrites: `job <id>: 12/50 started`."""
+class _Poll:
+    """What `wait` does with each status it fetched: one line on `out` that it rewrites
+    (`job <id>: 12/50 started`), and TimeoutError once `timeout_s` has passed."""
 
-    def __init__(self, out: TextIO | None) -> None:
-        self.out = out
+    def __init__(self, timeout_s: float | None, out: TextIO | None) -> None:
+        self.timeout_s, self.out = timeout_s, out
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
-    def show(self, job: Job) -> None:
+    def finished(self, job: Job) -> bool:
         if self.out is not None:
             self.out.write(f"\rjob {job.id[:8]}: {job.done}/{job.total} {job.status}   ")
             self.out.flush()
+        if job.finished:
+            return True
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimeoutError(f"job {job.id} is still {job.status} after {self.timeout_s} s")
+        return False
 
     def end(self) -> None:
         if self.out is not None:
@@ -128,7 +165,7 @@ class Client:
         max_delay_s: float = 30.0,
         http: httpx.Client | None = None,
     ) -> None:
-        self.retries, self.backoff_s, self.max_delay_s = retries, backoff_s, max_delay_s
+        self.policy = RetryPolicy(retries, backoff_s, max_delay_s)
         self._http = http or httpx.Client(base_url=base_url, timeout=timeout_s)
         self._http.headers.update(_headers(api_key))
 
@@ -144,21 +181,18 @@ class Client:
     def request(self, method: str, path: str, json: dict[str, Any] | None = None, *, once: bool = False) -> Any:
         """One API call with retries; the parsed JSON body, or `ExemplarError`. `once`: a call that
         must not be repeated after a broken connection (it may have been carried out: a job)."""
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             try:
                 response = self._http.request(method, path, json=json)
             except httpx.TransportError as exc:
-                if attempt == self.retries or (once and not isinstance(exc, httpx.ConnectError)):
+                if (delay := self.policy.after_error(attempt, exc, once)) is None:
                     raise
-                time.sleep(retry_delay(None, attempt, self.backoff_s, self.max_delay_s))
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                time.sleep(retry_delay(response, attempt, self.backoff_s, self.max_delay_s))
-                continue
-            if response.is_error:
-                raise ExemplarError.from_response(response)
-            return response.json()
-        raise AssertionError("unreachable")
+            else:
+                if (delay := self.policy.after_answer(attempt, response)) is None:
+                    return _final(response)
+            time.sleep(delay)
+            attempt += 1
 
     def ready(self) -> bool:
         """Whether the service has its index loaded (`/readyz` 200)."""
@@ -198,19 +232,13 @@ class Client:
     ) -> Job:
         """Poll until the job is finished (or failed, canceled, stopped), showing its progress on
         `progress` (None: quiet). TimeoutError after `timeout_s`."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        bar = _Progress(progress)
+        poll = _Poll(timeout_s, progress)
         try:
-            while True:
-                job = self.job(job_id)
-                bar.show(job)
-                if job.finished:
-                    return job
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {job_id} is still {job.status} after {timeout_s} s")
+            while not poll.finished(job := self.job(job_id)):
                 time.sleep(poll_s)
+            return job
         finally:
-            bar.end()
+            poll.end()
 
     def results(self, job_id: str, **wait: Any) -> Iterator[Explanation | JobError]:
         """Wait for the job, then its results in query order."""
@@ -231,7 +259,7 @@ class AsyncClient:
         max_delay_s: float = 30.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        self.retries, self.backoff_s, self.max_delay_s = retries, backoff_s, max_delay_s
+        self.policy = RetryPolicy(retries, backoff_s, max_delay_s)
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout_s)
         self._http.headers.update(_headers(api_key))
 
@@ -245,21 +273,18 @@ class AsyncClient:
         await self._http.aclose()
 
     async def request(self, method: str, path: str, json: dict[str, Any] | None = None, *, once: bool = False) -> Any:
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             try:
                 response = await self._http.request(method, path, json=json)
             except httpx.TransportError as exc:
-                if attempt == self.retries or (once and not isinstance(exc, httpx.ConnectError)):
+                if (delay := self.policy.after_error(attempt, exc, once)) is None:
                     raise
-                await asyncio.sleep(retry_delay(None, attempt, self.backoff_s, self.max_delay_s))
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                await asyncio.sleep(retry_delay(response, attempt, self.backoff_s, self.max_delay_s))
-                continue
-            if response.is_error:
-                raise ExemplarError.from_response(response)
-            return response.json()
-        raise AssertionError("unreachable")
+            else:
+                if (delay := self.policy.after_answer(attempt, response)) is None:
+                    return _final(response)
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def ready(self) -> bool:
         try:
@@ -293,19 +318,13 @@ class AsyncClient:
     async def wait(
         self, job_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None, progress: TextIO | None = sys.stderr
     ) -> Job:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        bar = _Progress(progress)
+        poll = _Poll(timeout_s, progress)
         try:
-            while True:
-                job = await self.job(job_id)
-                bar.show(job)
-                if job.finished:
-                    return job
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {job_id} is still {job.status} after {timeout_s} s")
+            while not poll.finished(job := await self.job(job_id)):
                 await asyncio.sleep(poll_s)
+            return job
         finally:
-            bar.end()
+            poll.end()
 
     async def results(self, job_id: str, **wait: Any) -> list[Explanation | JobError]:
         return list(results_of(await self.wait(job_id, **wait)))
