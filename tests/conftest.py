@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,16 @@ from tests.tiny_models import CORPUS, LABELS, save_causal_lm, save_classifier
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def copy_without_its_model(index: Path, out: Path) -> Path:
+    """A copy of `index` at `out` whose manifest names a model directory that does not exist
+    (`out`'s sibling `gone`): the index of a model that moved."""
+    shutil.copytree(index, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["model_dir"] = str(out.parent / "gone")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
 
 
 def classification_rows() -> list[dict[str, object]]:

@@ -592,14 +592,11 @@ def test_check_probes_readyz_on_the_port(classifier_index: Path, tmp_path: Path)
 def test_the_api_serves_an_index_whose_model_moved(
     tmp_path: Path, classifier_dir: Path, classifier_index: Path
 ) -> None:
-    import json
     import shutil
 
-    index = tmp_path / "index"
-    shutil.copytree(classifier_index, index)
-    manifest = json.loads((index / "manifest.json").read_text())
-    manifest["model_dir"] = str(tmp_path / "gone")
-    (index / "manifest.json").write_text(json.dumps(manifest))
+    from tests.conftest import copy_without_its_model
+
+    index = copy_without_its_model(classifier_index, tmp_path / "index")
     moved = shutil.copytree(classifier_dir, tmp_path / "model")
     settings = ApiSettings(index_dir=index, model_dir=moved, watch_interval_s=0)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:

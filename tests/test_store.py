@@ -16,7 +16,7 @@ from exemplar.index import write_index
 from exemplar.jsonl import read_examples_jsonl
 from exemplar.store import FaissGradientStore, Manifest
 from exemplar.tasks import Example
-from tests.conftest import write_jsonl
+from tests.conftest import copy_without_its_model, write_jsonl
 from tests.tiny_models import LABELS, save_classifier
 
 
@@ -161,11 +161,7 @@ def test_a_moved_model_is_named_at_start_up_and_checked_by_checksum(
     """`--model DIR` (`EXEMPLAR_MODEL_DIR`) says where the model is when the manifest's path is gone."""
     from exemplar.errors import NotFoundError as Missing
 
-    index = tmp_path / "index"
-    shutil.copytree(classifier_index, index)
-    manifest = json.loads((index / "manifest.json").read_text())
-    manifest["model_dir"] = str(tmp_path / "gone")
-    (index / "manifest.json").write_text(json.dumps(manifest))
+    index = copy_without_its_model(classifier_index, tmp_path / "index")
     with pytest.raises(Missing, match="--model DIR"):
         Explainer.from_index(index)
     moved = shutil.copytree(classifier_dir, tmp_path / "models" / "clf")

@@ -136,13 +136,10 @@ def test_worker_opens_a_moved_model_where_it_is_told(
     import shutil
 
     from exemplar.errors import NotFoundError
+    from tests.conftest import copy_without_its_model
     from worker import jobs
 
-    index = tmp_path / "index"
-    shutil.copytree(classifier_index, index)
-    manifest = json.loads((index / "manifest.json").read_text())
-    manifest["model_dir"] = str(tmp_path / "gone")
-    (index / "manifest.json").write_text(json.dumps(manifest))
+    index = copy_without_its_model(classifier_index, tmp_path / "index")
     with pytest.raises(NotFoundError, match="EXEMPLAR_MODEL_DIR"):
         jobs.load_explainer(str(index))
     monkeypatch.setitem(jobs.MODEL_AT, "model_dir", str(shutil.copytree(classifier_dir, tmp_path / "model")))
