@@ -30,7 +30,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -183,12 +182,6 @@ def serve_index() -> Iterator[str]:
         server.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def containers() -> dict[str, str]:
     """Service -> name of its (first) container in this project."""
     out = run(
@@ -296,6 +289,8 @@ def main() -> int:
     simple = wheelhouse()
     log(f"index over {len(list(simple.iterdir()))} projects in {simple}")
     key = secrets.token_urlsafe(24)
+    from app.process import free_port
+
     port = free_port()
     with serve_index() as index_url:
         env = {
