@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -425,20 +425,7 @@ class FaissGradientStore:
     def all_examples(self) -> list[Example]:
         """Every stored example, in row order (for rebuilding an index with more examples)."""
         rows = self._rows("SELECT * FROM examples ORDER BY row", [])
-        return [
-            Example(
-                id=e.id,
-                text=e.text,
-                label=e.label,
-                prompt=e.prompt,
-                response=e.response,
-                source=e.source,
-                meta=e.meta,
-                messages=e.messages,
-                text_pair=e.text_pair,
-            )
-            for e in map(self._example, rows)
-        ]
+        return [replace(e.to_example(), source=e.source, meta=e.meta) for e in map(self._example, rows)]
 
     def example_by_id(self, example_id: str) -> StoredExample:
         rows = self._rows("SELECT * FROM examples WHERE id = ?", [example_id])

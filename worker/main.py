@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     limit_blas_threads(settings.blas_threads)
     MODEL_AT.update(
-        {k: str(v) for k, v in (("model_dir", settings.model_dir), ("adapter_dir", settings.adapter_dir)) if v}
+        model_dir=str(settings.model_dir) if settings.model_dir else None,
+        adapter_dir=str(settings.adapter_dir) if settings.adapter_dir else None,
+        device=settings.device,
     )
-    MODEL_AT["device"] = settings.device
     # RQ's Worker runs each job in a forked child, and CUDA cannot be used in a child forked after
     # the parent started it (the index loaded at start-up): on a GPU jobs run in the worker itself
     from exemplar.models import resolve_device
