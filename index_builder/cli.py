@@ -77,10 +77,10 @@ def build(
     index_type: Annotated[
         str,
         typer.Option(
-            help="search index: flat (exact scan, default) | ivf | ivf_sq (fp16 codes) | hnsw | ivf_pq, or a FAISS "
-            "factory string such as 'IVF4096,SQfp16'; see docs/search.md"
+            help="search index: auto (default: flat up to 128 MiB of vectors, hnsw above) | flat (exact scan) | ivf | "
+            "ivf_sq (fp16 codes) | hnsw | ivf_pq, or a FAISS factory string such as 'IVF4096,SQfp16'; see docs/search.md"
         ),
-    ] = "flat",
+    ] = "auto",
     search_shards: Annotated[int, typer.Option(help="split the FAISS search index into this many files")] = 1,
     version: Annotated[
         str | None,
@@ -274,7 +274,9 @@ def versions(root: Annotated[Path, typer.Argument(help="versioned index root")])
 
 @app.command()
 def demo(
-    name: Annotated[str, typer.Argument(help="tweets | chat | tiny")] = "tweets",
+    name: Annotated[
+        str, typer.Argument(help="tweets | chat | tiny | large (117,000 WordNet glosses; tens of minutes)")
+    ] = "tweets",
     root: Annotated[Path, typer.Option(help="cache directory of the demos")] = Path(".cache/demos"),
 ) -> None:
     """Prepare a demo (fine-tune + index build, cached) and print its index directory."""

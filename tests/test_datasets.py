@@ -216,3 +216,44 @@ def test_held_out_queries_are_the_first_rows_beside_the_index_content_only(
     (tmp_path / "demo" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert held_out_queries(index_dir, 2) == [Example(**want), Example(**want)]
     assert len(held_out_queries(index_dir, 10)) == 3
+
+
+def test_wordnet_glosses_by_supersense() -> None:
+    """Debian's wordnet-base (installed by .ci/run): 117,657 distinct glosses over the 45 supersenses."""
+    rows = datasets.load_wordnet()
+    assert len(rows) == 117_657
+    labels = Counter(r.label for r in rows)
+    assert set(labels) == set(datasets.WORDNET_LEXNAMES)
+    assert labels["noun.artifact"] > 10_000
+    entity = next(r for r in rows if r.id == "wordnet-noun-00001740")
+    assert entity.label == "noun.Tops"
+    assert entity.text.startswith("entity: that which is perceived")
+    assert entity.source == "wordnet-base:/usr/share/wordnet/data.noun:00001740"
+    assert max(len(r.text) for r in rows) <= datasets.WORDNET_MAX_CHARS
+    assert len({r.id for r in rows}) == len(rows)
+
+
+def test_wordnet_format_and_missing_files(tmp_path) -> None:
+    header = "  1 This software and database is being provided to you, the LICENSEE, by  \n"
+    synsets = {
+        "noun": "00002137 03 n 02 abstraction 0 abstract_entity 0 000 | a general concept  \n",
+        "verb": '00001740 29 v 04 breathe 0 take_a_breath 0 respire 0 suspire 3 021 | draw air; "I can breathe"  \n',
+        "adj": "00001740 00 a 01 able 0 000 | (usually followed by `to') having the necessary means  \n",
+        "adv": "00001837 02 r 01 barely 0 000 | only just  \n",
+    }
+    for part, line in synsets.items():
+        (tmp_path / f"data.{part}").write_text(header + line, encoding="utf-8")
+    rows = datasets.load_wordnet(tmp_path)
+    assert [(r.id, r.label, r.text) for r in rows] == [
+        ("wordnet-noun-00002137", "noun.Tops", "abstraction: a general concept"),
+        ("wordnet-verb-00001740", "verb.body", 'breathe: draw air; "I can breathe"'),
+        ("wordnet-adj-00001740", "adj.all", "able: (usually followed by `to') having the necessary means"),
+        ("wordnet-adv-00001837", "adv.all", "barely: only just"),
+    ]
+    (tmp_path / "data.adv").write_text("00001837 77 r 01 barely 0 000 | only just\n", encoding="utf-8")
+    datasets._wordnet.cache_clear()
+    with pytest.raises(InvalidInputError, match=r"WordNet 3\.0's format"):
+        datasets.load_wordnet(tmp_path)
+    (tmp_path / "data.adv").unlink()
+    with pytest.raises(InvalidInputError, match="apt-get install wordnet-base"):
+        datasets.load_wordnet(tmp_path)

