@@ -24,7 +24,7 @@ from exemplar.index import build_featurizer, open_index, write_index
 from exemplar.jsonl import read_examples_jsonl, write_jsonl
 from exemplar.models import LoadedModel
 from exemplar.progress import Progress, SilentProgress
-from exemplar.search import factory_string, norm_buckets_for, shard_bounds
+from exemplar.search import factory_string, norm_buckets_for, resolve_index_type, shard_bounds
 from exemplar.store import Checkpoint, Manifest, checkpoint_file, dataset_checksum
 from exemplar.tasks import Example
 
@@ -44,7 +44,7 @@ def build_index(
     resumed: list[int] | None = None,
     vector_dtype: str = "float32",
     runner: ShardRunner | None = None,
-    index_type: str = "flat",
+    index_type: str = "auto",
     search_shards: int = 1,
 ) -> Manifest:
     """Featurise `examples` with the query-time featuriser and publish the index at `out_dir`.
@@ -62,7 +62,8 @@ def build_index(
     it gets the shard directory, a JSON job spec and the shard tasks, and returns once they
     are saved; whatever it left missing is then computed here.
 
-    `index_type` (a name in `exemplar.search.INDEX_TYPES` or a FAISS factory string) and
+    `index_type` ("auto": flat or hnsw by the vectors' size, `exemplar.search.resolve_index_type`;
+    a name in `exemplar.search.INDEX_TYPES`; or a FAISS factory string) and
     `search_shards` choose the search index, checked before any gradient is computed.
     """
     if not examples:
@@ -76,6 +77,7 @@ def build_index(
     featurizer = build_featurizer(loaded, config, max_length, batch_size=batch_size)
     shard_bounds(len(examples), search_shards)
     buckets = norm_buckets_for(len(examples), search_shards)
+    index_type = resolve_index_type(index_type, len(examples), featurizer.dims)
     index_spec = factory_string(index_type, len(examples) // (search_shards * buckets), featurizer.dims)
     dataset = dataset_checksum(examples)
     plan = {

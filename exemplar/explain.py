@@ -1,13 +1,12 @@
 """The Explainer: options checked -> query gradient -> candidates -> strategy -> simplex weights -> score.
 
 Influence comes from a named estimator (`exemplar.estimators`, paper sign convention:
-negative = helpful). Candidates are the top-`pool_size` training examples under an
-ordering (most/least influential, most helpful/harmful): for linear estimators from one or
-two FAISS inner-product searches (proponents with `q`, opponents with `-q`), otherwise
-(and always for "least influential", which an inner-product index cannot return) from a
-vectorised scan over the memory-mapped vectors. Candidates are re-scored exactly before
-selection. The strategy (`exemplar.strategies`, by name) then proposes one or more selections
-through a `SelectionContext`, and the best is scored with the Selection Relevance Score.
+negative = helpful). Candidates are the top-`pool_size` training examples under an ordering
+(most/least influential, most helpful/harmful): for linear estimators from one or two FAISS
+inner-product searches (`q` for proponents, `-q` for opponents), otherwise (and for "least
+influential", which an inner-product index cannot return) from a scan of the memory-mapped
+vectors; they are re-scored exactly. The strategy (`exemplar.strategies`, by name) then proposes
+selections through a `SelectionContext`, and the best is scored with the Selection Relevance Score.
 
 Scores live in one of two spaces (`SCORE_SPACES`): "full" (the default) scores the
 returned examples on their full gradients w.r.t. the tracked weights (`exemplar.fullspace`:
@@ -270,6 +269,7 @@ class Explainer:
             solver=options.solver,
             pool_size=options.pool_size,
             default_pool_size=self.config.pool_size,
+            preset=options.preset,
             candidates=candidates,
             find_row=find_row,
             shared=self.strategy_state,

@@ -11,8 +11,10 @@ string; the search effort per request by a preset (``PRESETS``). Implementations
   against.
 - ``FaissSearch``: approximate FAISS indexes (IVF-Flat, IVF with fp16 scalar quantisation,
   HNSW, IVF-PQ), one file per norm bucket of each shard of contiguous rows, visited from the
-  largest norms down and pruned by Cauchy-Schwarz, results merged. Files are opened with
-  ``IO_FLAG_MMAP`` (IVF inverted lists stay on disk); per-request parameters go through
+  largest norms down and pruned by Cauchy-Schwarz, results merged. Files are memory-mapped
+  (``_read_flags``): IVF inverted lists and HNSW's stored vectors stay in the file, so the
+  server holds no second private copy of the vectors (only HNSW's graph is read into
+  memory); per-request parameters go through
   FAISS ``SearchParameters``, so concurrent requests with different presets never change
   shared state.
 
@@ -61,6 +63,13 @@ INDEX_TYPES = {
 }
 """Named index types -> FAISS factory strings; ``{nlist}`` and ``{pq_m}`` are sized from n and d."""
 
+AUTO_APPROXIMATE_BYTES = 128 * 2**20
+"""``index_type="auto"`` (the builder's default) builds ``hnsw`` once the float32 vectors exceed
+this size, ``flat`` below it. An exact scan reads every vector for each search (two per
+explanation: proponents and opponents): measured here at ~9 ms for 243 MB, and it grows
+linearly, while HNSW's ``balanced`` preset stays at ~3 ms up to 1M rows (docs/benchmarks.md,
+``benchmarks/exact_kernels.py`` and ``benchmarks/search.py``)."""
+
 PRESETS = ("exact", "balanced", "fast")
 DEFAULT_PRESET = "balanced"
 
@@ -102,6 +111,13 @@ def check_preset(preset: str) -> str:
     return preset
 
 
+def resolve_index_type(index_type: str, n: int, dims: int) -> str:
+    """``index_type`` with "auto" decided for ``n`` rows of ``dims`` float32s (``AUTO_APPROXIMATE_BYTES``)."""
+    if index_type != "auto":
+        return index_type
+    return "hnsw" if n * dims * 4 > AUTO_APPROXIMATE_BYTES else "flat"
+
+
 def factory_string(index_type: str, n: int, dims: int) -> str:
     """The FAISS factory string for ``index_type`` (a name in ``INDEX_TYPES`` or a factory string).
 
@@ -118,7 +134,7 @@ def factory_string(index_type: str, n: int, dims: int) -> str:
         spec = spec.format(nlist=nlist, pq_m=pq_m)
     if not _FACTORY.match(spec):
         raise InvalidInputError(
-            f"unsupported index type {index_type!r}; use one of {', '.join(INDEX_TYPES)} or a FAISS factory "
+            f"unsupported index type {index_type!r}; use auto, one of {', '.join(INDEX_TYPES)} or a FAISS factory "
             "string like 'IVF1024,Flat', 'IVF1024,SQfp16', 'HNSW32', 'IVF1024,PQ64'"
         )
     if spec.startswith("IVF"):
@@ -154,9 +170,12 @@ def exact_top_k(vectors: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 class VectorSearch(Protocol):
-    """Top-k rows by inner product with a query vector ``(d,)``: ``(scores (k,), rows (k,))``."""
+    """Top-k rows by inner product with a query vector ``(d,)``: ``(scores (k,), rows (k,))``;
+    and candidate rows for several queries across the range of norms (``search_bands``)."""
 
     def search(self, query: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def search_bands(self, queries: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> np.ndarray: ...
 
 
 class ExactSearch:
@@ -168,6 +187,11 @@ class ExactSearch:
     def search(self, query: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray, np.ndarray]:
         check_preset(preset)
         return exact_top_k(self.vectors, query, k)
+
+    def search_bands(self, queries: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
+        """The union of each query's exact top ``k`` (one band: every norm), sorted row ids."""
+        check_preset(preset)
+        return np.unique(np.concatenate([exact_top_k(self.vectors, q, k)[1] for q in np.atleast_2d(queries)]))
 
 
 def _search_params(index: faiss.Index, preset: Preset, k: int) -> faiss.SearchParameters | None:
@@ -183,6 +207,17 @@ def _search_params(index: faiss.Index, preset: Preset, k: int) -> faiss.SearchPa
         hnsw_params.efSearch = max(preset.ef_search, k)
         return hnsw_params
     return None
+
+
+def _read_flags(path: Path) -> int:
+    """FAISS read flags that map a file's bulk instead of copying it: ``IO_FLAG_MMAP`` for IVF
+    inverted lists; ``IO_FLAG_MMAP_IFC`` for HNSW's (and Flat's) stored vectors. The two cannot
+    be combined (IVF's lists refuse the mapped reader), so the file's own header decides: an
+    ``IndexIDMap`` ("IxMp") records its inner index's fourcc after 33 bytes of its own."""
+    with path.open("rb") as f:
+        head = f.read(64)
+    inner = head[37:41] if head[:4] == b"IxMp" else head[:4]
+    return faiss.IO_FLAG_MMAP if inner[:2] in (b"Iw", b"Iv") else faiss.IO_FLAG_MMAP_IFC  # IVF fourccs: Iw*, Iv*
 
 
 @dataclass
@@ -213,7 +248,7 @@ class FaissSearch:
         total = 0
         d = vectors.shape[1]
         for path in paths:
-            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+            index = faiss.read_index(str(path), _read_flags(path))
             ip = index.metric_type == faiss.METRIC_INNER_PRODUCT and index.d == d
             l2 = index.metric_type == faiss.METRIC_L2 and index.d > d  # MIPS-to-L2 augmented (build_faiss_shards)
             if not isinstance(index, faiss.IndexIDMap) or not (ip or l2):
@@ -256,6 +291,27 @@ class FaissSearch:
             order = np.lexsort((rows, -scores))[:fetch]
             scores, rows = scores[order], rows[order]
         return scores, rows
+
+    def search_bands(self, queries: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
+        """Candidate rows for ``queries: (nq, d)`` across the range of norms: the union of each
+        query's approximate top ``k`` by inner product in EVERY file (norm bucket), without the
+        Cauchy-Schwarz stop; sorted row ids, not re-scored (the caller scores them).
+
+        Within one norm bucket the inner product ranks rows nearly as their cosine does, so
+        the union holds rows well aligned with a query at every norm, not only the largest
+        ones: what ``reconstruct``'s pool asks for (nearest after centring, most aligned).
+        "exact" scans (``ExactSearch.search_bands``)."""
+        if check_preset(preset) == "exact":
+            return self.exact.search_bands(queries, k, preset)
+        params = PRESET_PARAMS[preset]
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)  # (nq, d)
+        found = []
+        for part in self.parts:
+            q_part = np.pad(q, ((0, 0), (0, part.pad))) if part.pad else q
+            fetch = min(k, part.index.ntotal)
+            _, rows = part.index.search(q_part, fetch, params=_search_params(part.index, params, fetch))
+            found.append(rows[rows >= 0])
+        return np.unique(np.concatenate(found)).astype(np.int64)
 
 
 def norm_buckets_for(n: int, shards: int) -> int:

@@ -225,6 +225,11 @@ class GradientStore(Protocol):
 
     def search(self, query: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def search_bands(self, queries: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> np.ndarray: ...
+
+    @property
+    def approximate(self) -> bool: ...  # an approximate search index (not a scan) serves its searches
+
     def vectors_at(self, rows: np.ndarray) -> np.ndarray: ...
 
     def examples_at(self, rows: Sequence[int]) -> list[StoredExample]: ...
@@ -253,6 +258,9 @@ def write_examples(path: Path, examples: Sequence[Example]) -> None:
                 for i, e in enumerate(examples)
             ],
         )
+        # `find_row` (the "self" strategy) looks a query up by its content: indexed, not a scan of every row
+        con.execute("CREATE INDEX examples_by_text ON examples(text)")
+        con.execute("CREATE INDEX examples_by_prompt ON examples(prompt, response)")
         con.commit()
     except sqlite3.IntegrityError as exc:
         raise InvalidInputError(f"example ids must be unique: {exc}") from exc
@@ -356,7 +364,7 @@ class FaissGradientStore:
             files = [self.path / part_file(i, b) for i in range(m.shards) for b in range(m.norm_buckets)]
             try:
                 self.searcher = FaissSearch(self.vectors, self.norms, files)
-            except (RuntimeError, InvalidInputError) as exc:
+            except (RuntimeError, OSError, InvalidInputError) as exc:
                 raise IndexIncompatibleError(
                     f"the search index files in {str(self.path)!r} are missing or disagree with the vectors; "
                     f"rebuild the index ({exc})"
@@ -381,6 +389,14 @@ class FaissGradientStore:
         caller to re-score exactly.
         """
         return self.searcher.search(query, k, preset)
+
+    def search_bands(self, queries: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
+        """Candidate rows for `queries: (nq, d)` at every norm (`exemplar.search.FaissSearch.search_bands`)."""
+        return self.searcher.search_bands(queries, k, preset)
+
+    @property
+    def approximate(self) -> bool:
+        return isinstance(self.searcher, FaissSearch)
 
     def vectors_at(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)

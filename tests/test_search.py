@@ -225,3 +225,80 @@ def test_versions_side_by_side_and_atomic_publication(tmp_path: Path) -> None:
     (root / CURRENT).write_text("../../etc\n")
     with pytest.raises(InvalidInputError, match="version name"):
         resolve_index(root)
+
+
+def test_auto_index_type_is_flat_up_to_the_measured_size_and_hnsw_above() -> None:
+    from exemplar.search import AUTO_APPROXIMATE_BYTES, resolve_index_type
+
+    rows_at_limit = AUTO_APPROXIMATE_BYTES // (4 * 608)
+    assert resolve_index_type("auto", rows_at_limit, 608) == "flat"
+    assert resolve_index_type("auto", rows_at_limit + 1, 608) == "hnsw"
+    assert resolve_index_type("auto", 2000, 2432) == "flat"  # the tweets demo
+    assert resolve_index_type("auto", 117_000, 608) == "hnsw"  # the large demo
+    assert resolve_index_type("ivf", 10**7, 608) == "ivf"  # an explicit choice is kept
+
+
+@pytest.mark.parametrize("buckets", [1, 4])
+def test_search_bands_finds_aligned_rows_at_every_norm(tmp_path: Path, buckets: int) -> None:
+    """`search_bands` proposes each query's top rows by inner product in every norm bucket: its
+    candidates hold the best rows by inner product, and more of the best rows by cosine (what
+    `reconstruct` asks for) than as many rows taken by inner product alone. "exact" is the union
+    of the queries' exact top k."""
+    vectors = clustered(2000 * buckets, 32, seed=5)
+    store = FaissGradientStore(index_of(tmp_path, vectors, "hnsw", 1, buckets))
+    assert store.approximate
+    rng = np.random.default_rng(6)
+    norms = np.linalg.norm(vectors, axis=1)
+    banded, plain, top = [], [], []
+    for _ in range(10):
+        queries = vectors[rng.integers(0, len(vectors), 2)] + 0.3 * rng.standard_normal((2, 32)).astype(np.float32)
+        found = store.search_bands(queries, 40, "balanced")
+        assert np.all(np.diff(found) > 0)
+        assert found.dtype == np.int64
+        for q in queries:
+            by_cosine = set(np.argsort(-(vectors @ q) / norms, kind="stable")[:10].tolist())
+            by_product = brute_top_k(vectors, q, found.size // 2)
+            banded.append(len(by_cosine & set(found.tolist())) / 10)
+            plain.append(len(by_cosine & set(by_product.tolist())) / 10)
+            top.append(len(set(by_product[:10].tolist()) & set(found.tolist())) / 10)
+        exact = store.search_bands(queries, 5, "exact")
+        expected = np.union1d(brute_top_k(vectors, queries[0], 5), brute_top_k(vectors, queries[1], 5))
+        assert exact.tolist() == expected.tolist()
+    assert np.mean(top) >= 0.9
+    if buckets > 1:
+        assert np.mean(banded) > np.mean(plain)
+
+
+def test_reconstruct_pool_comes_from_the_index_without_a_scan(tmp_path: Path) -> None:
+    """On an approximate index `reconstruct`'s pool is found through `search_bands` and never reads
+    every row (no `row_means`, no full scan); the selection `reconstruct` makes from it scores
+    within 0.5 dB of the one from the exact (scanned) pool, and "exact" still scans."""
+    from exemplar.relevance import selection_relevance
+    from exemplar.strategies.reconstruct import ReconstructPool, reconstruct_selections
+
+    vectors = clustered(8000, 32, seed=7)
+    store = FaissGradientStore(index_of(tmp_path, vectors, "hnsw", 1, 4))
+
+    class NoScan(FaissGradientStore):
+        @property
+        def row_means(self) -> np.ndarray:
+            raise AssertionError("the indexed pool must not scan the store")
+
+    indexed = NoScan(store.path)
+    rng = np.random.default_rng(8)
+
+    def best_db(g: np.ndarray, pool: np.ndarray) -> float:
+        found = reconstruct_selections(g, vectors[pool], 5, solver="paper", pool_size=pool.size)
+        return max(selection_relevance(g, vectors[pool[sel]]).db for sel in found)
+
+    gaps = []
+    for _ in range(5):
+        g = vectors[rng.integers(0, len(vectors))] + 0.3 * rng.standard_normal(32).astype(np.float32)
+        got = ReconstructPool(indexed).candidates(g, 30, 30, mixture=True, preset="balanced")
+        exact = ReconstructPool(store).candidates(g, 30, 30, mixture=True, preset="exact")
+        assert np.all(np.diff(got) > 0)
+        assert 0 <= got.min() <= got.max() < len(vectors)
+        gaps.append(best_db(g, exact) - best_db(g, got))
+    assert np.median(gaps) <= 0.5, gaps
+    with pytest.raises(AssertionError, match="must not scan"):
+        ReconstructPool(indexed).candidates(g, 30, 30, mixture=True, preset="exact")

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from exemplar.errors import InvalidInputError
 from exemplar.estimators import Estimator, Query
+from exemplar.search import DEFAULT_PRESET
 from exemplar.store import GradientStore
 
 TIE_RTOL = 1e-10
@@ -55,6 +56,7 @@ class SelectionContext:
     solver: str = "paper"
     pool_size: int | None = None  # as the request gave it; None: the deployment's default
     default_pool_size: int = 100
+    preset: str = DEFAULT_PRESET  # search effort on an approximate index ("exact": scan every row)
     candidates: Callable[[], tuple[np.ndarray, np.ndarray]] = field(default=lambda: _no_candidates())
     """The top-`m` rows under `ordering` (retrieved and, if asked, re-ranked exactly) and their
     influence, best first; computed once per context."""

@@ -62,9 +62,11 @@ class ReconstructPool:
         self.store = store
         self._centred_gram: np.ndarray | None = None
 
-    def candidates(self, grad: np.ndarray, nearest: int, aligned: int, *, mixture: bool = False) -> np.ndarray:
+    def candidates(
+        self, grad: np.ndarray, nearest: int, aligned: int, *, mixture: bool = False, preset: str = "exact"
+    ) -> np.ndarray:
         """`reconstruct`'s pool: the `nearest` rows nearest the query gradient after centring and
-        the `aligned` rows most aligned with it (largest cosine), from one scan; sorted row ids.
+        the `aligned` rows most aligned with it (largest cosine); sorted row ids.
 
         With k = 1 the score is `Var(g) / Var(g - a)`, and `d * Var(g - a)` is the squared
         distance between the centred vectors: `||a||^2 - d mean(a)^2 - 2 <a, g - mean(g)> + const`,
@@ -78,36 +80,59 @@ class ReconstructPool:
         Such mixtures lean on rows that are neither near nor aligned (anti-aligned ones
         cancel what the aligned ones overshoot), and at k = 25 the nearest and aligned pool
         alone missed them.
+
+        Where these rows are looked for: with `preset` "exact", or a store without an
+        approximate index, one scan of every row (`scan_inner_products`). Otherwise the index
+        (`search_bands`, `preset`'s effort) proposes, in every norm bucket, the rows best
+        aligned with `g`, with its centred `g - mean(g)` and with its negation, `nearest +
+        aligned` of each; the same choice is then made exactly among those rows. Nothing
+        scans the store, and the work per query no longer grows with it.
         """
-        d = grad.shape[0]
         g = np.asarray(grad, dtype=np.float64)
-        norms = np.asarray(self.store.norms, dtype=np.float64)  # (n,)
-        means = np.asarray(self.store.row_means, dtype=np.float64)  # (n,)
-        dots = scan_inner_products(self.store.vectors, g).astype(np.float64)  # (n,) <a, g>
-        centred_dots = dots - d * means * g.mean()  # (n,) <a - mean(a), g - mean(g)>
+        indexed = preset != "exact" and self.store.approximate
+        if indexed:
+            centred = g - g.mean()
+            queries = np.stack([g, centred, -centred]) if mixture else np.stack([g, centred])
+            found = self.store.search_bands(queries.astype(np.float32), nearest + aligned, preset)
+            block = self.store.vectors_at(found).astype(np.float64)  # (c, d)
+            dots, means = block @ g, block.mean(axis=1)  # (c,) <a, g>, (c,) mean(a)
+        else:
+            found = np.arange(self.store.n, dtype=np.int64)
+            dots = scan_inner_products(self.store.vectors, g).astype(np.float64)  # (n,) <a, g>
+            means = np.asarray(self.store.row_means, dtype=np.float64)  # (n,)
+        d = g.shape[0]
+        norms = np.asarray(self.store.norms[found], dtype=np.float64)
+        centred_dots = dots - d * means * g.mean()  # <a - mean(a), g - mean(g)>
         dist2 = norms**2 - d * means**2 - 2.0 * centred_dots
         cos = dots / np.where(norms > 0, norms, 1.0)  # |g| is common to every row
-        near_rows = np.argsort(dist2, kind="stable")[:nearest]
-        aligned_rows = np.argsort(-cos, kind="stable")[:aligned]
-        rows = np.union1d(near_rows, aligned_rows).astype(np.int64)
+        near = np.argsort(dist2, kind="stable")[:nearest]  # positions in `found`
+        most_aligned = np.argsort(-cos, kind="stable")[:aligned]
+        rows = found[np.union1d(near, most_aligned)]
         if not mixture or self.store.n < 2:
             return rows
-        if self.store.n <= RECONSTRUCT_MIXTURE_ROWS:
-            fit_rows = np.arange(self.store.n, dtype=np.int64)
-            gram = self.centred_gram()
+        if self.store.n <= RECONSTRUCT_MIXTURE_ROWS and not indexed:
+            fit, gram = np.arange(found.shape[0]), self.centred_gram()
         else:
-            fit_rows = np.union1d(rows, np.argsort(cos, kind="stable")[:aligned]).astype(np.int64)
-            block = self.store.vectors_at(fit_rows).astype(np.float64)  # (f, d)
+            fit = np.union1d(np.union1d(near, most_aligned), np.argsort(cos, kind="stable")[:aligned])
+            block = self.store.vectors_at(found[fit]).astype(np.float64)  # (f, d)
             block -= block.mean(axis=1, keepdims=True)
             gram = block @ block.T  # (f, f)
-        weights = simplex_weights_gram(gram, centred_dots[fit_rows], max_solves=RECONSTRUCT_MIXTURE_SOLVES)  # (f,)
+        weights = simplex_weights_gram(gram, centred_dots[fit], max_solves=RECONSTRUCT_MIXTURE_SOLVES)  # (f,)
+        fit_rows = found[fit]
         return np.union1d(rows, fit_rows[weights > 0]).astype(np.int64)
 
-    def pool(self, grad: np.ndarray, k: int, pool_size: int | None = None, default_pool_size: int = 100) -> np.ndarray:
+    def pool(
+        self,
+        grad: np.ndarray,
+        k: int,
+        pool_size: int | None = None,
+        default_pool_size: int = 100,
+        preset: str = "exact",
+    ) -> np.ndarray:
         """The pool `reconstruct` serves from: `candidates` with the mixture rows and `pool_size`
         (default max(`default_pool_size`, `RECONSTRUCT_POOL_PER_K` k)) of each kind."""
         m = pool_size or max(default_pool_size, RECONSTRUCT_POOL_PER_K * k)
-        return self.candidates(grad, m, m, mixture=True)
+        return self.candidates(grad, m, m, mixture=True, preset=preset)
 
     def centred_gram(self) -> np.ndarray:
         """``(n, n)`` float64 Gram matrix of the centred store rows, built on first use and kept."""
@@ -380,7 +405,9 @@ class Reconstruct:
         return RECONSTRUCT_EXACT_S * m * k**3 if solver == "exact" else RECONSTRUCT_S * m * k**2
 
     def propose(self, ctx: SelectionContext) -> list[Proposal]:
-        pool = served_pool(ctx.shared, ctx.store).pool(ctx.query.grad, ctx.k, ctx.pool_size, ctx.default_pool_size)
+        pool = served_pool(ctx.shared, ctx.store).pool(
+            ctx.query.grad, ctx.k, ctx.pool_size, ctx.default_pool_size, ctx.preset
+        )
         found = reconstruct_selections(
             ctx.query.grad,
             ctx.store.vectors_at(pool),
