@@ -22,7 +22,7 @@ from exemplar.estimators import BM25, BM25_DIR, DATAINF_FILE, datainf_matrices
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig
 from exemplar.models import LoadedModel, load_model
 from exemplar.progress import Progress, SilentProgress
-from exemplar.search import build_faiss_shards, factory_string, shard_bounds
+from exemplar.search import build_direction_shards, build_faiss_shards, factory_string, shard_bounds
 from exemplar.store import (
     EXAMPLES_DB,
     MANIFEST,
@@ -85,7 +85,8 @@ def write_index(
             shard_bounds(len(examples), manifest.shards)  # validates the count; nothing to build
         else:
             bar = progress or SilentProgress()
-            bar.start(f"search index {manifest.index_type}", manifest.shards * manifest.norm_buckets, unit="file")
+            files = manifest.shards * (manifest.norm_buckets + 1)
+            bar.start(f"search index {manifest.index_type} + directions", files, unit="file")
             build_faiss_shards(
                 vectors,
                 norms,
@@ -96,6 +97,7 @@ def write_index(
                 seed=manifest.seed,
                 on_part=bar.advance,
             )
+            build_direction_shards(vectors, manifest.shards, tmp, on_part=bar.advance)
             bar.finish()
         write_examples(tmp / EXAMPLES_DB, examples)
         (tmp / MANIFEST).write_text(manifest.to_json(out))  # records `out`: a moved model is found beside it

@@ -42,6 +42,7 @@ from exemplar.search import (
     ExactSearch,
     FaissSearch,
     VectorSearch,
+    direction_file,
     part_file,
     scan_inner_products,
 )
@@ -225,10 +226,13 @@ class GradientStore(Protocol):
 
     def search(self, query: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def search_bands(self, queries: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> np.ndarray: ...
+    def search_directions(self, queries: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> np.ndarray: ...
 
     @property
     def approximate(self) -> bool: ...  # an approximate search index (not a scan) serves its searches
+
+    @property
+    def directions_indexed(self) -> bool: ...  # `search_directions` is served by an index, not a scan
 
     def vectors_at(self, rows: np.ndarray) -> np.ndarray: ...
 
@@ -362,8 +366,11 @@ class FaissGradientStore:
         else:
             m = self.manifest
             files = [self.path / part_file(i, b) for i in range(m.shards) for b in range(m.norm_buckets)]
+            # indexes built before the directions files have none: reconstruct then scans for its pool
+            directions = [self.path / direction_file(i) for i in range(m.shards)]
+            directions = directions if any(p.exists() for p in directions) else []
             try:
-                self.searcher = FaissSearch(self.vectors, self.norms, files)
+                self.searcher = FaissSearch(self.vectors, self.norms, files, directions)
             except (RuntimeError, OSError, InvalidInputError) as exc:
                 raise IndexIncompatibleError(
                     f"the search index files in {str(self.path)!r} are missing or disagree with the vectors; "
@@ -390,13 +397,17 @@ class FaissGradientStore:
         """
         return self.searcher.search(query, k, preset)
 
-    def search_bands(self, queries: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
-        """Candidate rows for `queries: (nq, d)` at every norm (`exemplar.search.FaissSearch.search_bands`)."""
-        return self.searcher.search_bands(queries, k, preset)
+    def search_directions(self, queries: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
+        """Rows nearest `queries: (nq, d)` by cosine after centring (`exemplar.search.FaissSearch.search_directions`)."""
+        return self.searcher.search_directions(queries, k, preset)
 
     @property
     def approximate(self) -> bool:
         return isinstance(self.searcher, FaissSearch)
+
+    @property
+    def directions_indexed(self) -> bool:
+        return isinstance(self.searcher, FaissSearch) and bool(self.searcher.directions)
 
     def vectors_at(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)

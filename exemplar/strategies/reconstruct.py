@@ -81,19 +81,19 @@ class ReconstructPool:
         cancel what the aligned ones overshoot), and at k = 25 the nearest and aligned pool
         alone missed them.
 
-        Where these rows are looked for: with `preset` "exact", or a store without an
-        approximate index, one scan of every row (`scan_inner_products`). Otherwise the index
-        (`search_bands`, `preset`'s effort) proposes, in every norm bucket, the rows best
-        aligned with `g`, with its centred `g - mean(g)` and with its negation, `nearest +
-        aligned` of each; the same choice is then made exactly among those rows. Nothing
-        scans the store, and the work per query no longer grows with it.
+        Where these rows are looked for: with `preset` "exact", or a store without a directions
+        index, one scan of every row (`scan_inner_products`). Otherwise the directions index
+        (`search_directions`, `preset`'s effort) proposes the `nearest + 2 aligned` rows nearest
+        `g`, and those nearest `-g`, by cosine after centring; the same choice is made exactly
+        among them: nothing reads every row, and the work per query no longer grows with the
+        store. (Nearest after centring means a large centred cosine at a fitting norm, and the
+        cosine barely moves when the small row means are removed.)
         """
         g = np.asarray(grad, dtype=np.float64)
-        indexed = preset != "exact" and self.store.approximate
+        indexed = preset != "exact" and self.store.directions_indexed
         if indexed:
-            centred = g - g.mean()
-            queries = np.stack([g, centred, -centred]) if mixture else np.stack([g, centred])
-            found = self.store.search_bands(queries.astype(np.float32), nearest + aligned, preset)
+            wanted = nearest + aligned + (aligned if mixture else 0)
+            found = self.store.search_directions(np.stack([g, -g]).astype(np.float32), wanted, preset)
             block = self.store.vectors_at(found).astype(np.float64)  # (c, d)
             dots, means = block @ g, block.mean(axis=1)  # (c,) <a, g>, (c,) mean(a)
         else:
