@@ -122,7 +122,7 @@ def validate(
 
 @app.command()
 def reproduce(
-    demo: Annotated[str, typer.Option(help="tweets | chat | tiny")] = "tweets",
+    demo: Annotated[str, typer.Option(help="tweets | chat | tiny | large")] = "tweets",
     queries: Annotated[
         int, typer.Option(help="held-out test instances (the demo's test split, then more unseen rows)")
     ] = 200,

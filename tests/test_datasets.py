@@ -158,7 +158,7 @@ def test_instruction_mixture() -> None:
     assert len(instruction_mixture(7, seed=0)) == 7
 
 
-@pytest.mark.parametrize(("demo", "field"), [("tweets", "text"), ("chat", "prompt")])
+@pytest.mark.parametrize(("demo", "field"), [("tweets", "text"), ("chat", "prompt"), ("large", "text")])
 def test_heldout_extends_the_test_split_without_touching_training(tmp_path, demo: str, field: str) -> None:
     import json
 
@@ -257,3 +257,29 @@ def test_wordnet_format_and_missing_files(tmp_path) -> None:
     (tmp_path / "data.adv").unlink()
     with pytest.raises(InvalidInputError, match="apt-get install wordnet-base"):
         datasets.load_wordnet(tmp_path)
+
+
+def test_the_large_demo_end_to_end_at_a_small_size(tmp_path, monkeypatch) -> None:
+    """`index-builder demo large` with its sizes cut down: WordNet glosses split by supersense,
+    MiniLM fine-tuned on a slice of the training split, every training row indexed; "auto"
+    picks an exact index at this size."""
+    import dataclasses
+    import json
+
+    from exemplar.research import demos
+    from exemplar.store import read_manifest
+
+    small = dataclasses.replace(demos.DEMOS["large"], n_train=240, n_test=12, finetune_rows=32)
+    monkeypatch.setitem(demos.DEMOS, "large", small)
+    index_dir = demos.prepare("large", tmp_path)
+    manifest = read_manifest(index_dir)
+    assert manifest.n_examples == 240
+    assert manifest.labels == sorted(datasets.WORDNET_LEXNAMES)
+    assert manifest.index_type == "Flat"
+    assert manifest.dims == 16 * len(manifest.layer_names)
+    train = [json.loads(line) for line in (tmp_path / "large" / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(line) for line in (tmp_path / "large" / "test.jsonl").read_text().splitlines()]
+    assert (len(train), len(test)) == (240, 12)
+    assert not {r["id"] for r in train} & {r["id"] for r in test}
+    assert all(r["id"].startswith("wordnet-") and r["label"] in datasets.WORDNET_LEXNAMES for r in train)
+    assert demos.prepare("large", tmp_path) == index_dir  # cached
