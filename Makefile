@@ -35,7 +35,7 @@ bergson: $(BERGSON_VENV)/bin/.installed
 # The large demo's corpus: WordNet 3.0 glosses from Debian's wordnet-base (installed when missing).
 WORDNET := $(if $(filter large,$(DEMO)),/usr/share/wordnet/data.noun)
 /usr/share/wordnet/data.noun:
-	apt-get install -y -qq wordnet-base || { echo "install Debian's wordnet-base (as root: apt-get install wordnet-base)"; exit 1; }
+	{ apt-get update -qq && apt-get install -y -qq wordnet-base; } || { echo "install Debian's wordnet-base (as root: apt-get install wordnet-base)"; exit 1; }
 
 # Prepare the demo (fine-tune + index build, cached) and serve it on http://$(HOST):$(PORT).
 # DEMO=large: 117,000 WordNet glosses, built in tens of minutes (resumable: run it again).

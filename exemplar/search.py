@@ -112,7 +112,8 @@ def check_preset(preset: str) -> str:
 
 
 def resolve_index_type(index_type: str, n: int, dims: int) -> str:
-    """``index_type`` with "auto" decided for ``n`` rows of ``dims`` float32s (``AUTO_APPROXIMATE_BYTES``)."""
+    """``index_type`` with "auto" decided for ``n`` rows of ``dims`` dims (``AUTO_APPROXIMATE_BYTES`` of
+    float32 vectors; float16 vectors switch at the same number of rows)."""
     if index_type != "auto":
         return index_type
     return "hnsw" if n * dims * 4 > AUTO_APPROXIMATE_BYTES else "flat"
@@ -266,7 +267,19 @@ class FaissSearch:
         if total != vectors.shape[0]:
             raise InvalidInputError(f"the search files hold {total} rows, the vectors {vectors.shape[0]}")
         self.parts = sorted(parts, key=lambda p: -p.max_norm)
-        self.directions = [faiss.read_index(str(p), _read_flags(p)) for p in directions]
+        self.directions = []
+        for path in directions:
+            index = faiss.read_index(str(path), _read_flags(path))
+            if (
+                not isinstance(index, faiss.IndexIDMap)
+                or index.d != d
+                or index.metric_type != faiss.METRIC_INNER_PRODUCT
+            ):
+                raise InvalidInputError(f"{path.name} is not a directions file of this index")
+            rows = faiss.vector_to_array(index.id_map)
+            if rows.size and (rows.min() < 0 or rows.max() >= vectors.shape[0]):
+                raise InvalidInputError(f"{path.name} names rows outside the stored vectors")
+            self.directions.append(index)
         if self.directions and sum(ix.ntotal for ix in self.directions) != vectors.shape[0]:
             raise InvalidInputError("the direction files do not hold every stored row once")
 
@@ -303,17 +316,22 @@ class FaissSearch:
     def search_directions(self, queries: np.ndarray, k: int, preset: str = DEFAULT_PRESET) -> np.ndarray:
         """The union of each query's approximate top ``k`` rows by cosine after centring: HNSW over
         the stored rows' centred unit directions (``build_direction_shards``), one file per
-        shard; sorted row ids, for the caller to score exactly. "exact" scans
-        (``ExactSearch.search_directions``)."""
+        shard, merged into the top ``k`` per query across shards; sorted row ids, for the caller
+        to score exactly. "exact" scans (``ExactSearch.search_directions``)."""
         if check_preset(preset) == "exact" or not self.directions:
             return self.exact.search_directions(queries, k, preset)
         q = unit_directions(np.atleast_2d(queries))  # (nq, d)
-        found = []
+        if k < 1:
+            return np.empty(0, dtype=np.int64)
+        cosines, rows = [], []
         for index in self.directions:
             fetch = min(k, index.ntotal)
-            _, rows = index.search(q, fetch, params=_search_params(index, PRESET_PARAMS[preset], fetch))
-            found.append(rows[rows >= 0])
-        return np.unique(np.concatenate(found)).astype(np.int64)
+            found_cos, found = index.search(q, fetch, params=_search_params(index, PRESET_PARAMS[preset], fetch))
+            cosines.append(np.where(found >= 0, found_cos, -np.inf))  # (nq, fetch) inner products = cosines
+            rows.append(found)
+        cos, ids = np.concatenate(cosines, axis=1), np.concatenate(rows, axis=1)  # (nq, shards * fetch)
+        best = np.take_along_axis(ids, np.argsort(-cos, axis=1, kind="stable")[:, :k], axis=1)
+        return np.unique(best[best >= 0]).astype(np.int64)
 
 
 def norm_buckets_for(n: int, shards: int) -> int:
@@ -348,8 +366,9 @@ def augment(rows: np.ndarray, norms: np.ndarray, max_norm: float, pad: int) -> n
 
 
 DIRECTIONS_SPEC = "HNSW32,SQfp16"
-"""The directions index of an approximate index (``build_direction_shards``): HNSW over unit
-vectors (L2 on unit vectors orders by cosine), stored as fp16 (half the bytes of the rows)."""
+"""The directions index of an approximate index (``build_direction_shards``): HNSW by inner
+product over unit vectors (their cosines; a row whose centred direction is zero scores 0, where
+L2 would rank it as a cosine of 0.5), stored as fp16 (half the bytes of the rows)."""
 
 
 def unit_directions(rows: np.ndarray) -> np.ndarray:
@@ -386,7 +405,7 @@ def build_direction_shards(
     d = vectors.shape[1]
     names = []
     for i, (start, stop) in enumerate(shard_bounds(vectors.shape[0], shards)):
-        index = faiss.IndexIDMap(faiss.index_factory(d, DIRECTIONS_SPEC, faiss.METRIC_L2))
+        index = faiss.IndexIDMap(faiss.index_factory(d, DIRECTIONS_SPEC, faiss.METRIC_INNER_PRODUCT))
         if not index.is_trained:
             index.train(unit_directions(vectors[start : min(stop, start + SCAN_CHUNK_ROWS)]))
         for a in range(start, stop, SCAN_CHUNK_ROWS):

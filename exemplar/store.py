@@ -262,7 +262,8 @@ def write_examples(path: Path, examples: Sequence[Example]) -> None:
                 for i, e in enumerate(examples)
             ],
         )
-        # `find_row` (the "self" strategy) looks a query up by its content: indexed, not a scan of every row
+        # `find_row` (the "self" strategy) looks a text or prompt up by an index, not a scan of every row
+        # (a conversation is still compared with every stored conversation)
         con.execute("CREATE INDEX examples_by_text ON examples(text)")
         con.execute("CREATE INDEX examples_by_prompt ON examples(prompt, response)")
         con.commit()

@@ -271,7 +271,42 @@ def test_search_directions_finds_the_rows_nearest_by_centred_cosine(tmp_path: Pa
     assert np.mean(recall) >= 0.9
 
 
-def test_reconstruct_pool_comes_from_the_index_without_a_scan(tmp_path: Path) -> None:
+def test_directions_rank_zero_directions_last_and_old_or_partial_indexes(tmp_path: Path) -> None:
+    """A row whose centred direction is zero has cosine 0 (it does not crowd out real matches);
+    an index without directions files (built before them) opens and scans; one with some of
+    them missing is refused; FAISS files are mapped, not copied, by their own type."""
+    import faiss
+
+    from exemplar.search import _read_flags, direction_file
+
+    vectors = clustered(3000, 32, seed=9)
+    vectors[:300] = 0.0  # 10 % all-zero gradients
+    vectors[300:400] = 1.5  # constant rows: zero once centred
+    path = index_of(tmp_path, vectors, "hnsw", 2, 1)
+    store = FaissGradientStore(path)
+    rng = np.random.default_rng(10)
+    q = vectors[1000] + 0.1 * rng.standard_normal(32).astype(np.float32)
+    found = store.search_directions(q[None, :], 50, "balanced")
+    assert not set(found.tolist()) & set(range(400))
+    assert store.search_directions(q[None, :], 0, "balanced").size == 0
+    assert _read_flags(path / part_file(0, 0)) == faiss.IO_FLAG_MMAP_IFC
+    assert _read_flags(path / direction_file(0)) == faiss.IO_FLAG_MMAP_IFC
+    ivf = index_of(tmp_path, vectors, "ivf", 1, 1)
+    assert _read_flags(ivf / part_file(0, 0)) == faiss.IO_FLAG_MMAP
+    (path / direction_file(1)).unlink()
+    with pytest.raises(IndexIncompatibleError, match="rebuild"):
+        FaissGradientStore(path)
+    (path / direction_file(0)).unlink()
+    old = FaissGradientStore(path)
+    assert old.approximate
+    assert not old.directions_indexed
+    assert (
+        old.search_directions(q[None, :], 5, "balanced").tolist()
+        == store.search_directions(q[None, :], 5, "exact").tolist()
+    )
+
+
+def test_reconstruct_pool_comes_from_the_index_without_a_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On an approximate index `reconstruct`'s pool is found through `search_directions` and never reads
     every row (no `row_means`, no full scan); the selection `reconstruct` makes from it scores
     within 0.5 dB of the one from the exact (scanned) pool, and "exact" still scans."""
@@ -288,6 +323,15 @@ def test_reconstruct_pool_comes_from_the_index_without_a_scan(tmp_path: Path) ->
 
     indexed = NoScan(store.path)
     rng = np.random.default_rng(8)
+    exact_pool = ReconstructPool(store).candidates
+
+    def no_scan(*args: object) -> np.ndarray:
+        raise AssertionError("the indexed pool must not scan the store")
+
+    import exemplar.search
+    import exemplar.strategies.reconstruct
+
+    scanned: dict[str, np.ndarray] = {}
 
     def best_db(g: np.ndarray, pool: np.ndarray) -> float:
         found = reconstruct_selections(g, vectors[pool], 5, solver="paper", pool_size=pool.size)
@@ -296,8 +340,12 @@ def test_reconstruct_pool_comes_from_the_index_without_a_scan(tmp_path: Path) ->
     gaps = []
     for _ in range(5):
         g = vectors[rng.integers(0, len(vectors))] + 0.3 * rng.standard_normal(32).astype(np.float32)
-        got = ReconstructPool(indexed).candidates(g, 30, 30, mixture=True, preset="balanced")
-        exact = ReconstructPool(store).candidates(g, 30, 30, mixture=True, preset="exact")
+        scanned["exact"] = exact_pool(g, 30, 30, mixture=True, preset="exact")
+        with monkeypatch.context() as patched:
+            patched.setattr(exemplar.strategies.reconstruct, "scan_inner_products", no_scan)
+            patched.setattr(exemplar.search, "centred_cosines", no_scan)
+            got = ReconstructPool(indexed).candidates(g, 30, 30, mixture=True, preset="balanced")
+        exact = scanned["exact"]
         assert np.all(np.diff(got) > 0)
         assert 0 <= got.min() <= got.max() < len(vectors)
         gaps.append(best_db(g, exact) - best_db(g, got))

@@ -81,19 +81,22 @@ class ReconstructPool:
         cancel what the aligned ones overshoot), and at k = 25 the nearest and aligned pool
         alone missed them.
 
-        Where these rows are looked for: with `preset` "exact", or a store without a directions
-        index, one scan of every row (`scan_inner_products`). Otherwise the directions index
-        (`search_directions`, `preset`'s effort) proposes the `nearest + 2 aligned` rows nearest
-        `g`, and those nearest `-g`, by cosine after centring; the same choice is made exactly
+        Where these rows are looked for: with `preset` "exact", a store without a directions
+        index, or one of at most `RECONSTRUCT_MIXTURE_ROWS` rows, one scan of every row
+        (`scan_inner_products`). Otherwise the directions index (`search_directions`,
+        `preset`'s effort) proposes the `nearest + aligned` rows nearest `g` by cosine after
+        centring (`nearest + 2 aligned`, and as many nearest `-g`, with `mixture`); the same
+        choice is made exactly
         among them: nothing reads every row, and the work per query no longer grows with the
         store. (Nearest after centring means a large centred cosine at a fitting norm, and the
         cosine barely moves when the small row means are removed.)
         """
         g = np.asarray(grad, dtype=np.float64)
-        indexed = preset != "exact" and self.store.directions_indexed
+        indexed = preset != "exact" and self.store.directions_indexed and self.store.n > RECONSTRUCT_MIXTURE_ROWS
         if indexed:
+            queries = np.stack([g, -g]) if mixture else g[None, :]  # -g: the anti-aligned rows of the mixture
             wanted = nearest + aligned + (aligned if mixture else 0)
-            found = self.store.search_directions(np.stack([g, -g]).astype(np.float32), wanted, preset)
+            found = self.store.search_directions(queries.astype(np.float32), wanted, preset)
             block = self.store.vectors_at(found).astype(np.float64)  # (c, d)
             dots, means = block @ g, block.mean(axis=1)  # (c,) <a, g>, (c,) mean(a)
         else:
