@@ -224,6 +224,14 @@ def _read_flags(path: Path) -> int:
     return faiss.IO_FLAG_MMAP if inner[:2] in (b"Iw", b"Iv") else faiss.IO_FLAG_MMAP_IFC  # IVF fourccs: Iw*, Iv*
 
 
+def _stored_rows(index: faiss.IndexIDMap, path: Path, n: int) -> np.ndarray:
+    """The global row ids an ``IndexIDMap`` file holds; ``InvalidInputError`` if any is outside ``[0, n)``."""
+    rows = faiss.vector_to_array(index.id_map)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise InvalidInputError(f"{path.name} names rows outside the stored vectors")
+    return rows
+
+
 @dataclass
 class _Part:
     """One FAISS file: the rows of one norm bucket of one shard, and the largest norm among them."""
@@ -259,9 +267,7 @@ class FaissSearch:
             l2 = index.metric_type == faiss.METRIC_L2 and index.d > d  # MIPS-to-L2 augmented (build_faiss_shards)
             if not isinstance(index, faiss.IndexIDMap) or not (ip or l2):
                 raise InvalidInputError(f"{path.name} is not a search file of this index")
-            rows = faiss.vector_to_array(index.id_map)
-            if rows.size and (rows.min() < 0 or rows.max() >= vectors.shape[0]):
-                raise InvalidInputError(f"{path.name} names rows outside the stored vectors")
+            rows = _stored_rows(index, path, vectors.shape[0])
             total += rows.size
             parts.append(_Part(index, float(np.max(norms[rows])) if rows.size else 0.0, index.d - d))
         if total != vectors.shape[0]:
@@ -276,9 +282,7 @@ class FaissSearch:
                 or index.metric_type != faiss.METRIC_INNER_PRODUCT
             ):
                 raise InvalidInputError(f"{path.name} is not a directions file of this index")
-            rows = faiss.vector_to_array(index.id_map)
-            if rows.size and (rows.min() < 0 or rows.max() >= vectors.shape[0]):
-                raise InvalidInputError(f"{path.name} names rows outside the stored vectors")
+            _stored_rows(index, path, vectors.shape[0])
             self.directions.append(index)
         if self.directions and sum(ix.ntotal for ix in self.directions) != vectors.shape[0]:
             raise InvalidInputError("the direction files do not hold every stored row once")
