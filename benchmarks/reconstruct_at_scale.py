@@ -89,12 +89,11 @@ def main() -> None:
         reference = best_db(g, pools.candidates(g, M, M, mixture=True, preset="exact"))
         for name in stats:
             started = time.perf_counter()
-            if name == "directions":
+            if name == "directions":  # what `ReconstructPool.candidates` does with the "balanced" preset
                 found = store.search_directions(np.stack([g, -g]).astype(np.float32), 3 * M, "balanced")
-                pool = pools.candidates(g, M, M, mixture=True, preset="balanced")
             else:
                 found = band_candidates(store.searcher, g, 2 * M)
-                pool = _choose(store, g, found, norms)
+            pool = pools.choose_among(g, found, M, M, mixture=True)
             ms = (time.perf_counter() - started) * 1e3
             hits = set(found.tolist())
             stats[name].append(
@@ -116,27 +115,6 @@ def main() -> None:
         f"reconstruct_at_scale: n={store.n} near_found={d[:, 0].mean():.2f} aligned_found={d[:, 1].mean():.2f} "
         f"gap_db_median={statistics.median(d[:, 3]):.3f}"
     )
-
-
-def _choose(store: FaissGradientStore, g: np.ndarray, found: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    """The pool `ReconstructPool.candidates` would choose among `found` (its nearest and aligned
-    rows, and the support of the mixture over those and the anti-aligned)."""
-    from exemplar.simplex import simplex_weights_gram
-    from exemplar.strategies.reconstruct import RECONSTRUCT_MIXTURE_SOLVES
-
-    d = g.size
-    block = store.vectors_at(found).astype(np.float64)
-    dots, means = block @ g, block.mean(axis=1)
-    centred_dots = dots - d * means * g.mean()
-    nr = norms[found]
-    dist2 = nr**2 - d * means**2 - 2.0 * centred_dots
-    cos = dots / np.where(nr > 0, nr, 1.0)
-    near, aligned = np.argsort(dist2, kind="stable")[:M], np.argsort(-cos, kind="stable")[:M]
-    fit = np.union1d(np.union1d(near, aligned), np.argsort(cos, kind="stable")[:M])
-    sub = store.vectors_at(found[fit]).astype(np.float64)
-    sub -= sub.mean(axis=1, keepdims=True)
-    weights = simplex_weights_gram(sub @ sub.T, centred_dots[fit], max_solves=RECONSTRUCT_MIXTURE_SOLVES)
-    return np.union1d(found[np.union1d(near, aligned)], found[fit][weights > 0])
 
 
 if __name__ == "__main__":

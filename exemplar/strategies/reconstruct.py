@@ -92,17 +92,40 @@ class ReconstructPool:
         cosine barely moves when the small row means are removed.)
         """
         g = np.asarray(grad, dtype=np.float64)
-        indexed = preset != "exact" and self.store.directions_indexed and self.store.n > RECONSTRUCT_MIXTURE_ROWS
-        if indexed:
+        if preset != "exact" and self.store.directions_indexed and self.store.n > RECONSTRUCT_MIXTURE_ROWS:
             queries = np.stack([g, -g]) if mixture else g[None, :]  # -g: the anti-aligned rows of the mixture
             wanted = nearest + aligned + (aligned if mixture else 0)
             found = self.store.search_directions(queries.astype(np.float32), wanted, preset)
-            block = self.store.vectors_at(found).astype(np.float64)  # (c, d)
-            dots, means = block @ g, block.mean(axis=1)  # (c,) <a, g>, (c,) mean(a)
-        else:
-            found = np.arange(self.store.n, dtype=np.int64)
-            dots = scan_inner_products(self.store.vectors, g).astype(np.float64)  # (n,) <a, g>
-            means = np.asarray(self.store.row_means, dtype=np.float64)  # (n,)
+            return self.choose_among(g, found, nearest, aligned, mixture=mixture)
+        found = np.arange(self.store.n, dtype=np.int64)
+        dots = scan_inner_products(self.store.vectors, g).astype(np.float64)  # (n,) <a, g>
+        means = np.asarray(self.store.row_means, dtype=np.float64)  # (n,)
+        return self._choose(g, found, dots, means, nearest, aligned, mixture=mixture, whole_store=True)
+
+    def choose_among(
+        self, grad: np.ndarray, found: np.ndarray, nearest: int, aligned: int, *, mixture: bool = False
+    ) -> np.ndarray:
+        """`candidates`' choice made among the rows `found` (sorted row ids) only, from their stored vectors."""
+        g = np.asarray(grad, dtype=np.float64)
+        block = self.store.vectors_at(found).astype(np.float64)  # (c, d)
+        dots, means = block @ g, block.mean(axis=1)  # (c,) <a, g>, (c,) mean(a)
+        return self._choose(g, found, dots, means, nearest, aligned, mixture=mixture, whole_store=False)
+
+    def _choose(
+        self,
+        g: npt.NDArray[np.float64],
+        found: np.ndarray,
+        dots: np.ndarray,
+        means: np.ndarray,
+        nearest: int,
+        aligned: int,
+        *,
+        mixture: bool,
+        whole_store: bool,
+    ) -> np.ndarray:
+        """The nearest, the most aligned and (with `mixture`) the mixture's rows among `found`, given
+        their `dots` `<a, g>` and `means` `mean(a)`; `whole_store`: `found` is every row, so small
+        stores fit the mixture on the cached whole-store Gram."""
         d = g.shape[0]
         norms = np.asarray(self.store.norms[found], dtype=np.float64)
         centred_dots = dots - d * means * g.mean()  # <a - mean(a), g - mean(g)>
@@ -113,7 +136,7 @@ class ReconstructPool:
         rows = found[np.union1d(near, most_aligned)]
         if not mixture or self.store.n < 2:
             return rows
-        if self.store.n <= RECONSTRUCT_MIXTURE_ROWS and not indexed:
+        if whole_store and self.store.n <= RECONSTRUCT_MIXTURE_ROWS:
             fit, gram = np.arange(found.shape[0]), self.centred_gram()
         else:
             fit = np.union1d(np.union1d(near, most_aligned), np.argsort(cos, kind="stable")[:aligned])
@@ -121,8 +144,7 @@ class ReconstructPool:
             block -= block.mean(axis=1, keepdims=True)
             gram = block @ block.T  # (f, f)
         weights = simplex_weights_gram(gram, centred_dots[fit], max_solves=RECONSTRUCT_MIXTURE_SOLVES)  # (f,)
-        fit_rows = found[fit]
-        return np.union1d(rows, fit_rows[weights > 0]).astype(np.int64)
+        return np.union1d(rows, found[fit][weights > 0]).astype(np.int64)
 
     def pool(
         self,
