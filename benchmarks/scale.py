@@ -46,7 +46,7 @@ from exemplar.index import write_index
 from exemplar.models import load_model
 from exemplar.research.demos import prepare
 from exemplar.search import factory_string, norm_buckets_for, resolve_index_type
-from exemplar.store import FaissGradientStore, dataset_checksum
+from exemplar.store import FaissGradientStore, dataset_checksum, read_manifest
 from exemplar.strategies import STRATEGIES
 from exemplar.tasks import Example, make_task
 
@@ -135,7 +135,7 @@ def fitting(texts: list[str], index: Path, n: int) -> list[str]:
     """The first `n` of `texts` that fit the index's max_length (longer ones get a 422)."""
     from transformers import AutoTokenizer
 
-    m = FaissGradientStore(index).manifest
+    m = read_manifest(index)
     tokenizer = AutoTokenizer.from_pretrained(m.model_dir, local_files_only=True)
     return [t for t in texts if len(tokenizer(t)["input_ids"]) <= m.max_length][:n]
 
@@ -144,9 +144,7 @@ def measure(index: Path, queries: list[str], members: list[str], log: Path) -> d
     """Every strategy over `queries` against a live server on `index` ("self" over `members`,
     training examples: it explains a training example by itself); p50/p99 ms of the answered
     requests, errors, memory."""
-    store = FaissGradientStore(index)
-    approximate = store.approximate
-    store.close()
+    approximate = read_manifest(index).index_type != "Flat"
     out: dict[str, Any] = {"strategies": {}}
     with running_api(index, log, timeout_s=900) as url, httpx.Client(timeout=600) as http:
         for strategy in STRATEGIES:
@@ -203,7 +201,7 @@ def main() -> None:
     test = [json.loads(line)["text"] for line in (demo.parent / "test.jsonl").read_text().splitlines()]
     train = [json.loads(line)["text"] for line in (demo.parent / "train.jsonl").read_text().splitlines()[:200]]
     queries, members = fitting(test, demo, n_queries), fitting(train, demo, n_queries)
-    n0 = FaissGradientStore(demo).n
+    n0 = read_manifest(demo).n_examples
     sizes = [2000, n0] + ([1_000_000] if args.million and not args.quick else [])
     args.work.mkdir(parents=True, exist_ok=True)
     records = []
@@ -213,7 +211,7 @@ def main() -> None:
             index = args.work / f"index-{n}"
             print(f"writing the {n:,}-row index ...", flush=True)
             build_s = derived_index(demo, n, index)
-        m = FaissGradientStore(index).manifest
+        m = read_manifest(index)
         print(f"n={n:,} {m.index_type} x{m.norm_buckets} ({size_mb(index):,.0f} MiB on disk)", flush=True)
         result = measure(index, queries, members, args.work / f"api-{n}.log")
         records.append(
