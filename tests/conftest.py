@@ -23,6 +23,18 @@ def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
     return path
 
 
+def index_from_jsonl(
+    data: Path, out: Path, model_dir: Path, task: str, params: str, max_length: int, labels: list[str] | None = None
+) -> Path:
+    """An index at `out` of the training rows in `data` (every row valid), built with the model at
+    `model_dir` over `params` at 16 dims per layer, seed 0."""
+    examples, errors = read_examples_jsonl(data, task, labels)
+    assert not errors
+    loaded = load_model(model_dir, task)
+    build_index(loaded, examples, out, ProjectionConfig(params=params, proj_dim=16, seed=0), max_length=max_length)
+    return out
+
+
 def copy_without_its_model(index: Path, out: Path) -> Path:
     """A copy of `index` at `out` whose manifest names a model directory that does not exist
     (`out`'s sibling `gone`): the index of a model that moved."""
@@ -66,22 +78,14 @@ def causal_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def classifier_index(tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, classification_data: Path) -> Path:
-    loaded = load_model(classifier_dir, "classification")
-    examples, errors = read_examples_jsonl(classification_data, "classification", LABELS)
-    assert not errors
     out = tmp_path_factory.mktemp("idx") / "clf"
-    build_index(loaded, examples, out, ProjectionConfig(params="linear", proj_dim=16, seed=0), max_length=32)
-    return out
+    return index_from_jsonl(classification_data, out, classifier_dir, "classification", "linear", 32, LABELS)
 
 
 @pytest.fixture(scope="session")
 def causal_index(tmp_path_factory: pytest.TempPathFactory, causal_adapter_dir: Path, causal_data: Path) -> Path:
-    loaded = load_model(causal_adapter_dir, "causal-lm")
-    examples, errors = read_examples_jsonl(causal_data, "causal-lm")
-    assert not errors
     out = tmp_path_factory.mktemp("idx") / "lm"
-    build_index(loaded, examples, out, ProjectionConfig(params="lora", proj_dim=16, seed=0), max_length=64)
-    return out
+    return index_from_jsonl(causal_data, out, causal_adapter_dir, "causal-lm", "lora", 64)
 
 
 @pytest.fixture

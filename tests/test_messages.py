@@ -14,14 +14,12 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import ApiSettings
-from exemplar.build import build_index
 from exemplar.errors import InvalidInputError
-from exemplar.gradients import ProjectionConfig
 from exemplar.jsonl import read_examples_jsonl
 from exemplar.models import load_model
 from exemplar.store import FaissGradientStore
 from exemplar.tasks import IGNORE_INDEX, CausalLMTask, Example
-from tests.conftest import causal_rows, write_jsonl
+from tests.conftest import causal_rows, index_from_jsonl, write_jsonl
 
 CHAT = [
     {"role": "system", "content": "you sort messages"},
@@ -75,12 +73,9 @@ def test_training_rows_may_be_conversations(tmp_path: Path) -> None:
 def chat_index(tmp_path_factory: pytest.TempPathFactory, causal_adapter_dir: Path) -> Path:
     tmp = tmp_path_factory.mktemp("chat")
     rows = [*causal_rows(), {"id": "conv-1", "messages": CHAT}, {"id": "conv-2", "messages": CHAT[1:3]}]
-    examples, errors = read_examples_jsonl(write_jsonl(tmp / "train.jsonl", rows), "causal-lm")
-    assert not errors
-    out = tmp / "index"
-    loaded = load_model(causal_adapter_dir, "causal-lm")
-    build_index(loaded, examples, out, ProjectionConfig(params="lora", proj_dim=16, seed=0), max_length=128)
-    return out
+    return index_from_jsonl(
+        write_jsonl(tmp / "train.jsonl", rows), tmp / "index", causal_adapter_dir, "causal-lm", "lora", 128
+    )
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,11 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import ApiSettings
-from exemplar.build import build_index
 from exemplar.gradients import KroneckerFeaturizer, ProjectionConfig, ReferenceFeaturizer
 from exemplar.jsonl import read_examples_jsonl
-from exemplar.models import load_model
 from exemplar.store import FaissGradientStore
 from exemplar.tasks import ClassificationTask, Example
-from tests.conftest import classification_rows, write_jsonl
+from tests.conftest import classification_rows, index_from_jsonl, write_jsonl
 from tests.tiny_models import CORPUS, LABELS, tiny_classifier, tiny_tokenizer
 
 LABEL_IDS = {label: i for i, label in enumerate(LABELS)}
@@ -62,12 +60,8 @@ def pair_index(tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path) -
         {"id": "pair-1", "text": "is this spam", "text_pair": "free prize call now", "label": "negative"},
         {"id": "pair-2", "text": "is this spam", "text_pair": "see you at lunch", "label": "positive"},
     ]
-    examples, errors = read_examples_jsonl(write_jsonl(tmp / "train.jsonl", rows), "classification", LABELS)
-    assert not errors
-    out = tmp / "index"
-    loaded = load_model(classifier_dir, "classification")
-    build_index(loaded, examples, out, ProjectionConfig(params="linear", proj_dim=16, seed=0), max_length=32)
-    return out
+    data = write_jsonl(tmp / "train.jsonl", rows)
+    return index_from_jsonl(data, tmp / "index", classifier_dir, "classification", "linear", 32, LABELS)
 
 
 @pytest.fixture(scope="module")
